@@ -1,0 +1,4 @@
+export * from './codes.ts';
+export * from './errors.ts';
+export * from './model.ts';
+export * from './commands.ts';
