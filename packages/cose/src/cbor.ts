@@ -115,7 +115,20 @@ class Decoder {
     this.simple = opts.allowSimple ?? false;
   }
 
-  fail(code: 'CBOR_TRUNCATED' | 'CBOR_RESERVED' | 'CBOR_INDEFINITE_LENGTH' | 'CBOR_NON_PREFERRED' | 'CBOR_DUPLICATE_KEY' | 'CBOR_UNSORTED_KEYS' | 'CBOR_INVALID_UTF8' | 'CBOR_UNSUPPORTED' | 'CBOR_TOO_DEEP', msg: string, at = this.pos): never {
+  fail(
+    code:
+      | 'CBOR_TRUNCATED'
+      | 'CBOR_RESERVED'
+      | 'CBOR_INDEFINITE_LENGTH'
+      | 'CBOR_NON_PREFERRED'
+      | 'CBOR_DUPLICATE_KEY'
+      | 'CBOR_UNSORTED_KEYS'
+      | 'CBOR_INVALID_UTF8'
+      | 'CBOR_UNSUPPORTED'
+      | 'CBOR_TOO_DEEP',
+    msg: string,
+    at = this.pos,
+  ): never {
     throw new CoseError(code, msg, `byte ${at}`);
   }
 
@@ -264,10 +277,12 @@ class Decoder {
     if (ai === 22) return null;
     if (ai === 31) return this.fail('CBOR_RESERVED', 'break outside an indefinite-length item', start);
     if (ai >= 25 && ai <= 27) {
-      if (!this.floats) return this.fail('CBOR_UNSUPPORTED', 'floating-point numbers are not admitted', start);
+      if (!this.floats)
+        return this.fail('CBOR_UNSUPPORTED', 'floating-point numbers are not admitted', start);
       return this.float(ai, start);
     }
-    if (!this.simple) return this.fail('CBOR_UNSUPPORTED', 'undefined and simple values are not admitted', start);
+    if (!this.simple)
+      return this.fail('CBOR_UNSUPPORTED', 'undefined and simple values are not admitted', start);
     if (ai === 23) return undefined;
     if (ai < 20) return new CborSimple(ai);
     if (ai === 24) {
@@ -297,7 +312,8 @@ class Decoder {
     this.need(8);
     v = this.view.getFloat64(this.pos);
     this.pos += 8;
-    if (Math.fround(v) === v || Number.isNaN(v)) this.fail('CBOR_NON_PREFERRED', 'float64 representable as float32', start);
+    if (Math.fround(v) === v || Number.isNaN(v))
+      this.fail('CBOR_NON_PREFERRED', 'float64 representable as float32', start);
     return v;
   }
 }
@@ -348,11 +364,16 @@ function fitsHalf(v: number): boolean {
 /** Decodes exactly one CBOR item under the strict profile. Throws CoseError on any violation. */
 export function decode(bytes: Uint8Array, options: DecodeOptions = {}): unknown {
   const max = options.maxSize ?? DEFAULT_MAX_SIZE;
-  if (bytes.length > max) throw new CoseError('CBOR_TOO_LARGE', `input of ${bytes.length} bytes exceeds ${max}`);
+  if (bytes.length > max)
+    throw new CoseError('CBOR_TOO_LARGE', `input of ${bytes.length} bytes exceeds ${max}`);
   const d = new Decoder(bytes, options);
   const v = d.item(0);
   if (d.pos !== bytes.length) {
-    throw new CoseError('CBOR_TRAILING_BYTES', `${bytes.length - d.pos} bytes after the item`, `byte ${d.pos}`);
+    throw new CoseError(
+      'CBOR_TRAILING_BYTES',
+      `${bytes.length - d.pos} bytes after the item`,
+      `byte ${d.pos}`,
+    );
   }
   return v;
 }
@@ -366,7 +387,8 @@ export function decodeWithSpans(
   options: DecodeOptions = {},
 ): { value: unknown; start: number; end: number }[] {
   const max = options.maxSize ?? DEFAULT_MAX_SIZE;
-  if (bytes.length > max) throw new CoseError('CBOR_TOO_LARGE', `input of ${bytes.length} bytes exceeds ${max}`);
+  if (bytes.length > max)
+    throw new CoseError('CBOR_TOO_LARGE', `input of ${bytes.length} bytes exceeds ${max}`);
   const d = new Decoder(bytes, options);
   const out: { value: unknown; start: number; end: number }[] = [];
   while (d.pos < bytes.length) {
@@ -400,7 +422,10 @@ class Encoder {
     const m = mt << 5;
     if (typeof n === 'bigint') {
       if (n < 0n || n > 0xffffffffffffffffn) throw new CoseError('CBOR_ENCODE', 'integer out of CBOR range');
-      if (n <= BigInt(Number.MAX_SAFE_INTEGER)) return this.head(mt, Number(n));
+      if (n <= BigInt(Number.MAX_SAFE_INTEGER)) {
+        this.head(mt, Number(n));
+        return;
+      }
       this.buf[this.pos++] = m | 27;
       this.view.setBigUint64(this.pos, n);
       this.pos += 8;
