@@ -195,7 +195,9 @@ class Decoder {
         return this.arg(ai, start);
       case 1: {
         const n = this.arg(ai, start);
-        return typeof n === 'number' ? -1 - n : -1n - n;
+        // -1 - (2^53 - 1) = -2^53 is not a safe integer: such results decode as bigint, like large uints.
+        if (typeof n === 'number') return n < Number.MAX_SAFE_INTEGER ? -1 - n : -1n - BigInt(n);
+        return -1n - n;
       }
       case 2: {
         const n = this.len(ai, start, 1);
@@ -276,6 +278,7 @@ class Decoder {
     if (ai === 21) return true;
     if (ai === 22) return null;
     if (ai === 31) return this.fail('CBOR_RESERVED', 'break outside an indefinite-length item', start);
+    if (ai >= 28) return this.fail('CBOR_RESERVED', `reserved additional information ${ai}`, start);
     if (ai >= 25 && ai <= 27) {
       if (!this.floats)
         return this.fail('CBOR_UNSUPPORTED', 'floating-point numbers are not admitted', start);
@@ -285,21 +288,22 @@ class Decoder {
       return this.fail('CBOR_UNSUPPORTED', 'undefined and simple values are not admitted', start);
     if (ai === 23) return undefined;
     if (ai < 20) return new CborSimple(ai);
-    if (ai === 24) {
-      this.need(1);
-      const v = this.buf[this.pos++]!;
-      if (v < 32) this.fail('CBOR_NON_PREFERRED', 'simple value below 32 in two bytes', start);
-      return new CborSimple(v);
-    }
-    return this.fail('CBOR_RESERVED', `reserved additional information ${ai}`, start);
+    // Only ai 24 is left here: a simple value in one extra byte.
+    this.need(1);
+    const v = this.buf[this.pos++]!;
+    if (v < 32) this.fail('CBOR_NON_PREFERRED', 'simple value below 32 in two bytes', start);
+    return new CborSimple(v);
   }
 
   float(ai: number, start: number): number {
     let v: number;
     if (ai === 25) {
       this.need(2);
-      v = halfToNumber(this.view.getUint16(this.pos));
+      const h = this.view.getUint16(this.pos);
+      v = halfToNumber(h);
       this.pos += 2;
+      // A JS number keeps no NaN sign or payload: only the one deterministic NaN, 0xf97e00, round-trips.
+      if (Number.isNaN(v) && h !== 0x7e00) this.fail('CBOR_NON_PREFERRED', 'NaN other than 0xf97e00', start);
       return v;
     }
     if (ai === 26) {
@@ -472,6 +476,9 @@ class Encoder {
         else this.head(1, -1n - v);
         return;
       case 'string': {
+        // TextEncoder would silently turn a lone surrogate into U+FFFD.
+        if (!v.isWellFormed())
+          throw new CoseError('CBOR_ENCODE', 'text with a lone surrogate is not valid UTF-8');
         const b = utf8enc.encode(v);
         this.head(3, b.length);
         this.bytes(b);
