@@ -1,0 +1,69 @@
+/**
+ * `npm run bench -- manifest`: SUIT envelopes decoded, authenticated and validated per second (the manifest
+ * draft's example envelopes, ES256), beside raw ES256 verifications per second of the same Sig_structures with
+ * node:crypto in the same run. "ratio" = the first over the second (goal ≥ 0.9: signature verification is the
+ * floor, everything else must be nearly free).
+ */
+import { createPublicKey, verify, type KeyObject } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Alg, asArray, asBytes, asMap, asTag, decode, encode, softwareVerifier } from '@rotor/cose';
+import { authenticateEnvelope, type TrustPolicy } from '@rotor/suit';
+import { compareRates, round, type Benchmark } from '../harness.ts';
+
+const VECTORS = join(import.meta.dirname, '../../../../shared/vectors/suit');
+const EXAMPLES = [0, 1, 2, 3, 4, 5].map((i) => `example${i}.signed.cbor`);
+
+interface Case {
+  name: string;
+  envelope: Uint8Array;
+  tbs: Uint8Array;
+  signature: Uint8Array;
+}
+
+/** The Sig_structure and signature of the envelope's first authentication block (RFC 9052 §4.4). */
+function rawCase(name: string, envelope: Uint8Array): Case {
+  const env = asMap(asTag(decode(envelope), 107, '$'), '$');
+  const auth = asArray(decode(asBytes(env.get(2), '$.2')), '$.2', { min: 2 });
+  const digestBytes = asBytes(auth[0], 'auth[0]');
+  const sign1 = asArray(asTag(decode(asBytes(auth[1], 'auth[1]'), { sortedKeys: false }), 18, 'auth[1]'), 'sign1');
+  const protectedBytes = asBytes(sign1[0], 'protected');
+  const signature = asBytes(sign1[3], 'signature');
+  const tbs = encode(['Signature1', protectedBytes, new Uint8Array(0), digestBytes]);
+  return { name, envelope, tbs, signature };
+}
+
+export const manifestBench: Benchmark = {
+  name: 'manifest',
+  description: 'SUIT envelopes decoded+authenticated+validated/s vs raw ES256 verifications/s (node:crypto)',
+  async run(ctx) {
+    const pem = readFileSync(join(VECTORS, 'keys/suit-draft-signer-p256.public.pem'));
+    const key: KeyObject = createPublicKey(pem);
+    const policy: TrustPolicy = {
+      anchors: [{ name: 'draft-signer', role: 'author', verifier: softwareVerifier(key, Alg.ES256) }],
+      allowedAlgs: new Set([Alg.ES256, Alg.ESP256]),
+    };
+    const cases = EXAMPLES.map((f) => rawCase(f, readFileSync(join(VECTORS, 'manifest', f))));
+    // Sanity: both paths must succeed on every case before anything is timed.
+    for (const c of cases) {
+      await authenticateEnvelope(c.envelope, policy);
+      if (!verify('sha256', c.tbs, { key, dsaEncoding: 'ieee-p1363' }, c.signature)) throw new Error(`${c.name}: raw verify failed`);
+    }
+    let i = 0;
+    let j = 0;
+    const suit = (): Promise<unknown> => authenticateEnvelope(cases[i++ % cases.length]!.envelope, policy);
+    const raw = (): boolean => {
+      const c = cases[j++ % cases.length]!;
+      return verify('sha256', c.tbs, { key, dsaEncoding: 'ieee-p1363' }, c.signature);
+    };
+    const { a, b } = await compareRates(suit, raw, ctx.quick ? { rounds: 1, ms: 50 } : { rounds: 7, ms: 700 });
+    const bytes = cases.reduce((s, c) => s + c.envelope.length, 0) / cases.length;
+    return {
+      rows: [
+        { path: 'SUIT authenticate+validate', 'ops/s': Math.round(a), 'avg envelope bytes': Math.round(bytes) },
+        { path: 'raw ES256 verify (node:crypto)', 'ops/s': Math.round(b), 'avg envelope bytes': '' },
+      ],
+      figures: { envelopes_per_s: Math.round(a), raw_verify_per_s: Math.round(b), ratio: round(a / b), goal_ratio: 0.9 },
+    };
+  },
+};
