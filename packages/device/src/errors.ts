@@ -1,0 +1,65 @@
+/**
+ * The one error module of @rotor/device. Every failure is a DeviceError with a stable string code. Codes cross the
+ * inter-processor queue in error responses; the receiving side accepts only codes from this list (anything else
+ * from the peer is itself a malformed frame).
+ */
+
+export const DEVICE_ERROR_CODES = [
+  // Storage (storage/).
+  'POWER_CUT', // a simulated power cut: the operation did not happen and the device is off until reboot()
+  'STORAGE_IO', // the file system failed
+  'STORAGE_NAME', // a file name outside the store's alphabet
+  'STORAGE_CORRUPT', // a stored record fails its integrity check
+  // Sealing (enclave/seal.ts).
+  'FUSE_MISSING', // the device-unique secret is absent while sealed state exists
+  'SEAL_FAILED', // AES-GCM authentication of a sealed blob failed (wrong device, tampering, corruption)
+  'STATE_INCONSISTENT', // the enclave's keys and its chain disagree after recovery
+  // The inter-processor queue (ipq/).
+  'FRAME_TOO_LARGE', // a frame longer than the receiver's bound
+  'FRAME_MALFORMED', // a frame that is not a valid message (CBOR, shape, member types)
+  'FRAME_UNEXPECTED', // a well-formed message that makes no sense here (unknown id, response to nothing)
+  'REQUEST_UNKNOWN', // a request type the enclave does not serve
+  'REQUEST_INVALID', // a request body that fails validation
+  'REQUEST_TIMEOUT', // no response within the request's deadline
+  'QUEUE_FULL', // too many requests in flight
+  'ENCLAVE_UNAVAILABLE', // the enclave process is not running and could not be (re)started
+  'ENCLAVE_CRASHED', // the enclave died while a non-idempotent request was in flight (outcome unknown)
+  'CLOSED', // the client was closed
+  // Enclave operations.
+  'ROT_EXISTS', // GenerateRoT when a RoT exists (rotate instead)
+  'ROT_MISSING', // an operation that needs the RoT before GenerateRoT
+  'KEY_EXISTS', // GenerateKey for a key id in use
+  'KEY_NOT_FOUND', // no key with that id
+  'KEY_USAGE', // the key cannot do that (e.g. sign with an ECDH key)
+  'KEY_TYPE_UNSUPPORTED', // the backend cannot hold that key type
+  'BACKEND_UNAVAILABLE', // no such backend configured (e.g. PKCS#11)
+  'PKCS11_ERROR', // the PKCS#11 module returned an error
+  'BAD_PEER_KEY', // a peer public key that is not a valid point
+  'UNWRAP_FAILED', // AES key unwrap integrity check failed (RFC 3394 §2.2.3)
+  'INTERNAL', // a bug: an unexpected exception inside the enclave
+] as const;
+
+export type DeviceErrorCode = (typeof DEVICE_ERROR_CODES)[number];
+
+const CODES: ReadonlySet<string> = new Set(DEVICE_ERROR_CODES);
+
+export function isDeviceErrorCode(s: unknown): s is DeviceErrorCode {
+  return typeof s === 'string' && CODES.has(s);
+}
+
+export class DeviceError extends Error {
+  override readonly name = 'DeviceError';
+  readonly code: DeviceErrorCode;
+  /** True when the error was reported by the other side of the queue. */
+  readonly remote: boolean;
+
+  constructor(code: DeviceErrorCode, message: string, options?: { cause?: unknown; remote?: boolean }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.remote = options?.remote ?? false;
+  }
+}
+
+export function isDeviceError(e: unknown): e is DeviceError {
+  return e instanceof DeviceError;
+}

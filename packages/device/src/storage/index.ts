@@ -1,0 +1,3 @@
+export * from './fs.ts';
+export * from './sim.ts';
+export * from './atomic.ts';
