@@ -56,7 +56,8 @@ const DECRYPT = new Set(['COSE_DECRYPT_FAILED', 'SUIT_DECRYPT_FAILED']);
 
 /** The error code carried by any Rotor error (CliError, SuitError, CoseError), or undefined for a plain error. */
 export function errorCode(e: unknown): string | undefined {
-  if (e instanceof Error && 'code' in e && typeof e.code === 'string' && /^[A-Z0-9_]+$/.test(e.code)) return e.code;
+  if (e instanceof Error && 'code' in e && typeof e.code === 'string' && /^[A-Z0-9_]+$/.test(e.code))
+    return e.code;
   return undefined;
 }
 
@@ -67,7 +68,12 @@ export function exitCodeFor(code: string | undefined): number {
   if (REJECTED.has(code)) return ExitCode.rejected;
   if (UNSUPPORTED.has(code)) return ExitCode.unsupported;
   if (DECRYPT.has(code)) return ExitCode.decrypt;
-  if (code.startsWith('CBOR_') || code.startsWith('COSE_') || code.startsWith('SUIT_') || code === 'CLI_INPUT') {
+  if (
+    code.startsWith('CBOR_') ||
+    code.startsWith('COSE_') ||
+    code.startsWith('SUIT_') ||
+    code === 'CLI_INPUT'
+  ) {
     return ExitCode.invalid;
   }
   return ExitCode.internal;

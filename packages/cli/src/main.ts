@@ -42,7 +42,8 @@ export async function run(argv: readonly string[]): Promise<number> {
     const code = errorCode(e);
     const message = e instanceof Error ? e.message : String(e);
     process.stderr.write(`error: ${code ?? 'INTERNAL'}: ${message}\n`);
-    if (code === undefined && e instanceof Error && process.env.ROTOR_DEBUG) process.stderr.write(`${e.stack ?? ''}\n`);
+    if (code === undefined && e instanceof Error && process.env.ROTOR_DEBUG)
+      process.stderr.write(`${e.stack ?? ''}\n`);
     return exitCodeFor(code);
   }
 }
