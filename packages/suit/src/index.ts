@@ -2,3 +2,8 @@ export * from './codes.ts';
 export * from './errors.ts';
 export * from './model.ts';
 export * from './commands.ts';
+export * from './decode.ts';
+export * from './policy.ts';
+export * from './authenticate.ts';
+export * from './builder.ts';
+export * from './uuid.ts';

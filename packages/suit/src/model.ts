@@ -28,7 +28,10 @@ export type Severable<T> =
   | { readonly state: 'severed-absent'; readonly digest: SuitDigest };
 
 export interface SuitDependency {
-  /** Index into common.components of the component that holds the dependency envelope (TD §5.1). */
+  /**
+   * Component index of the dependency envelope (TD §5.1). In the TD examples the index follows the component
+   * list (components [['10']], dependency index 1), so it may be ≥ components.length.
+   */
   readonly index: number;
   /** dependency-prefix (SUIT_Dependency_Metadata key 1). */
   readonly prefix: ComponentId | undefined;
@@ -43,7 +46,10 @@ export interface SuitCommon {
 /** SUIT_Text_Map: language tag → text (MF §8.4.4). Component texts are keyed by the component identifier. */
 export interface SuitTextLanguage {
   readonly manifest: ReadonlyMap<number, string>;
-  readonly components: readonly { readonly component: ComponentId; readonly fields: ReadonlyMap<number, string> }[];
+  readonly components: readonly {
+    readonly component: ComponentId;
+    readonly fields: ReadonlyMap<number, string>;
+  }[];
 }
 export type SuitText = ReadonlyMap<string, SuitTextLanguage>;
 
@@ -86,6 +92,12 @@ export interface SuitEnvelope {
   /** The authentication blocks as received (each the content of a `bstr .cbor COSE_*`). */
   readonly authBlocks: readonly Uint8Array[];
   readonly manifest: SuitManifest;
+  /**
+   * Severable members carried by the envelope (content of each bstr, as received), keyed by envelope key
+   * (14, 15, 16, 18, 20, 23). Each is referenced by a SUIT_Digest in the manifest (MF §8.4.6). Always set by
+   * the decoder (optional only so that hand-built test envelopes stay valid); the re-encoder needs it.
+   */
+  readonly members?: ReadonlyMap<number, Uint8Array>;
   /** Integrated payloads and integrated dependencies: text-string envelope keys (MF §7.5, TD §5.4). */
   readonly integrated: ReadonlyMap<string, Uint8Array>;
 }
