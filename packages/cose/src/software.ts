@@ -185,11 +185,10 @@ export function softwareKeyUnwrapper(
     alg,
     kid,
     unwrap(wrapped: Uint8Array): Promise<Uint8Array> {
-      try {
-        return Promise.resolve(aesKeyUnwrap(key, wrapped, alg));
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      // A throw inside the executor rejects the promise (COSE_DECRYPT_FAILED on integrity failure).
+      return new Promise((resolve) => {
+        resolve(aesKeyUnwrap(key, wrapped, alg));
+      });
     },
   };
 }
