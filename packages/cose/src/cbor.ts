@@ -99,7 +99,7 @@ const utf8enc = new TextEncoder();
 
 class Decoder {
   readonly buf: Uint8Array;
-  readonly view: DataView;
+  #view: DataView | undefined;
   pos = 0;
   readonly maxDepth: number;
   readonly sorted: boolean;
@@ -108,11 +108,16 @@ class Decoder {
 
   constructor(buf: Uint8Array, opts: DecodeOptions) {
     this.buf = buf;
-    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     this.maxDepth = opts.maxDepth ?? DEFAULT_MAX_DEPTH;
     this.sorted = opts.sortedKeys ?? true;
     this.floats = opts.allowFloats ?? false;
     this.simple = opts.allowSimple ?? false;
+  }
+
+  /** A DataView only for the rare 8-byte and float reads (most items need none). */
+  get view(): DataView {
+    this.#view ??= new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+    return this.#view;
   }
 
   fail(
@@ -148,14 +153,17 @@ class Decoder {
       }
       case 25: {
         this.need(2);
-        const v = this.view.getUint16(this.pos);
+        const b = this.buf;
+        const v = (b[this.pos]! << 8) | b[this.pos + 1]!;
         this.pos += 2;
         if (v <= 0xff) this.fail('CBOR_NON_PREFERRED', 'two-byte argument fits in one', start);
         return v;
       }
       case 26: {
         this.need(4);
-        const v = this.view.getUint32(this.pos);
+        const b = this.buf;
+        const p = this.pos;
+        const v = b[p]! * 0x1000000 + ((b[p + 1]! << 16) | (b[p + 2]! << 8) | b[p + 3]!);
         this.pos += 4;
         if (v <= 0xffff) this.fail('CBOR_NON_PREFERRED', 'four-byte argument fits in two', start);
         return v;
@@ -566,10 +574,19 @@ class Encoder {
  * never mix up); Uint8Array is a byte string; CborTag, CborRaw and CborSimple as named.
  */
 export function encode(value: unknown): Uint8Array {
-  const e = new Encoder();
-  e.value(value, 0);
-  return e.buf.slice(0, e.pos);
+  // Encoders are pooled: encode() is re-entered for map keys, so each call takes its own from the pool.
+  const e = encoderPool.pop() ?? new Encoder();
+  e.pos = 0;
+  try {
+    e.value(value, 0);
+    return e.buf.slice(0, e.pos);
+  } finally {
+    if (e.buf.length <= MAX_POOLED_BUFFER && encoderPool.length < 16) encoderPool.push(e);
+  }
 }
+
+const encoderPool: Encoder[] = [];
+const MAX_POOLED_BUFFER = 64 * 1024;
 
 /** The encoded head of a byte string of `length` bytes (e.g. to hash a bstr-wrapped item as it was sent). */
 export function bstrHead(length: number): Uint8Array {
