@@ -17,17 +17,16 @@
  */
 import { CoseError } from './errors.ts';
 
-/** A CBOR map as decoded: entries in wire order, with O(1) lookup by integer or text key. */
+/**
+ * A CBOR map as decoded: entries in wire order, with lookup by integer or text key. Small maps (the common case:
+ * SUIT and COSE maps have a handful of keys) are scanned linearly; larger ones get a hash index on first lookup.
+ */
 export class CborMap {
   readonly entries: ReadonlyArray<readonly [unknown, unknown]>;
-  readonly #index: Map<unknown, unknown>;
+  #index: Map<unknown, unknown> | undefined;
 
   constructor(entries: ReadonlyArray<readonly [unknown, unknown]>) {
     this.entries = entries;
-    this.#index = new Map();
-    for (const [k, v] of entries) {
-      if (typeof k === 'number' || typeof k === 'string' || typeof k === 'bigint') this.#index.set(k, v);
-    }
   }
 
   static from(obj: Iterable<readonly [unknown, unknown]>): CborMap {
@@ -38,13 +37,34 @@ export class CborMap {
     return this.entries.length;
   }
 
+  #lookup(): Map<unknown, unknown> {
+    if (this.#index === undefined) {
+      const index = new Map<unknown, unknown>();
+      for (const [k, v] of this.entries) {
+        if (typeof k === 'number' || typeof k === 'string' || typeof k === 'bigint') index.set(k, v);
+      }
+      this.#index = index;
+    }
+    return this.#index;
+  }
+
   /** Value of an integer or text key, or undefined when absent. */
   get(key: number | string): unknown {
-    return this.#index.get(key);
+    const e = this.entries;
+    if (e.length <= 12) {
+      for (const entry of e) if (entry[0] === key) return entry[1];
+      return undefined;
+    }
+    return this.#lookup().get(key);
   }
 
   has(key: number | string): boolean {
-    return this.#index.has(key);
+    const e = this.entries;
+    if (e.length <= 12) {
+      for (const entry of e) if (entry[0] === key) return true;
+      return false;
+    }
+    return this.#lookup().has(key);
   }
 
   keys(): unknown[] {
