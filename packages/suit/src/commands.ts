@@ -608,3 +608,44 @@ export function encodeCommandSequence(commands: readonly SuitCommand[]): Uint8Ar
 export function describeCommand(c: SuitCommand): string {
   return `${commandName(c.code)}(${c.code})`;
 }
+
+/** Length of a CBOR head with argument `n` (RFC 8949 §3: shortest form). */
+function headLength(n: number): number {
+  if (n < 24) return 1;
+  if (n <= 0xff) return 2;
+  if (n <= 0xffff) return 3;
+  if (n <= 0xffffffff) return 5;
+  return 9;
+}
+
+/** Where a command sits in the encoded sequence (for SUIT_Record section offsets, draft-ietf-suit-report §4.1). */
+export interface CommandLayout {
+  /** Byte offset of the command code within the sequence bytes. */
+  readonly offset: number;
+  /** Byte offsets of the contents of nested sequences (try-each alternatives, run-sequence argument). */
+  readonly nested: readonly number[];
+}
+
+/** Byte layout of a sequence as `encodeCommandSequence` (and thus the received bytes) lays it out. */
+export function commandLayout(commands: readonly SuitCommand[]): CommandLayout[] {
+  const out: CommandLayout[] = [];
+  let pos = headLength(commands.length * 2);
+  for (const c of commands) {
+    const codeLen = encode(c.code).length;
+    const nested: number[] = [];
+    if (c.op === 'try-each') {
+      let p = pos + codeLen + headLength(c.alternatives.length + (c.trailingNil ? 1 : 0));
+      for (const alt of c.alternatives) {
+        const len = encodeCommandSequence(alt).length;
+        p += headLength(len);
+        nested.push(p);
+        p += len;
+      }
+    } else if (c.op === 'run-sequence') {
+      nested.push(pos + codeLen + headLength(encodeCommandSequence(c.sequence).length));
+    }
+    out.push({ offset: pos, nested });
+    pos += codeLen + encode(commandArgument(c)).length;
+  }
+  return out;
+}

@@ -7,3 +7,6 @@ export * from './policy.ts';
 export * from './authenticate.ts';
 export * from './builder.ts';
 export * from './uuid.ts';
+export * from './platform.ts';
+export * from './processor.ts';
+export * from './report.ts';
