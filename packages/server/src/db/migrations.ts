@@ -1,0 +1,162 @@
+/**
+ * Versioned schema migrations. Each runs in its own transaction; all of them run under one session-level
+ * advisory lock so that several instances starting together on one PostgreSQL migrate exactly once. An applied
+ * migration whose SQL has changed since is refused (DB_MIGRATION_MISMATCH): migrations are append-only.
+ */
+import { createHash } from 'node:crypto';
+import { ServerError } from '../errors.ts';
+import type { Db } from './db.ts';
+
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: string;
+}
+
+/** Advisory lock key for migrations ('rotormig' as int64). */
+export const MIGRATION_LOCK_KEY = 0x726f746f726d6967n;
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'tokens, audit log, devices, author keys',
+    sql: `
+CREATE TABLE api_tokens (
+  id            text PRIMARY KEY,
+  name          text NOT NULL,
+  role          text NOT NULL CHECK (role IN ('author', 'operator', 'admin', 'auditor')),
+  secret_sha256 bytea NOT NULL CHECK (octet_length(secret_sha256) = 32),
+  created_at_ms bigint NOT NULL,
+  created_by    text NOT NULL,
+  revoked_at_ms bigint
+);
+
+CREATE TABLE audit_log (
+  seq       bigint PRIMARY KEY CHECK (seq >= 1),
+  body      text NOT NULL,
+  prev_hash bytea NOT NULL CHECK (octet_length(prev_hash) = 32),
+  hash      bytea NOT NULL UNIQUE CHECK (octet_length(hash) = 32)
+);
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'audit_log is append-only';
+END
+$$;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log
+  FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+
+CREATE TABLE devices (
+  id            text PRIMARY KEY,
+  name          text NOT NULL UNIQUE,
+  cert_sha256   bytea NOT NULL UNIQUE CHECK (octet_length(cert_sha256) = 32),
+  enabled       boolean NOT NULL DEFAULT true,
+  device_group  text,
+  tags          text[] NOT NULL DEFAULT '{}',
+  attributes    jsonb NOT NULL DEFAULT '{}',
+  created_at_ms bigint NOT NULL,
+  last_seen_ms  bigint
+);
+CREATE INDEX devices_group ON devices (device_group);
+CREATE INDEX devices_tags ON devices USING gin (tags);
+
+CREATE TABLE author_keys (
+  id            text PRIMARY KEY,
+  name          text NOT NULL UNIQUE,
+  alg           integer NOT NULL,
+  spki          bytea NOT NULL UNIQUE,
+  created_at_ms bigint NOT NULL,
+  revoked_at_ms bigint
+);
+`,
+  },
+  {
+    version: 2,
+    name: 'content-addressed blobs, releases',
+    sql: `
+CREATE TABLE blobs (
+  sha256        bytea PRIMARY KEY CHECK (octet_length(sha256) = 32),
+  size          bigint NOT NULL CHECK (size >= 0),
+  data          bytea NOT NULL,
+  created_at_ms bigint NOT NULL
+);
+-- Uncompressed out-of-line storage: substring() reads only the TOAST chunks a Range request needs.
+ALTER TABLE blobs ALTER COLUMN data SET STORAGE EXTERNAL;
+
+CREATE TABLE releases (
+  id              text PRIMARY KEY,
+  envelope_sha256 bytea NOT NULL UNIQUE CHECK (octet_length(envelope_sha256) = 32),
+  envelope        bytea NOT NULL,
+  sequence_number numeric(20, 0) NOT NULL,
+  author_key_id   text NOT NULL REFERENCES author_keys (id),
+  uploaded_by     text NOT NULL,
+  status          text NOT NULL DEFAULT 'uploaded' CHECK (status IN ('uploaded', 'approved', 'withdrawn')),
+  created_at_ms   bigint NOT NULL
+);
+CREATE TABLE release_payloads (
+  release_id text NOT NULL REFERENCES releases (id),
+  sha256     bytea NOT NULL REFERENCES blobs (sha256),
+  PRIMARY KEY (release_id, sha256)
+);
+CREATE INDEX release_payloads_sha256 ON release_payloads (sha256);
+`,
+  },
+];
+
+function checksum(m: Migration): string {
+  return createHash('sha256').update(m.sql).digest('hex');
+}
+
+/** Applies pending migrations under the advisory lock; returns the versions applied now. */
+export async function migrate(db: Db, migrations: readonly Migration[] = MIGRATIONS): Promise<number[]> {
+  return db.session(async (s) => {
+    await s.query('SELECT pg_advisory_lock($1::bigint)', [MIGRATION_LOCK_KEY.toString()]);
+    try {
+      await s.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
+        version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at_ms bigint NOT NULL)`);
+      const applied = new Map(
+        (
+          await s.query<{ version: number; checksum: string }>(
+            'SELECT version, checksum FROM schema_migrations',
+          )
+        ).map((r) => [r.version, r.checksum]),
+      );
+      const done: number[] = [];
+      for (const m of migrations) {
+        const sum = checksum(m);
+        const have = applied.get(m.version);
+        if (have !== undefined) {
+          if (have !== sum)
+            throw new ServerError(
+              'DB_MIGRATION_MISMATCH',
+              `migration ${m.version} (${m.name}) was changed after it was applied`,
+            );
+          continue;
+        }
+        await s.exec('BEGIN');
+        try {
+          await s.exec(m.sql);
+          await s.query(
+            'INSERT INTO schema_migrations (version, name, checksum, applied_at_ms) VALUES ($1, $2, $3, $4)',
+            [m.version, m.name, sum, Date.now()],
+          );
+          await s.exec('COMMIT');
+        } catch (e) {
+          await s.exec('ROLLBACK');
+          throw e;
+        }
+        done.push(m.version);
+      }
+      const known = new Set(migrations.map((m) => m.version));
+      const unknown = [...applied.keys()].filter((v) => !known.has(v));
+      if (unknown.length > 0) {
+        throw new ServerError(
+          'DB_MIGRATION_MISMATCH',
+          `database has migrations ${unknown.join(', ')} this server does not know (newer schema)`,
+        );
+      }
+      return done;
+    } finally {
+      await s.query('SELECT pg_advisory_unlock($1::bigint)', [MIGRATION_LOCK_KEY.toString()]);
+    }
+  });
+}

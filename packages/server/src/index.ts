@@ -1,0 +1,12 @@
+export * from './errors.ts';
+export * from './config.ts';
+export * from './auth.ts';
+export * from './audit.ts';
+export * from './db/db.ts';
+export * from './db/migrations.ts';
+export * from './metrics.ts';
+export * from './services.ts';
+export * from './server.ts';
+export { parseRange } from './routes.ts';
+export { openApiDocument, SUIT_ENVELOPE_TYPE } from './http.ts';
+export * from './suit-auth.ts';

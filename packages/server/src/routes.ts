@@ -1,0 +1,340 @@
+/**
+ * Routes. Operator API under /v1 (JSON, bearer tokens); device API under /d/v1 on the mutual-TLS listener. Handlers
+ * only translate HTTP to service calls: authorization happens in the services (deny by default).
+ */
+import { Readable } from 'node:stream';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Principal, Role } from './auth.ts';
+import { ServerError } from './errors.ts';
+import { OCTET_STREAM, SUIT_ENVELOPE_TYPE } from './http.ts';
+import * as S from './schemas.ts';
+import type { AuthorKeyAlg, DeviceCreate, DeviceUpdate, Services } from './services.ts';
+
+function principal(req: FastifyRequest): Principal {
+  if (req.principal === undefined) throw new ServerError('AUTH_REQUIRED', 'authentication required');
+  return req.principal;
+}
+
+const IMMUTABLE = 'public, max-age=31536000, immutable';
+
+/**
+ * Parses a single byte range (RFC 9110 §14.1.2). Returns undefined to serve the whole representation (no Range,
+ * multiple ranges, or a syntax the server ignores as §14.2 allows); throws RANGE_NOT_SATISFIABLE (§15.5.17).
+ */
+export function parseRange(
+  header: string | undefined,
+  size: number,
+): { start: number; end: number } | undefined {
+  if (header === undefined) return undefined;
+  const m = /^bytes=(\d{0,15})-(\d{0,15})$/.exec(header.trim());
+  if (m === null) return undefined;
+  const [, a = '', b = ''] = m;
+  if (a === '' && b === '') return undefined;
+  let start: number;
+  let end: number; // exclusive
+  if (a === '') {
+    const suffix = Number(b);
+    if (suffix === 0)
+      throw new ServerError('RANGE_NOT_SATISFIABLE', 'empty suffix range', { extra: { size } });
+    start = Math.max(0, size - suffix);
+    end = size;
+  } else {
+    start = Number(a);
+    end = b === '' ? size : Math.min(size, Number(b) + 1);
+    if (b !== '' && Number(b) < start) return undefined; // invalid range-spec: ignored (§14.1.1)
+  }
+  if (start >= size)
+    throw new ServerError('RANGE_NOT_SATISFIABLE', `range starts beyond ${size} bytes`, { extra: { size } });
+  return { start, end };
+}
+
+/** Serves an immutable content-addressed payload: strong ETag, Range/If-Range, 304, long-lived cache headers. */
+async function servePayload(
+  services: Services,
+  req: FastifyRequest<{ Params: { sha256: string } }>,
+  reply: FastifyReply,
+): Promise<FastifyReply> {
+  const meta = await services.payloads.meta(principal(req), req.params.sha256);
+  const etag = `"${meta.sha256}"`;
+  void reply
+    .header('etag', etag)
+    .header('cache-control', IMMUTABLE)
+    .header('accept-ranges', 'bytes')
+    .type(OCTET_STREAM);
+  const inm = req.headers['if-none-match'];
+  if (
+    inm !== undefined &&
+    inm.split(',').some((t) => t.trim() === etag || t.trim() === `W/${etag}` || t.trim() === '*')
+  ) {
+    return reply.code(304).send();
+  }
+  const ifRange = req.headers['if-range'];
+  let range: { start: number; end: number } | undefined;
+  try {
+    range = ifRange === undefined || ifRange === etag ? parseRange(req.headers.range, meta.size) : undefined;
+  } catch (e) {
+    void reply.header('content-range', `bytes */${meta.size}`);
+    throw e;
+  }
+  const start = range?.start ?? 0;
+  const end = range?.end ?? meta.size;
+  void reply.header('content-length', String(end - start));
+  if (range !== undefined)
+    void reply.code(206).header('content-range', `bytes ${start}-${end - 1}/${meta.size}`);
+  if (req.method === 'HEAD') return reply.send();
+  return reply.send(Readable.from(services.payloads.read(meta.sha256, start, end)));
+}
+
+export interface ServiceState {
+  ready: boolean;
+}
+
+export function registerCommonRoutes(
+  app: FastifyInstance,
+  state: ServiceState,
+  ping: () => Promise<void>,
+): void {
+  app.get(
+    '/healthz',
+    { config: { auth: 'none', summary: 'Liveness' }, schema: { response: { 200: S.health } } },
+    () => ({ status: 'ok' }),
+  );
+  app.get(
+    '/readyz',
+    {
+      config: { auth: 'none', summary: 'Readiness (database reachable, migrated, not draining)' },
+      schema: { response: { 200: S.health } },
+    },
+    async () => {
+      if (!state.ready) throw new ServerError('NOT_READY', 'not ready');
+      try {
+        await ping();
+      } catch (e) {
+        throw new ServerError('NOT_READY', 'database unreachable', { cause: e });
+      }
+      return { status: 'ready' };
+    },
+  );
+}
+
+export function registerOperatorRoutes(
+  app: FastifyInstance,
+  services: Services,
+  extra: { metrics: () => Promise<string>; openapi: () => object; maxUploadBytes: number },
+): void {
+  const s = services;
+  app.get(
+    '/metrics',
+    { config: { auth: 'none', binary: true, produces: 'text/plain', summary: 'Prometheus metrics' } },
+    async (_req, reply) => reply.type('text/plain; version=0.0.4; charset=utf-8').send(await extra.metrics()),
+  );
+  app.get(
+    '/openapi.json',
+    {
+      config: { auth: 'none', binary: true, produces: 'application/json', summary: 'This OpenAPI document' },
+    },
+    (_req, reply) => reply.type('application/json').send(JSON.stringify(extra.openapi())),
+  );
+
+  // --- tokens
+  app.post<{ Body: { name: string; role: Role } }>(
+    '/v1/tokens',
+    {
+      config: { summary: 'Create an API token (admin); the token is returned once' },
+      schema: { body: S.tokenCreateBody, response: { 201: S.tokenCreated } },
+    },
+    async (req, reply) => reply.code(201).send(await s.tokens.create(principal(req), req.body)),
+  );
+  app.get(
+    '/v1/tokens',
+    { config: { summary: 'List API tokens (no secrets)' }, schema: { response: { 200: S.tokenList } } },
+    async (req) => ({
+      items: await s.tokens.list(principal(req)),
+    }),
+  );
+  app.delete<{ Params: { id: string } }>(
+    '/v1/tokens/:id',
+    {
+      config: { summary: 'Revoke an API token' },
+      schema: { params: S.idParam, response: { 200: S.tokenInfo } },
+    },
+    async (req) => s.tokens.revoke(principal(req), req.params.id),
+  );
+
+  // --- devices
+  app.post<{ Body: DeviceCreate }>(
+    '/v1/devices',
+    {
+      config: { summary: 'Register a device by its client certificate' },
+      schema: { body: S.deviceCreateBody, response: { 201: S.deviceInfo } },
+    },
+    async (req, reply) => reply.code(201).send(await s.devices.create(principal(req), req.body)),
+  );
+  app.get<{ Querystring: { limit: number; after?: string; group?: string; tag?: string } }>(
+    '/v1/devices',
+    {
+      config: { summary: 'List devices' },
+      schema: { querystring: S.deviceQuery, response: { 200: S.deviceList } },
+    },
+    async (req) => ({ items: await s.devices.list(principal(req), req.query) }),
+  );
+  app.get<{ Params: { id: string } }>(
+    '/v1/devices/:id',
+    { config: { summary: 'Get a device' }, schema: { params: S.idParam, response: { 200: S.deviceInfo } } },
+    async (req) => s.devices.get(principal(req), req.params.id),
+  );
+  app.patch<{ Params: { id: string }; Body: DeviceUpdate }>(
+    '/v1/devices/:id',
+    {
+      config: { summary: 'Enable/disable a device, set its group, tags, attributes' },
+      schema: { params: S.idParam, body: S.deviceUpdateBody, response: { 200: S.deviceInfo } },
+    },
+    async (req) => s.devices.update(principal(req), req.params.id, req.body),
+  );
+
+  // --- author keys
+  app.post<{ Body: { name: string; alg: AuthorKeyAlg; publicKeyPem: string } }>(
+    '/v1/author-keys',
+    {
+      config: { summary: 'Register an author signing key' },
+      schema: { body: S.authorKeyCreateBody, response: { 201: S.authorKeyInfo } },
+    },
+    async (req, reply) => reply.code(201).send(await s.authorKeys.create(principal(req), req.body)),
+  );
+  app.get(
+    '/v1/author-keys',
+    { config: { summary: 'List author keys' }, schema: { response: { 200: S.authorKeyList } } },
+    async (req) => ({
+      items: await s.authorKeys.list(principal(req)),
+    }),
+  );
+  app.delete<{ Params: { id: string } }>(
+    '/v1/author-keys/:id',
+    {
+      config: { summary: 'Revoke an author key' },
+      schema: { params: S.idParam, response: { 200: S.authorKeyInfo } },
+    },
+    async (req) => s.authorKeys.revoke(principal(req), req.params.id),
+  );
+
+  // --- payloads
+  app.put<{ Params: { sha256: string }; Body: Buffer }>(
+    '/v1/payloads/:sha256',
+    {
+      bodyLimit: extra.maxUploadBytes,
+      config: { accepts: [OCTET_STREAM], summary: 'Upload a payload, addressed by its SHA-256 (author)' },
+      schema: { params: S.sha256Param, response: { 200: S.payloadStored, 201: S.payloadStored } },
+    },
+    async (req, reply) => {
+      const r = await s.payloads.upload(principal(req), req.params.sha256, new Uint8Array(req.body));
+      return reply.code(r.created ? 201 : 200).send(r);
+    },
+  );
+  app.get<{ Params: { sha256: string } }>(
+    '/v1/payloads/:sha256',
+    {
+      config: { binary: true, summary: 'Download a release payload (ETag, Range, immutable)' },
+      schema: { params: S.sha256Param },
+    },
+    (req, reply) => servePayload(s, req, reply),
+  );
+
+  // --- releases
+  app.post<{ Body: Buffer }>(
+    '/v1/releases',
+    {
+      bodyLimit: extra.maxUploadBytes,
+      config: { accepts: [SUIT_ENVELOPE_TYPE], summary: 'Upload a signed SUIT envelope (author)' },
+      schema: { response: { 201: S.releaseInfo } },
+    },
+    async (req, reply) =>
+      reply.code(201).send(await s.releases.upload(principal(req), new Uint8Array(req.body))),
+  );
+  app.get<{ Querystring: { limit: number; after?: string } }>(
+    '/v1/releases',
+    {
+      config: { summary: 'List releases' },
+      schema: { querystring: S.pageQuery, response: { 200: S.releaseList } },
+    },
+    async (req) => ({ items: await s.releases.list(principal(req), req.query) }),
+  );
+  app.get<{ Params: { id: string } }>(
+    '/v1/releases/:id',
+    { config: { summary: 'Get a release' }, schema: { params: S.idParam, response: { 200: S.releaseInfo } } },
+    async (req) => s.releases.get(principal(req), req.params.id),
+  );
+  app.get<{ Params: { id: string } }>(
+    '/v1/releases/:id/envelope',
+    {
+      config: { binary: true, produces: SUIT_ENVELOPE_TYPE, summary: 'The release envelope as uploaded' },
+      schema: { params: S.idParam },
+    },
+    async (req, reply) =>
+      reply
+        .type(SUIT_ENVELOPE_TYPE)
+        .send(Buffer.from(await s.releases.envelope(principal(req), req.params.id))),
+  );
+
+  // --- audit
+  app.get<{ Querystring: { after: number; limit: number } }>(
+    '/v1/audit',
+    {
+      config: { summary: 'Read the audit log (hash-chained)' },
+      schema: { querystring: S.auditQuery, response: { 200: S.auditList } },
+    },
+    async (req) => ({ items: await s.audit.list(principal(req), req.query) }),
+  );
+  app.get<{ Querystring: { anchorSeq?: number; anchorHash?: string } }>(
+    '/v1/audit/verify',
+    {
+      config: { summary: 'Verify the audit hash chain' },
+      schema: { querystring: S.auditVerifyQuery, response: { 200: S.auditVerification } },
+    },
+    async (req) => {
+      const { anchorSeq, anchorHash } = req.query;
+      return s.audit.verify(
+        principal(req),
+        anchorSeq !== undefined && anchorHash !== undefined
+          ? { seq: anchorSeq, hash: anchorHash }
+          : undefined,
+      );
+    },
+  );
+}
+
+export function registerDeviceRoutes(app: FastifyInstance, services: Services): void {
+  const s = services;
+  const self = (req: FastifyRequest): string => {
+    const p = principal(req);
+    if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device listener');
+    return p.deviceId;
+  };
+  app.get(
+    '/d/v1/self',
+    {
+      config: { auth: 'device', summary: 'The calling device' },
+      schema: { response: { 200: S.deviceInfo } },
+    },
+    async (req) => s.devices.get(principal(req), self(req)),
+  );
+  app.get<{ Params: { id: string } }>(
+    '/d/v1/devices/:id',
+    {
+      config: { auth: 'device', summary: "A device's own record (any other id: DEVICE_FORBIDDEN)" },
+      schema: { params: S.idParam, response: { 200: S.deviceInfo } },
+    },
+    async (req) => s.devices.get(principal(req), req.params.id),
+  );
+  app.get<{ Params: { sha256: string } }>(
+    '/d/v1/payloads/:sha256',
+    {
+      config: {
+        auth: 'device',
+        binary: true,
+        summary: 'Download a release payload (ETag, Range, immutable)',
+      },
+      schema: { params: S.sha256Param },
+    },
+    (req, reply) => servePayload(s, req, reply),
+  );
+}

@@ -1,0 +1,240 @@
+/** JSON Schemas of the API (requests strict: additionalProperties false everywhere; responses exact). */
+import { ROLES } from './auth.ts';
+import { AUTHOR_KEY_ALGS } from './services.ts';
+
+export const idParam = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id'],
+  properties: { id: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' } },
+} as const;
+
+export const sha256Param = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['sha256'],
+  properties: { sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$' } },
+} as const;
+
+const name = { type: 'string', minLength: 1, maxLength: 128, pattern: '^[^\\u0000-\\u001f]+$' } as const;
+const label = { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' } as const;
+const hex64 = { type: 'string', pattern: '^[0-9a-f]{64}$' } as const;
+const attributes = {
+  type: 'object',
+  maxProperties: 32,
+  propertyNames: { pattern: '^[A-Za-z0-9._:-]{1,64}$' },
+  additionalProperties: { type: 'string', maxLength: 256 },
+} as const;
+
+export const pageQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+    after: { type: 'string', maxLength: 64 },
+  },
+} as const;
+
+const list = (item: object): object => ({
+  type: 'object',
+  additionalProperties: false,
+  required: ['items'],
+  properties: { items: { type: 'array', items: item } },
+});
+
+// --- tokens
+export const tokenCreateBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'role'],
+  properties: { name, role: { type: 'string', enum: ROLES } },
+} as const;
+
+const tokenProps = {
+  id: { type: 'string' },
+  name: { type: 'string' },
+  role: { type: 'string', enum: ROLES },
+  createdAtMs: { type: 'integer' },
+  createdBy: { type: 'string' },
+  revoked: { type: 'boolean' },
+} as const;
+export const tokenInfo = {
+  type: 'object',
+  additionalProperties: false,
+  required: Object.keys(tokenProps),
+  properties: tokenProps,
+} as const;
+export const tokenCreated = {
+  type: 'object',
+  additionalProperties: false,
+  required: [...Object.keys(tokenProps), 'token'],
+  properties: {
+    ...tokenProps,
+    token: { type: 'string', description: 'shown once; only its hash is stored' },
+  },
+} as const;
+export const tokenList = list(tokenInfo);
+
+// --- devices
+export const deviceCreateBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name'],
+  properties: {
+    name,
+    certificatePem: { type: 'string', minLength: 64, maxLength: 16384 },
+    certSha256: hex64,
+    group: { anyOf: [label, { type: 'null' }] },
+    tags: { type: 'array', maxItems: 32, uniqueItems: true, items: label },
+    attributes,
+  },
+} as const;
+export const deviceUpdateBody = {
+  type: 'object',
+  additionalProperties: false,
+  minProperties: 1,
+  properties: {
+    enabled: { type: 'boolean' },
+    group: { anyOf: [label, { type: 'null' }] },
+    tags: { type: 'array', maxItems: 32, uniqueItems: true, items: label },
+    attributes,
+  },
+} as const;
+export const deviceQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { ...pageQuery.properties, group: label, tag: label },
+} as const;
+export const deviceInfo = {
+  type: 'object',
+  additionalProperties: false,
+  required: [
+    'id',
+    'name',
+    'certSha256',
+    'enabled',
+    'group',
+    'tags',
+    'attributes',
+    'createdAtMs',
+    'lastSeenMs',
+  ],
+  properties: {
+    id: { type: 'string' },
+    name: { type: 'string' },
+    certSha256: hex64,
+    enabled: { type: 'boolean' },
+    group: { type: ['string', 'null'] },
+    tags: { type: 'array', items: { type: 'string' } },
+    attributes: { type: 'object', additionalProperties: { type: 'string' } },
+    createdAtMs: { type: 'integer' },
+    lastSeenMs: { type: ['integer', 'null'] },
+  },
+} as const;
+export const deviceList = list(deviceInfo);
+
+// --- author keys
+export const authorKeyCreateBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'alg', 'publicKeyPem'],
+  properties: {
+    name,
+    alg: { type: 'string', enum: Object.keys(AUTHOR_KEY_ALGS) },
+    publicKeyPem: { type: 'string', minLength: 64, maxLength: 4096 },
+  },
+} as const;
+export const authorKeyInfo = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id', 'name', 'alg', 'publicKeyPem', 'createdAtMs', 'revoked'],
+  properties: {
+    id: { type: 'string' },
+    name: { type: 'string' },
+    alg: { type: 'string', enum: Object.keys(AUTHOR_KEY_ALGS) },
+    publicKeyPem: { type: 'string' },
+    createdAtMs: { type: 'integer' },
+    revoked: { type: 'boolean' },
+  },
+} as const;
+export const authorKeyList = list(authorKeyInfo);
+
+// --- payloads and releases
+export const payloadStored = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['sha256', 'size', 'created'],
+  properties: { sha256: hex64, size: { type: 'integer' }, created: { type: 'boolean' } },
+} as const;
+export const releaseInfo = {
+  type: 'object',
+  additionalProperties: false,
+  required: [
+    'id',
+    'envelopeSha256',
+    'sequenceNumber',
+    'authorKeyId',
+    'uploadedBy',
+    'status',
+    'payloads',
+    'createdAtMs',
+  ],
+  properties: {
+    id: { type: 'string' },
+    envelopeSha256: hex64,
+    sequenceNumber: { type: 'string', pattern: '^[0-9]{1,20}$' },
+    authorKeyId: { type: 'string' },
+    uploadedBy: { type: 'string' },
+    status: { type: 'string', enum: ['uploaded', 'approved', 'withdrawn'] },
+    payloads: { type: 'array', items: hex64 },
+    createdAtMs: { type: 'integer' },
+  },
+} as const;
+export const releaseList = list(releaseInfo);
+
+// --- audit
+export const auditQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    after: { type: 'integer', minimum: 0, default: 0 },
+    limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+  },
+} as const;
+export const auditList = list({
+  type: 'object',
+  additionalProperties: false,
+  required: ['seq', 'body', 'prevHash', 'hash'],
+  properties: { seq: { type: 'integer' }, body: { type: 'string' }, prevHash: hex64, hash: hex64 },
+});
+export const auditVerifyQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { anchorSeq: { type: 'integer', minimum: 1 }, anchorHash: hex64 },
+  dependencies: { anchorSeq: ['anchorHash'], anchorHash: ['anchorSeq'] },
+} as const;
+export const auditVerification = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['ok', 'count'],
+  properties: {
+    ok: { type: 'boolean' },
+    count: { type: 'integer' },
+    head: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['seq', 'hash'],
+      properties: { seq: { type: 'integer' }, hash: hex64 },
+    },
+    seq: { type: 'integer' },
+    reason: { type: 'string' },
+  },
+} as const;
+
+// --- service
+export const health = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['status'],
+  properties: { status: { type: 'string', enum: ['ok', 'ready'] } },
+} as const;

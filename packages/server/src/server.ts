@@ -1,0 +1,223 @@
+/**
+ * Server assembly and lifecycle: open storage, migrate (advisory lock), bootstrap the admin token, start the
+ * operator listener and (with TLS material) the mutual-TLS device listener; graceful shutdown drains in-flight
+ * requests (readiness turns false first), then closes the database.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { TLSSocket } from 'node:tls';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { bearerToken, type Principal } from './auth.ts';
+import { loadConfig, type ServerConfig } from './config.ts';
+import { openDatabase, type Db } from './db/db.ts';
+import { migrate } from './db/migrations.ts';
+import { ServerError } from './errors.ts';
+import { createBaseApp, openApiDocument, type RouteRecord } from './http.ts';
+import { createMetrics, type Metrics } from './metrics.ts';
+import {
+  registerCommonRoutes,
+  registerDeviceRoutes,
+  registerOperatorRoutes,
+  type ServiceState,
+} from './routes.ts';
+import { suitAuthenticator } from './suit-auth.ts';
+import { createServices, type ReleaseAuthenticator, type Services } from './services.ts';
+
+export interface RotorServer {
+  readonly config: ServerConfig;
+  readonly db: Db;
+  readonly services: Services;
+  readonly metrics: Metrics;
+  readonly operatorApp: FastifyInstance;
+  readonly deviceApp: FastifyInstance | undefined;
+  /** e.g. http://127.0.0.1:41234 */
+  readonly operatorUrl: string;
+  readonly deviceUrl: string | undefined;
+  /** Where a generated bootstrap admin token was written (first run only). */
+  readonly bootstrapTokenFile: string | undefined;
+  readonly openapi: Record<string, unknown>;
+  /** Graceful shutdown; idempotent. */
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  /** Use this database instead of opening one from the config (tests); it is not closed by close(). */
+  readonly db?: Db;
+  readonly authenticator?: ReleaseAuthenticator;
+  readonly metrics?: Metrics;
+}
+
+function deviceCertificate(req: FastifyRequest, caConfigured: boolean): Uint8Array {
+  const sock = req.raw.socket as Partial<TLSSocket>;
+  if (typeof sock.getPeerCertificate !== 'function')
+    throw new ServerError('DEVICE_CERT_REQUIRED', 'device API requires TLS');
+  const cert = sock.getPeerCertificate(false) as { raw?: Buffer } | null;
+  if (cert?.raw === undefined) throw new ServerError('DEVICE_CERT_REQUIRED', 'client certificate required');
+  // With a device CA the handshake already refused other chains (rejectUnauthorized); this is a second check.
+  if (caConfigured && sock.authorized !== true)
+    throw new ServerError('DEVICE_CERT_REQUIRED', 'client certificate not issued by the device CA');
+  return new Uint8Array(cert.raw);
+}
+
+export async function startServer(config: ServerConfig, opts: StartOptions = {}): Promise<RotorServer> {
+  const ownDb = opts.db === undefined;
+  if (ownDb && config.databaseUrl === undefined)
+    await mkdir(config.dataDir, { recursive: true, mode: 0o700 });
+  const db =
+    opts.db ?? (await openDatabase({ databaseUrl: config.databaseUrl, dataDir: join(config.dataDir, 'pg') }));
+  const state: ServiceState = { ready: false };
+  const metrics = opts.metrics ?? createMetrics();
+  let operatorApp: FastifyInstance | undefined;
+  let deviceApp: FastifyInstance | undefined;
+  try {
+    await migrate(db);
+    const services = createServices(db, {
+      authenticator: opts.authenticator ?? suitAuthenticator({ maxEnvelopeBytes: config.maxUploadBytes }),
+    });
+    const bootstrapTokenFile = await services.tokens.bootstrap(config.adminToken, config.dataDir);
+
+    const ping = async (): Promise<void> => {
+      await db.query('SELECT 1');
+    };
+    const op = createBaseApp({
+      listener: 'operator',
+      logLevel: config.logLevel,
+      maxJsonBytes: config.maxJsonBytes,
+      metrics,
+      authenticate: (req): Promise<Principal> =>
+        services.tokens.authenticate(bearerToken(req.headers.authorization)),
+    });
+    operatorApp = op.app;
+    let dev: { app: FastifyInstance; routes: RouteRecord[] } | undefined;
+    if (config.tls !== undefined) {
+      const caConfigured = config.deviceCa !== undefined;
+      dev = createBaseApp({
+        listener: 'device',
+        logLevel: config.logLevel,
+        maxJsonBytes: config.maxJsonBytes,
+        metrics,
+        https: {
+          cert: config.tls.cert,
+          key: config.tls.key,
+          requestCert: true,
+          // Without a device CA any certificate completes the handshake and the registry decides by fingerprint.
+          rejectUnauthorized: caConfigured,
+          ...(caConfigured ? { ca: config.deviceCa } : {}),
+          minVersion: 'TLSv1.2',
+        },
+        authenticate: (req) => services.devices.authenticate(deviceCertificate(req, caConfigured)),
+      });
+      deviceApp = dev.app;
+    }
+    let openapi: Record<string, unknown> = {};
+    registerCommonRoutes(op.app, state, ping);
+    registerOperatorRoutes(op.app, services, {
+      metrics: () => metrics.registry.metrics(),
+      openapi: () => openapi,
+      maxUploadBytes: config.maxUploadBytes,
+    });
+    if (dev !== undefined) {
+      registerCommonRoutes(dev.app, state, ping);
+      registerDeviceRoutes(dev.app, services);
+    }
+    await op.app.ready();
+    if (dev !== undefined) await dev.app.ready();
+    openapi = openApiDocument(
+      {
+        title: 'Rotor fleet server',
+        version: '0.1.0',
+        description:
+          'Operator API (bearer tokens) and device API (mutual TLS). Errors are RFC 9457 problem documents with a stable `code`.',
+      },
+      [
+        { name: 'operator', routes: op.routes },
+        ...(dev === undefined ? [] : [{ name: 'device' as const, routes: dev.routes }]),
+      ],
+    );
+
+    const operatorUrl = await op.app.listen({ host: config.host, port: config.port });
+    const deviceUrl =
+      dev === undefined
+        ? undefined
+        : await dev.app.listen({ host: config.deviceHost, port: config.devicePort });
+    state.ready = true;
+    metrics.ready.set(1);
+    op.app.log.info(
+      { operatorUrl, deviceUrl, engine: db.engine, bootstrapTokenFile },
+      'rotor server started',
+    );
+
+    let closing: Promise<void> | undefined;
+    const close = (): Promise<void> =>
+      (closing ??= (async () => {
+        state.ready = false;
+        metrics.ready.set(0);
+        const apps = [op.app, ...(dev === undefined ? [] : [dev.app])];
+        const timer = setTimeout(() => {
+          for (const a of apps) a.server.closeAllConnections();
+        }, config.shutdownGraceMs);
+        try {
+          await Promise.all(apps.map((a) => a.close()));
+        } finally {
+          clearTimeout(timer);
+          if (ownDb) await db.close();
+        }
+      })());
+
+    return {
+      config,
+      db,
+      services,
+      metrics,
+      operatorApp: op.app,
+      deviceApp,
+      operatorUrl,
+      deviceUrl,
+      bootstrapTokenFile,
+      get openapi() {
+        return openapi;
+      },
+      close,
+    };
+  } catch (e) {
+    await operatorApp?.close().catch(() => undefined);
+    await deviceApp?.close().catch(() => undefined);
+    if (ownDb) await db.close().catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * `rotor server`: load config, start, and shut down gracefully on SIGTERM/SIGINT. Resolves with the exit code when
+ * the server has stopped.
+ */
+export async function runServer(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): Promise<number> {
+  const config = loadConfig({ argv, env });
+  const server = await startServer(config);
+  if (server.bootstrapTokenFile !== undefined) {
+    process.stderr.write(
+      `rotor: generated the bootstrap admin token into ${server.bootstrapTokenFile} (mode 0600); read it once and keep it safe\n`,
+    );
+  }
+  return new Promise<number>((resolve) => {
+    const stop = (signal: NodeJS.Signals): void => {
+      server.operatorApp.log.info({ signal }, 'shutting down');
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      server.close().then(
+        () => {
+          resolve(0);
+        },
+        (e: unknown) => {
+          server.operatorApp.log.error({ err: e }, 'shutdown failed');
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+}
