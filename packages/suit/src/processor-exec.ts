@@ -124,6 +124,8 @@ export class Engine {
   readonly maxSteps: number;
   readonly maxNesting: number;
   readonly maxDependencyDepth: number;
+  /** The sections of the running procedure, in order (set by processor.ts; used for the lock-step rule). */
+  sectionOrder: readonly number[] = [];
   steps = 0;
   readonly #params = new Map<string, Map<number, ParamValue>>();
   readonly #layouts = new WeakMap<readonly SuitCommand[], CommandLayout[]>();
@@ -322,8 +324,12 @@ export class Engine {
       throw e;
     }
     const policy = c.op === 'policy' ? c.policy : 0;
+    let first = true;
     for (const index of selection) {
       const component = ctx.components[index]!;
+      // every per-component iteration counts towards the step bound (the first was counted by runSequence)
+      if (!first) this.step(pos);
+      first = false;
       try {
         await fn(component, index);
         // MF §8.4.7: bit 0 send-record-on-success
@@ -916,6 +922,17 @@ export class Engine {
         );
       }
       dep = await this.setupDependency(env, [...ctx.manifestId, index], component, ctx.depth + 1);
+      // Lock-step (TD §3): a dependency first processed in section N must not have a section that precedes N in
+      // this procedure — it could never run before the dependent moved past it.
+      const order = this.sectionOrder.indexOf(section);
+      for (const earlier of this.sectionOrder.slice(0, Math.max(order, 0))) {
+        if (sectionSequence(dep.manifest, earlier) !== undefined) {
+          throw new SuitError(
+            'SUIT_DEPENDENCY_INVALID',
+            `dependency ${index} has section ${earlier}, which ran before it was first processed (lock-step)`,
+          );
+        }
+      }
       ctx.loaded.set(index, dep);
     }
     const seq = sectionSequence(dep.manifest, section);

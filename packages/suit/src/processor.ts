@@ -270,6 +270,7 @@ export async function processEnvelope(
       procedure === 'update'
         ? [...UPDATE_SECTIONS, ...(options.validateAfterInstall === false ? [] : [7])]
         : [...INVOKE_SECTIONS];
+    engine.sectionOrder = sections;
     // MF §8.4.6: a needed severable section that was severed must be present in the envelope.
     for (const k of sections) {
       failedSection = k;
