@@ -37,6 +37,19 @@ export const DEVICE_ERROR_CODES = [
   'BAD_PEER_KEY', // a peer public key that is not a valid point
   'UNWRAP_FAILED', // AES key unwrap integrity check failed (RFC 3394 §2.2.3)
   'INTERNAL', // a bug: an unexpected exception inside the enclave
+  // Firmware consumer: flash, boot stage, fetcher, agent (flash/, boot/, fetch/, platform/, agent/).
+  'NOT_PROVISIONED', // the device has no identity, trust anchors or initial firmware yet
+  'RECORD_INVALID', // a non-volatile record fails strict decoding (treated as corrupt state)
+  'IMAGE_TOO_LARGE', // a payload exceeds the slot or image-size bound (endless data is refused)
+  'IMAGE_DIGEST_MISMATCH', // an image does not match the digest it was installed or announced with
+  'FETCH_FAILED', // the payload could not be retrieved after bounded retries
+  'FETCH_DEADLINE', // the transfer did not finish within its overall deadline (slow retrieval)
+  'FETCH_PROTOCOL', // the server answered outside the protocol (bad status, Content-Range, length)
+  'PAYLOAD_DECRYPT_FAILED', // the content key could not be unwrapped or the payload failed authentication
+  'MANIFEST_REJECTED', // authentication or the SUIT processor refused the manifest (reason in the message / suit code)
+  'UPDATE_BUSY', // an update is already in progress or a trial boot awaits confirmation
+  'NO_BOOTABLE_IMAGE', // no slot and no recovery image verifies: the boot stage refuses to invoke anything
+  'TRACKER_PROTOCOL', // the status tracker server answered outside the documented protocol
 ] as const;
 
 export type DeviceErrorCode = (typeof DEVICE_ERROR_CODES)[number];

@@ -255,7 +255,7 @@ export class SimulatedFs implements StorageFs {
         try {
           resolve(f());
         } catch (e) {
-          reject(e);
+          reject(e instanceof Error ? e : new Error(String(e)));
         }
       });
     });
