@@ -657,6 +657,9 @@ export class Engine {
     const d = this.param(component, 3);
     if (d?.type !== 'digest') return undefined;
     const digest = d.digest;
+    if (computeDigest(digest.alg, new Uint8Array(0)) === undefined) {
+      throw new SuitError('SUIT_DIGEST_ALG_UNSUPPORTED', `digest algorithm ${digest.alg} is not supported`);
+    }
     const sizeParam = this.param(component, 14);
     const slot = this.slotOf(component);
     let actual: Uint8Array | undefined;
@@ -677,9 +680,6 @@ export class Engine {
           : undefined;
       size = bytes?.length;
       actual = viaPlatform ?? (bytes === undefined ? undefined : computeDigest(digest.alg, bytes));
-    }
-    if (computeDigest(digest.alg, new Uint8Array(0)) === undefined) {
-      throw new SuitError('SUIT_DIGEST_ALG_UNSUPPORTED', `digest algorithm ${digest.alg} is not supported`);
     }
     const digestMatch = actual !== undefined && ctEqual(actual, digest.bytes);
     const sizeMatch = sizeParam?.type !== 'uint' || (size !== undefined && BigInt(size) === sizeParam.value);

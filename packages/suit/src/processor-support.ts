@@ -108,7 +108,8 @@ export interface ProcessorLimits {
   readonly maxDependencyDepth?: number;
 }
 
-export type Procedure = 'update' | 'invoke';
+/** MF §8.4.6 Update / Invocation Procedures; TD §6 uninstall (the suit-uninstall sequence alone). */
+export type Procedure = 'update' | 'invoke' | 'uninstall';
 
 export interface ProcessorOptions {
   readonly platform: Platform;

@@ -10,7 +10,8 @@
  * Procedures (MF §8.4.6, TD §7):
  *  - 'update'  = dependency-resolution (15) → payload-fetch (16) → candidate-verification (18) → install (20)
  *                → validate (7, unless `validateAfterInstall: false`);
- *  - 'invoke'  = validate (7) → load (8) → invoke (9).
+ *  - 'invoke'  = validate (7) → load (8) → invoke (9);
+ *  - 'uninstall' = uninstall (24) (TD §6; typically unlink directives).
  * Each section is preceded by the shared sequence (MF §8.4.5). A needed section that was severed and is absent
  * fails with SUIT_SEVERED_MISSING before anything runs.
  *
@@ -269,7 +270,9 @@ export async function processEnvelope(
     const sections: number[] =
       procedure === 'update'
         ? [...UPDATE_SECTIONS, ...(options.validateAfterInstall === false ? [] : [7])]
-        : [...INVOKE_SECTIONS];
+        : procedure === 'invoke'
+          ? [...INVOKE_SECTIONS]
+          : [24];
     engine.sectionOrder = sections;
     // MF §8.4.6: a needed severable section that was severed must be present in the envelope.
     for (const k of sections) {

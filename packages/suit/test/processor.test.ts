@@ -617,6 +617,38 @@ describe('bounds and setup checks', () => {
     });
     expect(other.error?.code).toBe('SUIT_CONDITION_FAILED');
   });
+  it('uninstall runs suit-uninstall only and stores no sequence number', async () => {
+    const env = makeEnvelope(
+      new Map<number, unknown>([
+        [1, 1],
+        [2, 4],
+        [3, bstr(m([2, [[hex('00')]]]))],
+        [20, bstr([14, 0])],
+        [24, bstr([33, 15])],
+      ]),
+    );
+    const p = new MemoryPlatform({ storage: new Map([[componentKey(C00), hex('aa')]]) });
+    const r = await processEnvelope(env, 'uninstall', { platform: p });
+    expect(r.ok).toBe(true);
+    expect(p.get(C00)).toBeUndefined();
+    expect(p.sequenceNumbers.size).toBe(0);
+  });
+  it('an unsupported digest algorithm aborts image-match with alg-unsupported', async () => {
+    const env = makeEnvelope(
+      new Map<number, unknown>([
+        [1, 1],
+        [2, 1],
+        [3, bstr(m([2, [[hex('00')]]]))],
+        [20, bstr([20, m([3, bstr([-1000, new Uint8Array(32)])]), 15, [bstr([3, 15]), bstr([14, 0]), null]])],
+      ]),
+    );
+    const r = await processEnvelope(env, 'update', {
+      platform: new MemoryPlatform({ storage: new Map([[componentKey(C00), hex('aa')]]) }),
+    });
+    expect(r.error?.code).toBe('SUIT_DIGEST_ALG_UNSUPPORTED');
+    const res = r.report.result;
+    expect(res === true ? undefined : res.reason).toBe(3);
+  });
   it('records per reporting policy and with sysinfo', async () => {
     const env = makeEnvelope(
       new Map<number, unknown>([
