@@ -3,7 +3,7 @@
  * its reads and writes in one transaction, and appends the audit entry in that same transaction, so that a change
  * and its audit record commit together or not at all.
  */
-import { createPublicKey, randomUUID, X509Certificate, type KeyObject } from 'node:crypto';
+import { createPublicKey, randomBytes, randomUUID, X509Certificate, type KeyObject } from 'node:crypto';
 import { mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -379,7 +379,8 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
       }
       const exists = await db.query('SELECT 1 FROM api_tokens WHERE id = $1', [BOOTSTRAP_TOKEN_ID]);
       if (exists.length > 0) return undefined;
-      const t = newToken();
+      // Not in the rot_<id>_<secret> shape: any other presented token is checked against the bootstrap entry.
+      const t = { token: randomBytes(32).toString('base64url') };
       const won = await audited(SYSTEM, 'token.bootstrap', async (tx) => {
         const rows = await tx.query(
           `INSERT INTO api_tokens (id, name, role, secret_sha256, created_at_ms, created_by)
