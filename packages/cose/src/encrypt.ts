@@ -12,6 +12,7 @@
 import {
   createCipheriv,
   createDecipheriv,
+  createPublicKey,
   diffieHellman,
   generateKeyPairSync,
   hkdfSync,
@@ -22,11 +23,11 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import { algInfo, algInfoOfKind, assertAllowed, type AlgInfo } from './algorithms.ts';
-import { CborTag, decode, encode, type CborMap } from './cbor.ts';
+import { CborTag, encode, type CborMap } from './cbor.ts';
 import { CoseError } from './errors.ts';
 import {
   bytesEqual,
-  COSE_DECODE,
+  decodeCose,
   HeaderLabel,
   parseHeaders,
   structArray,
@@ -165,10 +166,7 @@ function messageFrom(
 
 /** Decodes a COSE_Encrypt (tag 96; e.g. a SUIT_Encryption_Info). Ciphertext nil means detached. */
 export function decodeEncrypt(bytes: Uint8Array, opts: CoseDecodeOptions = {}): EncryptMessage {
-  const top = decode(bytes, {
-    ...COSE_DECODE,
-    ...(opts.maxSize === undefined ? {} : { maxSize: opts.maxSize }),
-  });
+  const top = decodeCose(bytes, opts.maxSize);
   const a = structArray(
     untag(top, COSE_ENCRYPT_TAG, opts.tag ?? 'optional', 'COSE_Encrypt'),
     4,
@@ -187,10 +185,7 @@ export function decodeEncrypt(bytes: Uint8Array, opts: CoseDecodeOptions = {}): 
 
 /** Decodes a COSE_Encrypt0 (tag 16): the content key is implicit (known to the recipient). */
 export function decodeEncrypt0(bytes: Uint8Array, opts: CoseDecodeOptions = {}): EncryptMessage {
-  const top = decode(bytes, {
-    ...COSE_DECODE,
-    ...(opts.maxSize === undefined ? {} : { maxSize: opts.maxSize }),
-  });
+  const top = decodeCose(bytes, opts.maxSize);
   const a = structArray(
     untag(top, COSE_ENCRYPT0_TAG, opts.tag ?? 'optional', 'COSE_Encrypt0'),
     3,
@@ -662,7 +657,8 @@ export function wrapForEcdhEs(
     [-2, new Uint8Array(Buffer.from(jwk.x!, 'base64url'))],
   ]);
   if (crv === Curve.P256) ephMap.set(-3, new Uint8Array(Buffer.from(jwk.y!, 'base64url')));
-  const z = diffieHellman({ privateKey: eph.privateKey, publicKey: recipientPublic });
+  const peer = recipientPublic.type === 'private' ? createPublicKey(recipientPublic) : recipientPublic;
+  const z = diffieHellman({ privateKey: eph.privateKey, publicKey: peer });
   const protectedBytes = encode(new Map([[HeaderLabel.alg, alg]]));
   const unprotected = new Map<number, unknown>([[HeaderLabel.ephemeralKey, ephMap]]);
   if (kid !== undefined) unprotected.set(HeaderLabel.kid, kid);

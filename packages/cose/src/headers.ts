@@ -32,6 +32,22 @@ const BASE_UNDERSTOOD: ReadonlySet<number | string> = new Set([1, 3, 4, 5, 6]);
 /** Decoding options for untrusted COSE input. */
 export const COSE_DECODE = { sortedKeys: false } as const;
 
+/**
+ * Decodes untrusted COSE input: maps in any key order, duplicates refused (RFC 8949 §5.6). Deterministically
+ * encoded input (the common case, and everything Rotor emits) takes the faster sorted-keys path; only input
+ * with unsorted maps is decoded a second time with the order-agnostic duplicate check.
+ */
+export function decodeCose(bytes: Uint8Array, maxSize?: number): unknown {
+  const opts = maxSize === undefined ? {} : { maxSize };
+  try {
+    return decode(bytes, opts);
+  } catch (e) {
+    if (e instanceof CoseError && e.code === 'CBOR_UNSORTED_KEYS')
+      return decode(bytes, { ...opts, ...COSE_DECODE });
+    throw e;
+  }
+}
+
 export interface ParsedHeaders {
   /** The protected bucket exactly as received (the bstr content), used in every ToBeSigned/MAC/AAD structure. */
   readonly protectedBytes: Uint8Array;
@@ -112,7 +128,7 @@ export function structBytesOrNil(v: unknown, name: string, path: string): Uint8A
 export function decodeProtected(v: unknown, path: string): { bytes: Uint8Array; map: CborMap } {
   const bytes = structBytes(v, 'protected header', path);
   if (bytes.length === 0) return { bytes, map: EMPTY_MAP };
-  const m = decode(bytes, COSE_DECODE);
+  const m = decodeCose(bytes);
   // RFC 9052 §3: empty_or_serialized_map = bstr .cbor header_map / bstr .size 0
   if (!(m instanceof CborMap)) throw new CoseError('COSE_MALFORMED', 'protected header is not a map', path);
   return { bytes, map: m };

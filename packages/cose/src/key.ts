@@ -17,7 +17,7 @@ import {
 import { algInfo, type AlgInfo } from './algorithms.ts';
 import { CborMap, decode, encode } from './cbor.ts';
 import { CoseError, type CoseErrorCode } from './errors.ts';
-import { COSE_DECODE } from './headers.ts';
+import { decodeCose } from './headers.ts';
 
 export const KeyType = { OKP: 1, EC2: 2, Symmetric: 4 } as const;
 export const Curve = { P256: 1, P384: 2, P521: 3, X25519: 4, X448: 5, Ed25519: 6, Ed448: 7 } as const;
@@ -101,7 +101,7 @@ function keyBytes(v: unknown, name: string, path: string, len?: number): Uint8Ar
 
 /** Decodes a COSE_Key from bytes (any map key order, no duplicates) and validates it strictly. */
 export function decodeCoseKey(bytes: Uint8Array): CoseKey {
-  return parseCoseKey(decode(bytes, COSE_DECODE), '$');
+  return parseCoseKey(decodeCose(bytes), '$');
 }
 
 /** Validates a decoded COSE_Key map (also used for ephemeral keys inside COSE headers). */

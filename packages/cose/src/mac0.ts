@@ -3,11 +3,11 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { algInfoOfKind, assertAllowed } from './algorithms.ts';
-import { CborTag, decode, encode, type CborMap } from './cbor.ts';
+import { CborTag, encode, type CborMap } from './cbor.ts';
 import { CoseError } from './errors.ts';
 import {
   buildHeaders,
-  COSE_DECODE,
+  decodeCose,
   parseHeaders,
   protectedBytesOf,
   selectPayload,
@@ -51,10 +51,7 @@ export function macStructure0(
 }
 
 export function decodeMac0(bytes: Uint8Array, opts: CoseDecodeOptions = {}): Mac0Message {
-  const top = decode(bytes, {
-    ...COSE_DECODE,
-    ...(opts.maxSize === undefined ? {} : { maxSize: opts.maxSize }),
-  });
+  const top = decodeCose(bytes, opts.maxSize);
   const a = structArray(
     untag(top, COSE_MAC0_TAG, opts.tag ?? 'optional', 'COSE_Mac0'),
     4,

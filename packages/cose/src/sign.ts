@@ -3,11 +3,11 @@
  * "Signature", covering the body protected bucket and the signer's protected bucket.
  */
 import { algInfoOfKind } from './algorithms.ts';
-import { CborTag, decode, encode, type CborMap } from './cbor.ts';
+import { CborTag, encode, type CborMap } from './cbor.ts';
 import { CoseError } from './errors.ts';
 import {
   buildHeaders,
-  COSE_DECODE,
+  decodeCose,
   parseHeaders,
   protectedBytesOf,
   selectPayload,
@@ -61,10 +61,7 @@ export function sigStructure(
 
 /** Decodes a COSE_Sign and checks the headers of the body and of every COSE_Signature. */
 export function decodeSign(bytes: Uint8Array, opts: CoseDecodeOptions = {}): SignMessage {
-  const top = decode(bytes, {
-    ...COSE_DECODE,
-    ...(opts.maxSize === undefined ? {} : { maxSize: opts.maxSize }),
-  });
+  const top = decodeCose(bytes, opts.maxSize);
   const a = structArray(
     untag(top, COSE_SIGN_TAG, opts.tag ?? 'optional', 'COSE_Sign'),
     4,
