@@ -16,7 +16,12 @@ function typeName(v: unknown): string {
   return typeof v;
 }
 
-export function typeError(expected: string, v: unknown, path: string, code: CoseErrorCode = 'CBOR_TYPE'): CoseError {
+export function typeError(
+  expected: string,
+  v: unknown,
+  path: string,
+  code: CoseErrorCode = 'CBOR_TYPE',
+): CoseError {
   return new CoseError(code, `expected ${expected}, found ${typeName(v)}`, path);
 }
 
@@ -89,7 +94,11 @@ export function asTag(v: unknown, tag: number, path: string): unknown {
 export function checkKeys(m: CborMap, allowed: ReadonlySet<number | string>, path: string): void {
   for (const [k] of m.entries) {
     if ((typeof k !== 'number' && typeof k !== 'string') || !allowed.has(k)) {
-      throw new CoseError('CBOR_TYPE', `unexpected key ${typeof k === 'string' ? JSON.stringify(k) : String(k)}`, path);
+      throw new CoseError(
+        'CBOR_TYPE',
+        `unexpected key ${typeof k === 'string' ? JSON.stringify(k) : String(k)}`,
+        path,
+      );
     }
   }
 }

@@ -16,7 +16,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { CborMap, CborTag, bstrHead, decode } from '@rotor/cose';
-import { parseCommandSequence, type ParseLimits } from './commands.ts';
+import { parseCommandSequence, type ParseLimits, type SuitCommand } from './commands.ts';
 import { EnvelopeKey, ManifestKey, SEVERABLE_KEYS } from './codes.ts';
 import { SuitError, type SuitErrorCode } from './errors.ts';
 import type {
@@ -559,8 +559,53 @@ function parseSetVersion(bytes: Uint8Array, path: string): number[] {
   });
 }
 
+/** Collects every uri parameter (21) set anywhere in a command sequence. */
+function collectUris(cmds: readonly SuitCommand[], out: Set<string>): void {
+  for (const c of cmds) {
+    if (c.op === 'params') {
+      const u = c.params.get(21);
+      if (u?.type === 'tstr') out.add(u.value);
+    } else if (c.op === 'override-multiple') {
+      for (const p of c.perComponent.values()) {
+        const u = p.get(21);
+        if (u?.type === 'tstr') out.add(u.value);
+      }
+    } else if (c.op === 'try-each') {
+      for (const a of c.alternatives) collectUris(a, out);
+    } else if (c.op === 'run-sequence') collectUris(c.sequence, out);
+  }
+}
+
+/**
+ * Every integrated payload / dependency must be named by a uri the manifest sets (MF §7.5, TD §5.4: the envelope
+ * key IS the uri). Integrated entries are not covered by the envelope's authentication, so an unreferenced one is
+ * refused rather than carried along (a renamed entry would otherwise pass unnoticed). When a sequence is severed and
+ * absent its uris are unknown, and the check is left to the processor.
+ */
+function checkIntegratedReferenced(outer: EnvelopeOuter, m: SuitManifest): void {
+  if (outer.integrated.size === 0) return;
+  const uris = new Set<string>();
+  const plain = [m.common.sharedSequence, m.validate, m.load, m.invoke, m.uninstall];
+  for (const s of plain) if (s !== undefined) collectUris(s.commands, uris);
+  for (const s of [m.dependencyResolution, m.payloadFetch, m.candidateVerification, m.install]) {
+    if (s === undefined) continue;
+    if (s.state === 'severed-absent') return;
+    collectUris(s.value.commands, uris);
+  }
+  for (const key of outer.integrated.keys()) {
+    if (!uris.has(key)) {
+      throw new SuitError(
+        'SUIT_ENVELOPE_INVALID',
+        `integrated entry ${JSON.stringify(key)} is not referenced by any uri`,
+        `envelope[${JSON.stringify(key)}]`,
+      );
+    }
+  }
+}
+
 /** Assembles the envelope model from a parsed outer structure and manifest. */
 export function envelopeFrom(outer: EnvelopeOuter, manifest: SuitManifest): SuitEnvelope {
+  checkIntegratedReferenced(outer, manifest);
   return {
     bytes: outer.bytes,
     tagged: outer.tagged,

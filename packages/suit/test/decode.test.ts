@@ -147,9 +147,18 @@ describe('envelope structure refusals (MF §8.2, §8.3)', () => {
       'SUIT_ENVELOPE_INVALID',
     );
   });
-  it('integrated payloads under text keys are kept', () => {
-    const env = decodeEnvelope(envelopeWith(minimalManifest(), [['#payload', new Uint8Array([1, 2, 3])]]));
+  it('integrated payloads under text keys are kept when a uri names them (MF §7.5)', () => {
+    // install = [override-parameters {21: "#payload"}, fetch]
+    const install = encode([20, new Map([[21, '#payload']]), 21, 2]);
+    const env = decodeEnvelope(
+      envelopeWith(minimalManifest([[20, install]]), [['#payload', new Uint8Array([1, 2, 3])]]),
+    );
     expect(env.integrated.get('#payload')).toEqual(new Uint8Array([1, 2, 3]));
+  });
+  it('an integrated entry no uri names is refused (it is not covered by the authentication)', () => {
+    expect(
+      code(() => decodeEnvelope(envelopeWith(minimalManifest(), [['#payload', new Uint8Array([1, 2, 3])]]))),
+    ).toBe('SUIT_ENVELOPE_INVALID');
   });
   it('integrated payload must be a bstr; count is bounded', () => {
     expect(code(() => decodeEnvelope(envelopeWith(minimalManifest(), [['#p', 5]])))).toBe(
