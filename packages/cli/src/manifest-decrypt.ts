@@ -7,7 +7,16 @@
  * The dry run checks authenticity and payload integrity, not applicability to a particular device: the platform
  * answers the vendor/class/device-id conditions with the identifiers the manifest itself names.
  */
-import { Alg, decodeEncrypt, decodeEncrypt0, decryptContent, isCoseError, unwrapContentKey, type KeyAgreement, type KeyUnwrapper } from '@rotor/cose';
+import {
+  Alg,
+  decodeEncrypt,
+  decodeEncrypt0,
+  decryptContent,
+  isCoseError,
+  unwrapContentKey,
+  type KeyAgreement,
+  type KeyUnwrapper,
+} from '@rotor/cose';
 import {
   authenticateEnvelope,
   MemoryPlatform,
@@ -33,7 +42,10 @@ const DECRYPT_ALGS: ReadonlySet<number> = new Set([
   Alg.ECDH_ES_A256KW,
 ]);
 
-function collectIdentity(cmds: readonly SuitCommand[], out: { vendor: PlatformVendorId[]; cls: Uint8Array[]; device: Uint8Array[] }): void {
+function collectIdentity(
+  cmds: readonly SuitCommand[],
+  out: { vendor: PlatformVendorId[]; cls: Uint8Array[]; device: Uint8Array[] },
+): void {
   for (const c of cmds) {
     if (c.op === 'params') {
       for (const v of c.params.values()) {
@@ -45,11 +57,18 @@ function collectIdentity(cmds: readonly SuitCommand[], out: { vendor: PlatformVe
       if (dev?.type === 'uuid') out.device.push(dev.bytes);
     } else if (c.op === 'try-each') for (const a of c.alternatives) collectIdentity(a, out);
     else if (c.op === 'run-sequence') collectIdentity(c.sequence, out);
-    else if (c.op === 'override-multiple') collectIdentity([...c.perComponent.values()].map((params) => ({ op: 'params', code: 20, params })), out);
+    else if (c.op === 'override-multiple')
+      collectIdentity(
+        [...c.perComponent.values()].map((params) => ({ op: 'params', code: 20, params })),
+        out,
+      );
   }
 }
 
-function identityOf(env: SuitEnvelope, out: { vendor: PlatformVendorId[]; cls: Uint8Array[]; device: Uint8Array[] }): void {
+function identityOf(
+  env: SuitEnvelope,
+  out: { vendor: PlatformVendorId[]; cls: Uint8Array[]; device: Uint8Array[] },
+): void {
   const m = env.manifest;
   const seqs = [m.common.sharedSequence, m.validate, m.load, m.invoke];
   for (const s of [m.install, m.payloadFetch, m.dependencyResolution, m.candidateVerification]) {
@@ -68,7 +87,12 @@ function parsePayloadArgs(args: string[]): Map<string, Uint8Array> {
   return map;
 }
 
-export async function decryptPayloads(env: SuitEnvelope, policy: TrustPolicy, keyPaths: string[], payloadArgs: string[]): Promise<Tree> {
+export async function decryptPayloads(
+  env: SuitEnvelope,
+  policy: TrustPolicy,
+  keyPaths: string[],
+  payloadArgs: string[],
+): Promise<Tree> {
   const unwrappers: KeyUnwrapper[] = [];
   const agreements: KeyAgreement[] = [];
   for (const p of keyPaths) {
@@ -91,7 +115,11 @@ export async function decryptPayloads(env: SuitEnvelope, policy: TrustPolicy, ke
       const cek = await unwrapContentKey(msg, { unwrappers, agreements }, { allowedAlgs: DECRYPT_ALGS });
       try {
         const plain = decryptContent(msg, cek, ciphertext);
-        decrypted.push({ component: componentIdText(request.component), ciphertext: ciphertext.length, plaintext: plain.length });
+        decrypted.push({
+          component: componentIdText(request.component),
+          ciphertext: ciphertext.length,
+          plaintext: plain.length,
+        });
         return plain;
       } finally {
         cek.fill(0);
@@ -101,13 +129,15 @@ export async function decryptPayloads(env: SuitEnvelope, policy: TrustPolicy, ke
   for (const [k, v] of env.integrated) platform.resources.set(k, v);
   const result = await processEnvelope(env, 'update', {
     platform,
-    authenticateDependency: async (bytes) => (await authenticateEnvelope(bytes, { ...policy, requiredRoles: [] })).envelope,
+    authenticateDependency: async (bytes) =>
+      (await authenticateEnvelope(bytes, { ...policy, requiredRoles: [] })).envelope,
   });
   if (!result.ok) {
     const e = result.error;
     if (e?.cause !== undefined && isCoseError(e.cause)) throw e.cause;
     throw e ?? new CliError('CLI_INPUT', 'the update procedure failed');
   }
-  if (decrypted.length === 0) throw new CliError('CLI_INPUT', 'the envelope has no encrypted payload that these keys reach');
+  if (decrypted.length === 0)
+    throw new CliError('CLI_INPUT', 'the envelope has no encrypted payload that these keys reach');
   return decrypted;
 }
