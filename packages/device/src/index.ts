@@ -6,3 +6,6 @@ export * from './enclave/backend.ts';
 export * from './enclave/pkcs11.ts';
 export * from './enclave/protocol.ts';
 export * from './enclave/core.ts';
+export * from './enclave/state.ts';
+export * from './enclave/client.ts';
+export * from './ipq/index.ts';

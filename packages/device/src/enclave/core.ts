@@ -25,6 +25,7 @@ import {
   decode,
   deriveKek,
   isCoseError,
+  type AlgInfo,
   type Signer,
 } from '@rotor/cose';
 import {
@@ -357,12 +358,15 @@ export class EnclaveCore {
     const { stored, backend } = this.#key(req.keyId);
     if (KEY_TYPE_INFO[stored.type].use !== 'agree')
       throw new DeviceError('KEY_USAGE', `${req.keyId} is not for ECDH`);
-    let info;
+    let info: AlgInfo;
     try {
       info = algInfoOfKind(req.alg, 'ecdh-key-wrap');
     } catch (e) {
       throw new DeviceError('REQUEST_INVALID', `alg ${req.alg} is not ECDH-ES + AES-KW`, { cause: e });
     }
+    const { wrapAlg, keyLength } = info;
+    if (wrapAlg === undefined || keyLength === undefined)
+      throw new DeviceError('INTERNAL', 'algorithm table entry');
     try {
       const ctx = asArray(decode(req.context, { maxSize: 1024, maxDepth: 4, sortedKeys: false }), 'context', {
         min: 4,
@@ -380,10 +384,10 @@ export class EnclaveCore {
       throw asDeviceError(e, 'REQUEST_INVALID');
     }
     const z = await backend.deriveSharedSecret(req.keyId, stored.type, req.peer);
-    const kek = deriveKek(z, req.salt, req.context, info.keyLength!);
+    const kek = deriveKek(z, req.salt, req.context, keyLength);
     z.fill(0);
     try {
-      return { cek: aesKeyUnwrap(kek, req.wrapped, info.wrapAlg) };
+      return { cek: aesKeyUnwrap(kek, req.wrapped, wrapAlg) };
     } catch (e) {
       if (isCoseError(e))
         throw new DeviceError('UNWRAP_FAILED', 'AES key unwrap integrity check failed', { cause: e });
