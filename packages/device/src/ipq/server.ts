@@ -7,9 +7,14 @@
  */
 import type { Duplex } from 'node:stream';
 import { DeviceError, isDeviceError } from '../errors.ts';
-import { DEFAULT_MAX_FRAME, FrameReader } from './frame.ts';
+import { DEFAULT_MAX_FRAME, FrameReader, type FrameEvent } from './frame.ts';
 import { decodeRequest, encodeResponse, errorBody } from './message.ts';
 import { FrameWriter } from './writer.ts';
+
+/** Frames served per event-loop turn. */
+const FRAMES_PER_TURN = 16;
+/** Frames received but not yet served before the server stops reading. */
+const MAX_BACKLOG = 4096;
 
 export type RequestHandler = (type: string, body: unknown) => Promise<ReadonlyMap<string, unknown>>;
 
@@ -70,25 +75,50 @@ export function serveQueue(
     );
   };
 
+  // Frames are served a few at a time per event-loop turn, so responses leave (FrameWriter flushes between
+  // turns) and other work (a rotation's storage I/O) proceeds even when thousands of requests arrive at once.
+  // The socket is paused while the backlog is long: memory stays bounded whatever the peer sends.
+  const backlog: FrameEvent[] = [];
+  let head = 0;
+  let scheduled = false;
+  const pump = (): void => {
+    scheduled = false;
+    const end = Math.min(backlog.length, head + FRAMES_PER_TURN);
+    for (; head < end; head++) handle(backlog[head]!);
+    if (head < backlog.length) {
+      scheduled = true;
+      setImmediate(pump);
+    } else {
+      backlog.length = 0;
+      head = 0;
+    }
+    if (stream.isPaused() && backlog.length - head < MAX_BACKLOG / 2) stream.resume();
+  };
+  const handle = (ev: FrameEvent): void => {
+    if (ev.kind === 'oversize') {
+      stats.oversize++;
+      fail(null, new DeviceError('FRAME_TOO_LARGE', `frame of ${ev.length} bytes exceeds ${maxFrame}`));
+      return;
+    }
+    const r = decodeRequest(ev.payload, maxFrame);
+    if (!r.ok) {
+      stats.malformed++;
+      fail(r.id, r.error);
+      return;
+    }
+    stats.requests++;
+    if (stats.inFlight >= maxInFlight) {
+      fail(r.msg.id, new DeviceError('QUEUE_FULL', `${maxInFlight} requests in flight`));
+      return;
+    }
+    serve(r.msg.id, r.msg.type, r.msg.body);
+  };
   stream.on('data', (chunk: Buffer) => {
-    for (const ev of reader.push(chunk)) {
-      if (ev.kind === 'oversize') {
-        stats.oversize++;
-        fail(null, new DeviceError('FRAME_TOO_LARGE', `frame of ${ev.length} bytes exceeds ${maxFrame}`));
-        continue;
-      }
-      const r = decodeRequest(ev.payload, maxFrame);
-      if (!r.ok) {
-        stats.malformed++;
-        fail(r.id, r.error);
-        continue;
-      }
-      stats.requests++;
-      if (stats.inFlight >= maxInFlight) {
-        fail(r.msg.id, new DeviceError('QUEUE_FULL', `${maxInFlight} requests in flight`));
-        continue;
-      }
-      serve(r.msg.id, r.msg.type, r.msg.body);
+    for (const ev of reader.push(chunk)) backlog.push(ev);
+    if (backlog.length - head >= MAX_BACKLOG) stream.pause();
+    if (!scheduled && head < backlog.length) {
+      scheduled = true;
+      setImmediate(pump);
     }
   });
   return stats;
