@@ -9,3 +9,8 @@ export * from './enclave/core.ts';
 export * from './enclave/state.ts';
 export * from './enclave/client.ts';
 export * from './ipq/index.ts';
+export * from './flash/index.ts';
+export * from './fetch/index.ts';
+export * from './platform/platform.ts';
+export * from './boot/boot.ts';
+export * from './agent/index.ts';

@@ -30,6 +30,11 @@ export function otherBank(b: 'a' | 'b'): 'a' | 'b' {
   return b === 'a' ? 'b' : 'a';
 }
 
+/** A printable, collision-free key for a component identifier (same form as @rotor/suit's componentKey). */
+export function componentKey(c: ComponentId): string {
+  return `[${c.map((b) => Buffer.from(b).toString('hex')).join('/')}]`;
+}
+
 /** A stable, bounded directory/record name for a component identifier (SHA-256 of its parts, 96 bits). */
 export function componentTag(c: ComponentId): string {
   const h = createHash('sha256');

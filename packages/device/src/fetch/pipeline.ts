@@ -1,0 +1,344 @@
+/**
+ * The install pipeline: source bytes → (streaming decrypt) → SHA-256 → flash, in constant memory.
+ *
+ * Sources: the network (a ByteSource: HTTP Range resume, bounded retries with exponential backoff, one overall
+ * deadline, a hard size bound), an image already in flash (copy, MF §8.4.10.5), or bytes in memory (integrated
+ * payloads, directive-write content).
+ *
+ * Resume across restarts (network sources): a download record (uri, entity tag, chunk size, manifest digest) is
+ * persisted before the first byte is written; after a restart the durable leading full chunks are kept, their
+ * bytes are hashed again, and — for an encrypted payload — the decipher is brought to the same position by
+ * re-encrypting the stored plaintext prefix with the same content key and IV (this reproduces the exact
+ * ciphertext prefix, so no new (key, IV) use arises; a tampered prefix changes the GCM tag and the digest and is
+ * refused). The transfer then continues with `Range: bytes=<prefix>-` and `If-Range` (RFC 9110 §14.2, §13.1.5);
+ * a server that answers 200 (changed representation or no range support) restarts the image from zero.
+ *
+ * GCM plaintext reaches flash before the tag is checked (at the end): it lands only in the inactive slot, and the
+ * image becomes installable only after the tag and the manifest's digest verified (RFC 9019 §4.1).
+ */
+import { createHash, type Hash } from 'node:crypto';
+import {
+  CoseError,
+  createContentCipher,
+  createContentDecipher,
+  type ChunkCipher,
+  type EncryptMessage,
+} from '@rotor/cose';
+import type { ComponentId } from '@rotor/suit';
+import { DeviceError } from '../errors.ts';
+import type { BankId, Flash } from '../flash/flash.ts';
+import {
+  downloadName,
+  encodeDownload,
+  type DownloadRecord,
+  type ImageRecord,
+  type NvState,
+} from '../flash/nvstate.ts';
+import { TransientError, type ByteSource } from './source.ts';
+
+export interface PayloadDecryption {
+  readonly msg: EncryptMessage;
+  readonly cek: Uint8Array;
+}
+
+export type PayloadInput =
+  | { readonly kind: 'fetch'; readonly uri: string; readonly expectedSize: bigint | undefined }
+  | { readonly kind: 'image'; readonly bank: BankId; readonly record: ImageRecord }
+  | { readonly kind: 'bytes'; readonly data: Uint8Array };
+
+export interface FetchPolicy {
+  readonly source: ByteSource;
+  /** Retries after the first attempt (default 5). */
+  readonly retries?: number;
+  /** First backoff, doubled per retry (default 200 ms), capped at `maxBackoffMs` (default 10 s). */
+  readonly backoffMs?: number;
+  readonly maxBackoffMs?: number;
+  /** Overall deadline of one retrieval, across retries (default 10 minutes): slow-drip servers are cut off. */
+  readonly deadlineMs?: number;
+}
+
+export interface InstallTarget {
+  readonly flash: Flash;
+  readonly nv: NvState;
+  readonly bank: BankId;
+  readonly component: ComponentId;
+  /** Largest image the slot takes. */
+  readonly maxSize: number;
+  /** The manifest this image belongs to (a download record of another manifest is never resumed). */
+  readonly manifestDigest: Uint8Array;
+}
+
+export interface InstallStats {
+  /** Bytes taken over from a previous, interrupted attempt (not transferred again). */
+  resumedBytes: number;
+  /** Network attempts made. */
+  attempts: number;
+}
+
+const TAG_ALLOWANCE = 16;
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(a, b) === 0;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+}
+
+function decryptError(e: unknown): DeviceError {
+  if (e instanceof DeviceError) return e;
+  return new DeviceError(
+    'PAYLOAD_DECRYPT_FAILED',
+    `payload decryption failed: ${e instanceof Error ? e.message : String(e)}`,
+    { cause: e },
+  );
+}
+
+/** Streams decrypted, hashed bytes into a writer, skipping output that is already in flash. */
+class Sink {
+  readonly hash: Hash = createHash('sha256');
+  readonly decipher: ChunkCipher | undefined;
+  skip = 0;
+  readonly #write: (b: Uint8Array) => Promise<void>;
+
+  constructor(decipher: ChunkCipher | undefined, write: (b: Uint8Array) => Promise<void>) {
+    this.decipher = decipher;
+    this.#write = write;
+  }
+
+  async push(input: Uint8Array): Promise<void> {
+    let out: Uint8Array;
+    try {
+      out = this.decipher === undefined ? input : this.decipher.update(input);
+    } catch (e) {
+      throw decryptError(e);
+    }
+    if (this.skip > 0) {
+      const n = Math.min(this.skip, out.length);
+      this.skip -= n;
+      out = out.subarray(n);
+    }
+    if (out.length === 0) return;
+    this.hash.update(out);
+    await this.#write(out);
+  }
+
+  async end(): Promise<void> {
+    if (this.decipher === undefined) return;
+    let out: Uint8Array;
+    try {
+      out = this.decipher.final();
+    } catch (e) {
+      // RFC 9052 §5.3: an authentication failure yields no plaintext (the slot is never committed).
+      throw decryptError(e instanceof CoseError ? e : new Error(String(e)));
+    }
+    if (out.length > 0) {
+      this.hash.update(out);
+      await this.#write(out);
+    }
+  }
+}
+
+/**
+ * Writes one component image into `target.bank` from `input`, decrypting with `decryption` when given. Returns
+ * the image record (size, SHA-256, chunk size) — not yet committed: the caller records it.
+ */
+export async function installImage(
+  target: InstallTarget,
+  input: PayloadInput,
+  decryption: PayloadDecryption | undefined,
+  policy: FetchPolicy | undefined,
+  stats: InstallStats = { resumedBytes: 0, attempts: 0 },
+): Promise<ImageRecord> {
+  const { flash, nv, bank, component } = target;
+  const chunkSize = flash.chunkSize;
+  const makeDecipher = (): ChunkCipher | undefined => {
+    if (decryption === undefined) return undefined;
+    try {
+      return createContentDecipher(decryption.msg, decryption.cek);
+    } catch (e) {
+      throw decryptError(e);
+    }
+  };
+
+  if (input.kind !== 'fetch') {
+    await flash.erase(bank, component);
+    const w = await flash.writer(bank, component, { maxSize: target.maxSize });
+    const sink = new Sink(makeDecipher(), (b) => w.write(b));
+    if (input.kind === 'bytes') {
+      for (let off = 0; off < input.data.length; off += chunkSize)
+        await sink.push(input.data.subarray(off, off + chunkSize));
+    } else {
+      const r = input.record;
+      for await (const c of flash.read(input.bank, r.component, r.size, r.chunkSize)) await sink.push(c);
+    }
+    await sink.end();
+    const size = await w.finish();
+    return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
+  }
+
+  if (policy === undefined) throw new DeviceError('FETCH_FAILED', 'this platform has no payload source');
+  // Hard bound on the transfer: the announced image-size when given, never more than the slot (plus the tag).
+  const bound = target.maxSize + (decryption === undefined ? 0 : TAG_ALLOWANCE);
+  if (input.expectedSize !== undefined && input.expectedSize > BigInt(bound))
+    throw new DeviceError('IMAGE_TOO_LARGE', `announced size ${input.expectedSize} exceeds the slot`);
+  const maxInput = input.expectedSize === undefined ? bound : Number(input.expectedSize);
+
+  // ---- resume point ----
+  const dlName = downloadName(bank, component);
+  const wanted: DownloadRecord = {
+    uri: input.uri,
+    etag: undefined,
+    chunkSize,
+    manifestDigest: target.manifestDigest,
+    decrypted: decryption !== undefined,
+  };
+  let record = await nv.download(bank, component).catch(() => undefined);
+  let keep = 0;
+  if (
+    record !== undefined &&
+    record.uri === wanted.uri &&
+    record.chunkSize === chunkSize &&
+    record.decrypted === wanted.decrypted &&
+    sameBytes(record.manifestDigest, wanted.manifestDigest)
+  ) {
+    keep = await flash.durablePrefix(bank, component, chunkSize);
+  } else {
+    await flash.erase(bank, component);
+    record = wanted;
+    await nv.store.put(dlName, encodeDownload(record));
+  }
+
+  const deadlineMs = policy.deadlineMs ?? 600_000;
+  const signal = AbortSignal.timeout(deadlineMs);
+  // A function, so that checks after an await are not narrowed away: the deadline fires asynchronously.
+  const expired = (): boolean => signal.aborted;
+  const retries = policy.retries ?? 5;
+  let backoff = policy.backoffMs ?? 200;
+  const maxBackoff = policy.maxBackoffMs ?? 10_000;
+
+  for (;;) {
+    // (Re)start the pipeline at `keep` full chunks.
+    const writer = await flash.writer(bank, component, { startChunk: keep, maxSize: target.maxSize });
+    const sink = new Sink(makeDecipher(), (b) => writer.write(b));
+    let received = 0;
+    if (keep > 0) {
+      // Re-hash the kept plaintext and bring the decipher to the same position.
+      const prefix = keep * chunkSize;
+      const cipher =
+        decryption === undefined
+          ? undefined
+          : createContentCipher(
+              decryption.msg.alg,
+              decryption.cek,
+              decryption.msg.iv!,
+              decryption.msg.protectedBytes,
+              { context: decryption.msg.context },
+            );
+      let emitted = 0;
+      for await (const c of flash.read(bank, component, prefix, chunkSize)) {
+        sink.hash.update(c);
+        if (cipher !== undefined && sink.decipher !== undefined)
+          emitted += sink.decipher.update(cipher.update(c)).length;
+      }
+      sink.skip = cipher === undefined ? 0 : prefix - emitted;
+      received = prefix;
+      stats.resumedBytes += prefix;
+    }
+
+    let restart = false;
+    let attempt = 0;
+    let total: number | undefined;
+    while (!restart) {
+      if (expired())
+        throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`);
+      attempt++;
+      stats.attempts++;
+      let res;
+      try {
+        res = await policy.source.open(input.uri, { offset: received, etag: record.etag, signal });
+      } catch (e) {
+        if (expired())
+          throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
+            cause: e,
+          });
+        if (!(e instanceof TransientError) || attempt > retries) throw fetchFailed(e, input.uri);
+        await sleep(backoff, signal);
+        backoff = Math.min(backoff * 2, maxBackoff);
+        continue;
+      }
+      try {
+        if (res.start !== received) {
+          // The server sent the whole representation (changed, or no range support): start over from zero.
+          if (received > 0) {
+            keep = 0;
+            restart = true;
+            await flash.erase(bank, component);
+            record = { ...record, etag: res.etag };
+            await nv.store.put(dlName, encodeDownload(record));
+            continue;
+          }
+        }
+        if (res.etag !== record.etag) {
+          record = { ...record, etag: res.etag };
+          await nv.store.put(dlName, encodeDownload(record));
+        }
+        if (res.total !== undefined) {
+          if (res.total > maxInput)
+            throw new DeviceError(
+              'IMAGE_TOO_LARGE',
+              `${input.uri} is ${res.total} bytes, more than the bound of ${maxInput}`,
+            );
+          total = res.total;
+        }
+        for await (const piece of res.body) {
+          received += piece.length;
+          if (received > maxInput)
+            throw new DeviceError(
+              'IMAGE_TOO_LARGE',
+              `${input.uri} sent more than the bound of ${maxInput} bytes`,
+            );
+          if (total !== undefined && received > total)
+            throw new DeviceError('FETCH_PROTOCOL', `${input.uri} sent more than its stated length`);
+          await sink.push(piece);
+        }
+        if (total === undefined || received === total) break;
+        throw new TransientError(`connection closed after ${received} of ${total} bytes`);
+      } catch (e) {
+        if (e instanceof DeviceError) throw e;
+        if (expired())
+          throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
+            cause: e,
+          });
+        if (attempt > retries) throw fetchFailed(e, input.uri);
+        await sleep(backoff, signal);
+        backoff = Math.min(backoff * 2, maxBackoff);
+      } finally {
+        res.close();
+      }
+    }
+    if (restart) continue;
+    await sink.end();
+    const size = await writer.finish();
+    return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
+  }
+}
+
+function fetchFailed(e: unknown, uri: string): DeviceError {
+  if (e instanceof DeviceError) return e;
+  return new DeviceError(
+    'FETCH_FAILED',
+    `retrieval of ${uri} failed: ${e instanceof Error ? e.message : String(e)}`,
+    { cause: e },
+  );
+}

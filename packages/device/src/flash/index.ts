@@ -1,0 +1,2 @@
+export * from './flash.ts';
+export * from './nvstate.ts';

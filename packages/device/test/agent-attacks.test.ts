@@ -1,0 +1,161 @@
+/**
+ * Attack tests (issue 4 "Must show"): each refused with a typed reason, the running firmware, its bank record and
+ * the anti-rollback counters untouched.
+ */
+import { createHash } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { DeviceAgent } from '../src/agent/agent.ts';
+import { httpSource } from '../src/fetch/source.ts';
+import { DEVICE_ID, image, keys, provisioned, release, URI } from './agent-fixture.ts';
+
+async function snapshot(agent: DeviceAgent): Promise<unknown> {
+  const st = await agent.status();
+  return {
+    bank: st.bank,
+    sequence: st.sequence,
+    counters: [...st.counters],
+    running: await agent.nv.store.get(`bank-${st.bank}`),
+    boot: (await agent.nv.boot())?.active,
+  };
+}
+
+async function expectRefused(
+  agent: DeviceAgent,
+  envelope: Uint8Array,
+  code: string,
+  suitCode?: string,
+): Promise<void> {
+  const before = await snapshot(agent);
+  const out = await agent.update(envelope);
+  expect(out.ok).toBe(false);
+  if (out.ok) return;
+  expect(out.code).toBe(code);
+  if (suitCode !== undefined) expect(out.suitCode).toBe(suitCode);
+  expect(await snapshot(agent)).toEqual(before);
+  const last = (await agent.outbox.pending()).at(-1);
+  expect(last?.state).toBe('failed');
+  expect(last?.reason).toBe(code);
+}
+
+describe('attacks on the update path', () => {
+  it('wrong vendor, class or device id', async () => {
+    const { agent, resources } = await provisioned();
+    const img = image(2, 2000);
+    resources.set(URI('v2'), img);
+    for (const o of [
+      { vendor: 'evil.example' },
+      { className: 'other-class' },
+      { deviceId: new Uint8Array(16) },
+    ]) {
+      const r = await release({ seq: 2, image: img, uri: URI('v2'), ...o });
+      await expectRefused(agent, r.envelope, 'MANIFEST_REJECTED', 'SUIT_CONDITION_FAILED');
+    }
+    expect(DEVICE_ID.length).toBe(16);
+  });
+
+  it('a replayed older (validly signed) manifest, and the same one again', async () => {
+    const { agent, resources } = await provisioned();
+    const r2 = await release({ seq: 2, image: image(2, 2000), uri: URI('v2') });
+    resources.set(URI('v2'), r2.payload);
+    expect(await agent.update(r2.envelope)).toMatchObject({ ok: true, confirmed: true });
+    const old = await release({ seq: 1, image: image(1, 3000), uri: URI('v1') });
+    await expectRefused(agent, old.envelope, 'MANIFEST_REJECTED', 'SUIT_ROLLBACK');
+    await expectRefused(agent, r2.envelope, 'MANIFEST_REJECTED', 'SUIT_ROLLBACK');
+  });
+
+  it('a manifest signed by an unknown key, and author-only where the operator is required', async () => {
+    const { agent, resources } = await provisioned();
+    const img = image(2, 2000);
+    resources.set(URI('v2'), img);
+    const k = keys();
+    const unknown = await release({ seq: 2, image: img, uri: URI('v2'), signers: [k.stranger] });
+    await expectRefused(agent, unknown.envelope, 'MANIFEST_REJECTED');
+    const authorOnly = await release({ seq: 2, image: img, uri: URI('v2'), signers: [k.author] });
+    await expectRefused(agent, authorOnly.envelope, 'MANIFEST_REJECTED', 'SUIT_MISSING_PARTY');
+    const strangerAsOperator = await release({
+      seq: 2,
+      image: img,
+      uri: URI('v2'),
+      signers: [k.author, k.stranger],
+    });
+    await expectRefused(agent, strangerAsOperator.envelope, 'MANIFEST_REJECTED', 'SUIT_MISSING_PARTY');
+  });
+
+  it('a payload digest mismatch, and a payload swapped for another release', async () => {
+    const { agent, resources } = await provisioned();
+    const img = image(2, 2000);
+    const bad = img.slice();
+    bad[1000]! ^= 1;
+    const r = await release({ seq: 2, image: img, uri: URI('v2') });
+    resources.set(URI('v2'), bad);
+    await expectRefused(agent, r.envelope, 'MANIFEST_REJECTED', 'SUIT_CONDITION_FAILED');
+    // Release 3's (validly encrypted) payload served in place of release 2's.
+    const r2 = await release({ seq: 2, image: image(2, 2000), uri: URI('v2e'), encrypt: 'gcm' });
+    const r3 = await release({ seq: 3, image: image(3, 2000), uri: URI('v3e'), encrypt: 'gcm' });
+    resources.set(URI('v2e'), r3.payload);
+    await expectRefused(agent, r2.envelope, 'PAYLOAD_DECRYPT_FAILED', 'SUIT_OPERATION_FAILED');
+    // Same with plaintext payloads: the digest catches it.
+    const p2 = await release({ seq: 2, image: image(2, 2000), uri: URI('p2') });
+    resources.set(URI('p2'), image(3, 2000));
+    await expectRefused(agent, p2.envelope, 'MANIFEST_REJECTED', 'SUIT_CONDITION_FAILED');
+  });
+});
+
+describe('hostile servers (HTTP over loopback)', () => {
+  const servers: Server[] = [];
+  afterAll(() => {
+    for (const s of servers) s.close();
+  });
+
+  async function serve(handler: Parameters<typeof createServer>[1]): Promise<string> {
+    const s = createServer(handler);
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
+  }
+
+  it('an endless payload is cut at the bound (IMAGE_TOO_LARGE)', async () => {
+    const base = await serve((_req, res) => {
+      res.writeHead(200);
+      const chunk = Buffer.alloc(16 * 1024, 7);
+      const pump = (): void => {
+        while (res.write(chunk));
+        res.once('drain', pump);
+      };
+      pump();
+      res.on('close', () => res.removeAllListeners('drain'));
+    });
+    const { agent } = await provisioned();
+    agent.fetchPolicy = { source: httpSource(), retries: 1, backoffMs: 1, deadlineMs: 10_000 };
+    const img = image(2, 2000);
+    const r = await release({ seq: 2, image: img, uri: `${base}/endless` });
+    await expectRefused(agent, r.envelope, 'IMAGE_TOO_LARGE');
+  });
+
+  it('a slow-drip server is cut off by the deadline (FETCH_DEADLINE)', async () => {
+    const img = image(2, 2000);
+    const base = await serve((_req, res) => {
+      res.writeHead(200, { 'content-length': String(img.length) });
+      let i = 0;
+      const t = setInterval(() => {
+        if (i >= img.length) {
+          clearInterval(t);
+          res.end();
+          return;
+        }
+        res.write(img.subarray(i, i + 1));
+        i++;
+      }, 20);
+      res.on('close', () => {
+        clearInterval(t);
+      });
+    });
+    const { agent } = await provisioned();
+    agent.fetchPolicy = { source: httpSource(), retries: 5, backoffMs: 10, deadlineMs: 400 };
+    const r = await release({ seq: 2, image: img, uri: `${base}/slow` });
+    await expectRefused(agent, r.envelope, 'FETCH_DEADLINE');
+    expect(createHash('sha256').update(img).digest().length).toBe(32);
+  });
+});
