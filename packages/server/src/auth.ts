@@ -36,13 +36,18 @@ export const PERMISSIONS = {
   'release.upload': ['author'],
   'release.read': ['admin', 'author', 'operator', 'auditor'],
   'release.approve': ['operator'],
+  'rollout.create': ['operator'],
+  'rollout.pause': ['operator'],
+  'rollout.resume': ['operator'],
+  'rollout.cancel': ['operator'],
+  'rollout.read': ['admin', 'operator', 'auditor'],
   'audit.read': ['admin', 'auditor'],
 } as const satisfies Record<string, readonly Role[]>;
 
 export type OperatorAction = keyof typeof PERMISSIONS;
 
 /** What a device may do: only ever on its own resources (the service checks the device id). */
-export const DEVICE_ACTIONS = ['device.self', 'payload.download'] as const;
+export const DEVICE_ACTIONS = ['device.self', 'device.checkin', 'device.report', 'payload.download'] as const;
 export type DeviceAction = (typeof DEVICE_ACTIONS)[number];
 
 export type Action = OperatorAction | DeviceAction;

@@ -39,6 +39,8 @@ export interface ServerConfig {
   readonly logLevel: LogLevel;
   readonly shutdownGraceMs: number;
   readonly mqttUrl: string | undefined;
+  /** How often each instance re-evaluates active rollouts (phase timeouts, thresholds). */
+  readonly rolloutTickMs: number;
 }
 
 export const CONFIG_HELP = `rotor server [options]
@@ -55,6 +57,7 @@ options (environment variable in brackets; flags win):
   --max-upload-bytes N    largest envelope/payload body   [ROTOR_MAX_UPLOAD_BYTES, default 67108864]
   --log-level LEVEL       ${LOG_LEVELS.join('|')}  [ROTOR_LOG_LEVEL, default info]
   --shutdown-grace-ms N   drain time on SIGTERM/SIGINT    [ROTOR_SHUTDOWN_GRACE_MS, default 10000]
+  --rollout-tick-ms N     rollout re-evaluation period    [ROTOR_ROLLOUT_TICK_MS, default 5000]
 environment only (secrets):
   DATABASE_URL            PostgreSQL; unset: embedded PGlite in <data-dir>/pg
   ROTOR_ADMIN_TOKEN       admin bootstrap token (>= 32 chars); unset: generated once into
@@ -74,6 +77,7 @@ const FLAGS = {
   'max-upload-bytes': { type: 'string' },
   'log-level': { type: 'string' },
   'shutdown-grace-ms': { type: 'string' },
+  'rollout-tick-ms': { type: 'string' },
 } as const;
 
 export interface ConfigSource {
@@ -169,6 +173,7 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
     logLevel: logLevel as LogLevel,
     shutdownGraceMs: int('shutdown-grace-ms', 'ROTOR_SHUTDOWN_GRACE_MS', 10_000, 0, 600_000),
     mqttUrl,
+    rolloutTickMs: int('rollout-tick-ms', 'ROTOR_ROLLOUT_TICK_MS', 5000, 100, 3_600_000),
   };
   if (problems.length > 0)
     throw new ServerError('CONFIG_INVALID', `invalid configuration: ${problems.join('; ')}`);

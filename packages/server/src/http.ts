@@ -40,6 +40,8 @@ declare module 'fastify' {
 export const JSON_TYPE = 'application/json';
 export const SUIT_ENVELOPE_TYPE = 'application/suit-envelope+cose';
 export const OCTET_STREAM = 'application/octet-stream';
+/** Unsigned SUIT report (draft-ietf-suit-report: a CBOR SUIT_Report; the device is authenticated by mTLS). */
+export const SUIT_REPORT_TYPE = 'application/suit-report+cbor';
 
 type Listener = 'operator' | 'device';
 
@@ -170,9 +172,13 @@ export function createBaseApp(opts: BaseAppOptions): { app: FastifyInstance; rou
       done(new ServerError('REQUEST_BODY_MALFORMED', 'body is not valid JSON'), undefined);
     }
   });
-  app.addContentTypeParser([SUIT_ENVELOPE_TYPE, OCTET_STREAM], { parseAs: 'buffer' }, (_req, body, done) => {
-    done(null, body);
-  });
+  app.addContentTypeParser(
+    [SUIT_ENVELOPE_TYPE, SUIT_REPORT_TYPE, OCTET_STREAM],
+    { parseAs: 'buffer' },
+    (_req, body, done) => {
+      done(null, body);
+    },
+  );
 
   app.addHook('onRoute', (r) => {
     const config = (r.config ?? {}) as RouteRecord['config'];

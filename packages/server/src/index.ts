@@ -10,3 +10,5 @@ export * from './server.ts';
 export { parseRange } from './routes.ts';
 export { openApiDocument, SUIT_ENVELOPE_TYPE } from './http.ts';
 export * from './suit-auth.ts';
+export * from './rollouts.ts';
+export { hex, auditedTransaction } from './tx.ts';

@@ -6,8 +6,10 @@ import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Principal, Role } from './auth.ts';
 import { ServerError } from './errors.ts';
-import { OCTET_STREAM, SUIT_ENVELOPE_TYPE } from './http.ts';
+import { OCTET_STREAM, SUIT_ENVELOPE_TYPE, SUIT_REPORT_TYPE } from './http.ts';
+import { MAX_REPORT_BYTES } from './rollouts.ts';
 import * as S from './schemas.ts';
+import type { PhaseSpec, RolloutTarget } from './rollouts.ts';
 import type { AuthorKeyAlg, DeviceCreate, DeviceUpdate, Services } from './services.ts';
 
 function principal(req: FastifyRequest): Principal {
@@ -275,6 +277,73 @@ export function registerOperatorRoutes(
         .send(Buffer.from(await s.releases.envelope(principal(req), req.params.id))),
   );
 
+  // --- approval and rollouts
+  app.post<{ Params: { id: string } }>(
+    '/v1/releases/:id/approve',
+    {
+      config: { summary: 'Approve a release for deployment (operator)' },
+      schema: { params: S.idParam, response: { 200: S.releaseInfo } },
+    },
+    async (req) => {
+      await s.rollouts.approve(principal(req), req.params.id);
+      return s.releases.get(principal(req), req.params.id);
+    },
+  );
+  app.post<{ Body: { name: string; releaseId: string; target: RolloutTarget; phases: PhaseSpec[] } }>(
+    '/v1/rollouts',
+    {
+      config: { summary: 'Create a phased rollout (operator)' },
+      schema: { body: S.rolloutCreateBody, response: { 201: S.rolloutCreated } },
+    },
+    async (req, reply) => reply.code(201).send(await s.rollouts.create(principal(req), req.body)),
+  );
+  app.get<{ Querystring: { limit: number; after?: string } }>(
+    '/v1/rollouts',
+    {
+      config: { summary: 'List rollouts with counts' },
+      schema: { querystring: S.pageQuery, response: { 200: S.rolloutList } },
+    },
+    async (req) => ({ items: await s.rollouts.list(principal(req), req.query) }),
+  );
+  app.get<{ Params: { id: string } }>(
+    '/v1/rollouts/:id',
+    {
+      config: { summary: 'A rollout with counts per state and phase' },
+      schema: { params: S.idParam, response: { 200: S.rolloutInfo } },
+    },
+    async (req) => s.rollouts.get(principal(req), req.params.id),
+  );
+  for (const action of ['pause', 'resume', 'cancel'] as const) {
+    app.post<{ Params: { id: string } }>(
+      `/v1/rollouts/:id/${action}`,
+      {
+        config: { summary: `${action[0]!.toUpperCase()}${action.slice(1)} a rollout (operator)` },
+        schema: { params: S.idParam, response: { 200: S.rolloutInfo } },
+      },
+      async (req) => s.rollouts[action](principal(req), req.params.id),
+    );
+  }
+  app.get<{ Params: { id: string }; Querystring: { after: number; limit: number } }>(
+    '/v1/rollouts/:id/events',
+    {
+      config: { summary: 'Per-device history of a rollout' },
+      schema: { params: S.idParam, querystring: S.eventQuery, response: { 200: S.eventList } },
+    },
+    async (req) => ({
+      items: await s.rollouts.deviceEvents(principal(req), { rolloutId: req.params.id, ...req.query }),
+    }),
+  );
+  app.get<{ Params: { id: string }; Querystring: { after: number; limit: number } }>(
+    '/v1/devices/:id/events',
+    {
+      config: { summary: 'History of a device' },
+      schema: { params: S.idParam, querystring: S.eventQuery, response: { 200: S.eventList } },
+    },
+    async (req) => ({
+      items: await s.rollouts.deviceEvents(principal(req), { deviceId: req.params.id, ...req.query }),
+    }),
+  );
+
   // --- audit
   app.get<{ Querystring: { after: number; limit: number } }>(
     '/v1/audit',
@@ -324,6 +393,53 @@ export function registerDeviceRoutes(app: FastifyInstance, services: Services): 
       schema: { params: S.idParam, response: { 200: S.deviceInfo } },
     },
     async (req) => s.devices.get(principal(req), req.params.id),
+  );
+  app.post(
+    '/d/v1/checkin',
+    {
+      config: { auth: 'device', summary: 'Poll: what should this device do next (RFC 9019 §3)' },
+      schema: { response: { 200: S.checkinResult } },
+    },
+    async (req) => s.rollouts.checkin(principal(req)),
+  );
+  app.get<{ Params: { id: string } }>(
+    '/d/v1/rollouts/:id/envelope',
+    {
+      config: {
+        auth: 'device',
+        binary: true,
+        produces: SUIT_ENVELOPE_TYPE,
+        summary: "The envelope of one of the device's rollouts",
+      },
+      schema: { params: S.idParam },
+    },
+    async (req, reply) =>
+      reply
+        .type(SUIT_ENVELOPE_TYPE)
+        .send(Buffer.from(await s.rollouts.envelopeFor(principal(req), req.params.id))),
+  );
+  app.post<{ Body: Buffer }>(
+    '/d/v1/reports',
+    {
+      bodyLimit: MAX_REPORT_BYTES,
+      config: {
+        auth: 'device',
+        accepts: [SUIT_REPORT_TYPE],
+        summary: 'Ingest a SUIT report (draft-ietf-suit-report)',
+      },
+      schema: { response: { 200: S.reportResult } },
+    },
+    async (req) => s.rollouts.report(principal(req), new Uint8Array(req.body)),
+  );
+  app.get<{ Querystring: { after: number; limit: number } }>(
+    '/d/v1/events',
+    {
+      config: { auth: 'device', summary: "The device's own history" },
+      schema: { querystring: S.eventQuery, response: { 200: S.eventList } },
+    },
+    async (req) => ({
+      items: await s.rollouts.deviceEvents(principal(req), { deviceId: self(req), ...req.query }),
+    }),
   );
   app.get<{ Params: { sha256: string } }>(
     '/d/v1/payloads/:sha256',

@@ -238,3 +238,121 @@ export const health = {
   required: ['status'],
   properties: { status: { type: 'string', enum: ['ok', 'ready'] } },
 } as const;
+
+// --- rollouts
+const phase = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['percent', 'successThreshold', 'failureThreshold', 'timeoutMs'],
+  properties: {
+    percent: { type: 'integer', minimum: 1, maximum: 100 },
+    successThreshold: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+    failureThreshold: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+    timeoutMs: { type: 'integer', minimum: 1000, maximum: 30 * 86_400_000 },
+  },
+} as const;
+const target = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    group: label,
+    tags: { type: 'array', maxItems: 32, uniqueItems: true, items: label },
+    deviceIds: {
+      type: 'array',
+      maxItems: 10_000,
+      uniqueItems: true,
+      items: { type: 'string', maxLength: 64 },
+    },
+    attributes,
+  },
+} as const;
+export const rolloutCreateBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'releaseId', 'target', 'phases'],
+  properties: {
+    name,
+    releaseId: { type: 'string', maxLength: 64 },
+    target,
+    phases: { type: 'array', minItems: 1, maxItems: 16, items: phase },
+  },
+} as const;
+const countProps = Object.fromEntries(
+  ['total', 'pending', 'in_progress', 'succeeded', 'failed', 'timed_out', 'cancelled'].map((k) => [
+    k,
+    { type: 'integer' },
+  ]),
+);
+const counts = {
+  type: 'object',
+  additionalProperties: false,
+  required: Object.keys(countProps),
+  properties: countProps,
+} as const;
+const rolloutProps = {
+  id: { type: 'string' },
+  name: { type: 'string' },
+  releaseId: { type: 'string' },
+  state: { type: 'string', enum: ['active', 'paused', 'cancelled', 'completed'] },
+  currentPhase: { type: 'integer' },
+  phases: { type: 'array', items: phase },
+  target,
+  pauseReason: { type: ['string', 'null'] },
+  counts,
+  phaseCounts: { type: 'array', items: counts },
+  createdAtMs: { type: 'integer' },
+  updatedAtMs: { type: 'integer' },
+} as const;
+export const rolloutInfo = {
+  type: 'object',
+  additionalProperties: false,
+  required: Object.keys(rolloutProps),
+  properties: rolloutProps,
+} as const;
+export const rolloutCreated = {
+  type: 'object',
+  additionalProperties: false,
+  required: [...Object.keys(rolloutProps), 'assigned', 'excluded'],
+  properties: { ...rolloutProps, assigned: { type: 'integer' }, excluded: { type: 'integer' } },
+} as const;
+export const rolloutList = list(rolloutInfo);
+export const eventQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    after: { type: 'integer', minimum: 0, default: 0 },
+    limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+  },
+} as const;
+export const eventList = list({
+  type: 'object',
+  additionalProperties: false,
+  required: ['id', 'deviceId', 'rolloutId', 'atMs', 'kind', 'details'],
+  properties: {
+    id: { type: 'integer' },
+    deviceId: { type: 'string' },
+    rolloutId: { type: ['string', 'null'] },
+    atMs: { type: 'integer' },
+    kind: { type: 'string' },
+    details: { type: 'object' },
+  },
+});
+export const empty = { type: 'object', additionalProperties: false, properties: {} } as const;
+export const checkinResult = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['action'],
+  properties: {
+    action: { type: 'string', enum: ['none', 'update'] },
+    rolloutId: { type: 'string' },
+    releaseId: { type: 'string' },
+    envelopeUrl: { type: 'string' },
+    payloadUrls: { type: 'array', items: { type: 'string' } },
+  },
+} as const;
+export const reportResult = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['rolloutId', 'state'],
+  properties: { rolloutId: { type: 'string' }, state: { type: 'string' } },
+} as const;

@@ -45,6 +45,8 @@ export interface StartOptions {
   readonly db?: Db;
   readonly authenticator?: ReleaseAuthenticator;
   readonly metrics?: Metrics;
+  /** Clock (tests). */
+  readonly now?: () => number;
 }
 
 function deviceCertificate(req: FastifyRequest, caConfigured: boolean): Uint8Array {
@@ -142,6 +144,12 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
         : await dev.app.listen({ host: config.deviceHost, port: config.devicePort });
     state.ready = true;
     metrics.ready.set(1);
+    const tick = setInterval(() => {
+      services.rollouts.tick().catch((e: unknown) => {
+        op.app.log.error({ err: e }, 'rollout evaluation failed');
+      });
+    }, config.rolloutTickMs);
+    tick.unref();
     op.app.log.info(
       { operatorUrl, deviceUrl, engine: db.engine, bootstrapTokenFile },
       'rotor server started',
@@ -152,6 +160,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       (closing ??= (async () => {
         state.ready = false;
         metrics.ready.set(0);
+        clearInterval(tick);
         const apps = [op.app, ...(dev === undefined ? [] : [dev.app])];
         const timer = setTimeout(() => {
           for (const a of apps) a.server.closeAllConnections();

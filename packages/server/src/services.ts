@@ -6,13 +6,7 @@
 import { createPublicKey, randomBytes, randomUUID, X509Certificate, type KeyObject } from 'node:crypto';
 import { mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import {
-  appendAudit,
-  verifyAuditLogInDb,
-  type AuditAnchor,
-  type AuditVerification,
-  type Json,
-} from './audit.ts';
+import { verifyAuditLogInDb, type AuditAnchor, type AuditVerification, type Json } from './audit.ts';
 import {
   actorOf,
   authorize,
@@ -27,10 +21,12 @@ import {
   type Principal,
   type Role,
 } from './auth.ts';
-import { one, type Db, type Queryable } from './db/db.ts';
+import { one, type Db } from './db/db.ts';
+import { auditedTransaction, hex } from './tx.ts';
+import { createRolloutService } from './rollouts.ts';
+import { suitAuthenticator } from './suit-auth.ts';
 import { ServerError } from './errors.ts';
 
-export const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
 
 function uniqueViolation(e: unknown): boolean {
@@ -216,6 +212,8 @@ export interface AuthenticatedRelease {
   readonly payloadDigests: readonly Uint8Array[];
   /** Integrated payloads carried in the envelope (MF §7.5). */
   readonly integrated: ReadonlyMap<string, Uint8Array>;
+  /** The envelope's SUIT_Digest bytes of the manifest (MF §8.3): what SUIT reports reference (RP §4). */
+  readonly manifestDigest: Uint8Array;
 }
 
 /** Authenticates an envelope against the registered author keys; throws a SuitError/CoseError on failure. */
@@ -223,14 +221,6 @@ export type ReleaseAuthenticator = (
   envelope: Uint8Array,
   keys: readonly AuthorKeyRecord[],
 ) => Promise<AuthenticatedRelease>;
-
-export const unavailableAuthenticator: ReleaseAuthenticator = () =>
-  Promise.reject(
-    new ServerError(
-      'SIGNATURE_VERIFIER_UNAVAILABLE',
-      'SUIT envelope authentication is not available in this build',
-    ),
-  );
 
 export interface ReleaseInfo {
   id: string;
@@ -289,23 +279,9 @@ export type Services = ReturnType<typeof createServices>;
 
 export function createServices(db: Db, opts: ServicesOptions = {}) {
   const now = opts.now ?? Date.now;
-  const authenticator = opts.authenticator ?? unavailableAuthenticator;
+  const authenticator = opts.authenticator ?? suitAuthenticator();
 
-  async function audited<T>(
-    p: Principal,
-    action: string,
-    fn: (tx: Queryable) => Promise<{ result: T; subject: string; details?: { [k: string]: Json } }>,
-  ): Promise<T> {
-    return db.transaction(async (tx) => {
-      const { result, subject, details } = await fn(tx);
-      await appendAudit(
-        tx,
-        { actor: actorOf(p), action, subject, ...(details === undefined ? {} : { details }) },
-        now(),
-      );
-      return result;
-    });
-  }
+  const audited = auditedTransaction(db, now);
 
   const tokens = {
     async create(p: Principal, req: { name: string; role: Role }): Promise<TokenInfo & { token: string }> {
@@ -653,9 +629,18 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
             }
           }
           await tx.query(
-            `INSERT INTO releases (id, envelope_sha256, envelope, sequence_number, author_key_id, uploaded_by, created_at_ms)
-             VALUES ($1, $2, $3, $4::numeric, $5, $6, $7)`,
-            [id, envelopeSha, envelope, auth.sequenceNumber.toString(), auth.authorKeyId, actorOf(p), now()],
+            `INSERT INTO releases (id, envelope_sha256, envelope, sequence_number, author_key_id, uploaded_by, created_at_ms, manifest_digest)
+             VALUES ($1, $2, $3, $4::numeric, $5, $6, $7, $8)`,
+            [
+              id,
+              envelopeSha,
+              envelope,
+              auth.sequenceNumber.toString(),
+              auth.authorKeyId,
+              actorOf(p),
+              now(),
+              auth.manifestDigest,
+            ],
           );
           const all = new Map([...wanted, ...integrated.map((b) => b.digest)].map((d) => [hex(d), d]));
           for (const d of all.values())
@@ -721,5 +706,14 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
     },
   };
 
-  return { db, tokens, devices, authorKeys, payloads, releases, audit };
+  return {
+    db,
+    tokens,
+    devices,
+    authorKeys,
+    payloads,
+    releases,
+    audit,
+    rollouts: createRolloutService(db, now),
+  };
 }

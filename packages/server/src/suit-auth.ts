@@ -12,7 +12,10 @@ import {
   type TrustAnchor,
 } from '@rotor/suit';
 import { ServerError } from './errors.ts';
-import { AUTHOR_KEY_ALGS, type ReleaseAuthenticator } from './services.ts';
+import type { ReleaseAuthenticator } from './services.ts';
+
+/** ES256, ESP256, EdDSA, Ed25519: the author key algorithms (services.ts AUTHOR_KEY_ALGS). */
+const AUTHOR_ALGS: ReadonlySet<number> = new Set([-7, -9, -8, -19]);
 
 const SHA256 = -16;
 const IMAGE_DIGEST = 3;
@@ -45,7 +48,9 @@ export function manifestPayloadDigests(m: SuitManifest): Uint8Array[] {
   return out;
 }
 
-export function suitAuthenticator(opts: { maxEnvelopeBytes: number }): ReleaseAuthenticator {
+export function suitAuthenticator(
+  opts: { maxEnvelopeBytes: number } = { maxEnvelopeBytes: 64 * 1024 * 1024 },
+): ReleaseAuthenticator {
   return async (bytes, keys) => {
     const anchors: TrustAnchor[] = keys.map((k) => ({
       name: k.id,
@@ -55,7 +60,7 @@ export function suitAuthenticator(opts: { maxEnvelopeBytes: number }): ReleaseAu
     // MF §8.3 / §6.2: authenticate before parsing; only the registered author keys and their algorithms count.
     const { envelope, signers } = await authenticateEnvelope(
       bytes,
-      { anchors, allowedAlgs: new Set(Object.values(AUTHOR_KEY_ALGS)) },
+      { anchors, allowedAlgs: AUTHOR_ALGS },
       { maxSize: opts.maxEnvelopeBytes },
     );
     const signer = signers[0];
@@ -65,6 +70,7 @@ export function suitAuthenticator(opts: { maxEnvelopeBytes: number }): ReleaseAu
       sequenceNumber: envelope.manifest.sequenceNumber,
       payloadDigests: manifestPayloadDigests(envelope.manifest),
       integrated: envelope.integrated,
+      manifestDigest: envelope.digest.bytes,
     };
   };
 }

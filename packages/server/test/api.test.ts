@@ -178,6 +178,57 @@ describe.each(BACKENDS)('fleet server API on %s', (backend) => {
         roles: ['admin', 'author', 'operator', 'auditor'],
         call: (c) => c.get('/v1/releases/missing/envelope'),
       },
+      {
+        name: 'POST /v1/releases/:id/approve',
+        roles: ['operator'],
+        call: (c) => c.post('/v1/releases/missing/approve'),
+      },
+      {
+        name: 'POST /v1/rollouts',
+        roles: ['operator'],
+        call: (c) =>
+          c.post('/v1/rollouts', {
+            name: 'r',
+            releaseId: 'missing',
+            target: { group: 'none' },
+            phases: [{ percent: 100, successThreshold: 1, failureThreshold: 1, timeoutMs: 60000 }],
+          }),
+      },
+      {
+        name: 'GET /v1/rollouts',
+        roles: ['admin', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/rollouts'),
+      },
+      {
+        name: 'GET /v1/rollouts/:id',
+        roles: ['admin', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/rollouts/missing'),
+      },
+      {
+        name: 'POST /v1/rollouts/:id/pause',
+        roles: ['operator'],
+        call: (c) => c.post('/v1/rollouts/missing/pause'),
+      },
+      {
+        name: 'POST /v1/rollouts/:id/resume',
+        roles: ['operator'],
+        call: (c) => c.post('/v1/rollouts/missing/resume'),
+      },
+      {
+        name: 'POST /v1/rollouts/:id/cancel',
+        roles: ['operator'],
+        call: (c) => c.post('/v1/rollouts/missing/cancel'),
+      },
+      {
+        name: 'GET /v1/rollouts/:id/events',
+        roles: ['admin', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/rollouts/missing/events'),
+      },
+      {
+        name: 'GET /v1/devices/:id/events',
+        roles: ['admin', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/devices/missing/events'),
+      },
       { name: 'GET /v1/audit', roles: ['admin', 'auditor'], call: (c) => c.get('/v1/audit') },
       { name: 'GET /v1/audit/verify', roles: ['admin', 'auditor'], call: (c) => c.get('/v1/audit/verify') },
     ];

@@ -100,6 +100,54 @@ CREATE TABLE release_payloads (
 CREATE INDEX release_payloads_sha256 ON release_payloads (sha256);
 `,
   },
+  {
+    version: 3,
+    name: 'rollouts, per-device rollout state, device history',
+    sql: `
+ALTER TABLE releases ADD COLUMN manifest_digest bytea;
+CREATE INDEX releases_manifest_digest ON releases (manifest_digest);
+
+CREATE TABLE rollouts (
+  id                  text PRIMARY KEY,
+  name                text NOT NULL,
+  release_id          text NOT NULL REFERENCES releases (id),
+  state               text NOT NULL CHECK (state IN ('active', 'paused', 'cancelled', 'completed')),
+  target              jsonb NOT NULL,
+  phases              jsonb NOT NULL,
+  current_phase       integer NOT NULL DEFAULT 0,
+  phase_started_at_ms bigint NOT NULL,
+  pause_reason        text,
+  created_by          text NOT NULL,
+  created_at_ms       bigint NOT NULL,
+  updated_at_ms       bigint NOT NULL
+);
+CREATE INDEX rollouts_state ON rollouts (state);
+
+CREATE TABLE rollout_devices (
+  rollout_id    text NOT NULL REFERENCES rollouts (id),
+  device_id     text NOT NULL REFERENCES devices (id),
+  phase         integer NOT NULL,
+  state         text NOT NULL CHECK (state IN ('pending', 'in_progress', 'succeeded', 'failed', 'timed_out', 'cancelled')),
+  active        boolean NOT NULL,
+  updated_at_ms bigint NOT NULL,
+  PRIMARY KEY (rollout_id, device_id)
+);
+-- At most one active rollout per device, enforced by the database (two instances cannot double-assign).
+CREATE UNIQUE INDEX rollout_devices_one_active ON rollout_devices (device_id) WHERE active;
+CREATE INDEX rollout_devices_phase_state ON rollout_devices (rollout_id, phase, state);
+
+CREATE TABLE device_events (
+  id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  device_id  text NOT NULL,
+  rollout_id text,
+  at_ms      bigint NOT NULL,
+  kind       text NOT NULL,
+  details    jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX device_events_device ON device_events (device_id, id);
+CREATE INDEX device_events_rollout ON device_events (rollout_id, id);
+`,
+  },
 ];
 
 function checksum(m: Migration): string {

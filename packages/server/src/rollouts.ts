@@ -1,0 +1,548 @@
+/**
+ * Rollouts, device check-in and SUIT report ingestion (RFC 9019 §2.3 status tracker: the server learns what each
+ * device runs and tells it what to do next; §3: the operator decides which devices get an update and when).
+ *
+ * A rollout targets devices (group, tags, ids, attribute filter) and splits them into phases by cumulative
+ * percentage (deterministic pseudo-random order). The database enforces at most one active rollout per device
+ * (partial unique index), so two server instances cannot assign a device twice. Locks are always taken in the
+ * order rollout row → device rows, so report ingestion, check-in and the phase evaluator do not deadlock.
+ *
+ * Phase evaluation (after every report and on a periodic tick): devices of the current phase that have not
+ * finished within the phase timeout become `timed_out` and leave the denominator (they do not hold the phase);
+ * failed / remaining ≥ failureThreshold pauses the rollout automatically; succeeded / remaining ≥
+ * successThreshold advances to the next phase (the last phase completes the rollout).
+ */
+import { randomUUID } from 'node:crypto';
+import { decodeReport } from '@rotor/suit';
+import { authorize, type Principal } from './auth.ts';
+import { appendAudit } from './audit.ts';
+import { one, type Db, type Queryable } from './db/db.ts';
+import { ServerError } from './errors.ts';
+import { auditedTransaction, hex } from './tx.ts';
+
+export interface PhaseSpec {
+  /** Cumulative share of the target devices reached by the end of this phase (1..100; the last is 100). */
+  percent: number;
+  /** Fraction (0..1] of the phase's remaining devices that must succeed before the next phase. */
+  successThreshold: number;
+  /** Fraction (0..1] of the phase's remaining devices whose failure pauses the rollout. */
+  failureThreshold: number;
+  /** A device of this phase that has not reported within this time after the phase started is timed out. */
+  timeoutMs: number;
+}
+
+export interface RolloutTarget {
+  group?: string;
+  tags?: string[];
+  deviceIds?: string[];
+  /** Attribute equality filter (all must match). */
+  attributes?: Record<string, string>;
+}
+
+export type RolloutState = 'active' | 'paused' | 'cancelled' | 'completed';
+export const DEVICE_ROLLOUT_STATES = [
+  'pending',
+  'in_progress',
+  'succeeded',
+  'failed',
+  'timed_out',
+  'cancelled',
+] as const;
+export type DeviceRolloutState = (typeof DEVICE_ROLLOUT_STATES)[number];
+
+export type StateCounts = Record<DeviceRolloutState, number> & { total: number };
+
+export interface RolloutInfo {
+  id: string;
+  name: string;
+  releaseId: string;
+  state: RolloutState;
+  currentPhase: number;
+  phases: PhaseSpec[];
+  target: RolloutTarget;
+  pauseReason: string | null;
+  counts: StateCounts;
+  phaseCounts: StateCounts[];
+  createdAtMs: number;
+  updatedAtMs: number;
+}
+
+interface RolloutRow {
+  id: string;
+  name: string;
+  release_id: string;
+  state: RolloutState;
+  target: RolloutTarget;
+  phases: PhaseSpec[];
+  current_phase: number;
+  phase_started_at_ms: number;
+  pause_reason: string | null;
+  created_at_ms: number;
+  updated_at_ms: number;
+}
+
+export type CheckinResult =
+  | { action: 'none' }
+  | { action: 'update'; rolloutId: string; releaseId: string; envelopeUrl: string; payloadUrls: string[] };
+
+export interface DeviceEvent {
+  id: number;
+  deviceId: string;
+  rolloutId: string | null;
+  atMs: number;
+  kind: string;
+  details: Record<string, unknown>;
+}
+
+const emptyCounts = (): StateCounts => ({
+  total: 0,
+  pending: 0,
+  in_progress: 0,
+  succeeded: 0,
+  failed: 0,
+  timed_out: 0,
+  cancelled: 0,
+});
+
+/** Largest SUIT report accepted from a device. */
+export const MAX_REPORT_BYTES = 64 * 1024;
+
+export function validatePhases(phases: readonly PhaseSpec[]): void {
+  if (phases.length === 0 || phases.length > 16)
+    throw new ServerError('REQUEST_INVALID', 'a rollout has 1..16 phases');
+  let prev = 0;
+  for (const [i, p] of phases.entries()) {
+    if (!Number.isInteger(p.percent) || p.percent <= prev || p.percent > 100) {
+      throw new ServerError(
+        'REQUEST_INVALID',
+        `phases[${i}].percent must be an integer above the previous phase's and at most 100`,
+      );
+    }
+    prev = p.percent;
+  }
+  if (prev !== 100) throw new ServerError('REQUEST_INVALID', 'the last phase must reach 100 percent');
+}
+
+export function createRolloutService(db: Db, now: () => number) {
+  const audited = auditedTransaction(db, now);
+
+  async function info(q: Queryable, id: string): Promise<RolloutInfo> {
+    const r = one(await q.query<RolloutRow>('SELECT * FROM rollouts WHERE id = $1', [id]), 'rollout');
+    const rows = await q.query<{ phase: number; state: DeviceRolloutState; n: number }>(
+      'SELECT phase, state, count(*)::int AS n FROM rollout_devices WHERE rollout_id = $1 GROUP BY phase, state',
+      [id],
+    );
+    const counts = emptyCounts();
+    const phaseCounts = r.phases.map(emptyCounts);
+    for (const row of rows) {
+      counts[row.state] += row.n;
+      counts.total += row.n;
+      const pc = phaseCounts[row.phase];
+      if (pc !== undefined) {
+        pc[row.state] += row.n;
+        pc.total += row.n;
+      }
+    }
+    return {
+      id: r.id,
+      name: r.name,
+      releaseId: r.release_id,
+      state: r.state,
+      currentPhase: r.current_phase,
+      phases: r.phases,
+      target: r.target,
+      pauseReason: r.pause_reason,
+      counts,
+      phaseCounts,
+      createdAtMs: r.created_at_ms,
+      updatedAtMs: r.updated_at_ms,
+    };
+  }
+
+  /** Applies timeouts, then pauses / advances / completes the rollout; `tx` holds the rollout row lock. */
+  async function evaluateLocked(tx: Queryable, r: RolloutRow): Promise<void> {
+    if (r.state !== 'active') return;
+    const t = now();
+    let phase = r.current_phase;
+    let phaseStart = r.phase_started_at_ms;
+    for (;;) {
+      const spec = r.phases[phase]!;
+      if (t - phaseStart >= spec.timeoutMs) {
+        await tx.query(
+          `WITH t AS (
+             UPDATE rollout_devices SET state = 'timed_out', active = false, updated_at_ms = $3
+             WHERE rollout_id = $1 AND phase = $2 AND state IN ('pending', 'in_progress') RETURNING device_id)
+           INSERT INTO device_events (device_id, rollout_id, at_ms, kind) SELECT device_id, $1, $3, 'timed_out' FROM t`,
+          [r.id, phase, t],
+        );
+      }
+      const rows = await tx.query<{ state: DeviceRolloutState; n: number }>(
+        'SELECT state, count(*)::int AS n FROM rollout_devices WHERE rollout_id = $1 AND phase = $2 GROUP BY state',
+        [r.id, phase],
+      );
+      const c = emptyCounts();
+      for (const row of rows) {
+        c[row.state] = row.n;
+        c.total += row.n;
+      }
+      const remaining = c.total - c.timed_out - c.cancelled;
+      if (c.failed > 0 && remaining > 0 && c.failed / remaining >= spec.failureThreshold) {
+        const reason = `phase ${phase}: ${c.failed} of ${remaining} devices failed (threshold ${spec.failureThreshold})`;
+        await tx.query(
+          "UPDATE rollouts SET state = 'paused', pause_reason = $2, current_phase = $3, phase_started_at_ms = $4, updated_at_ms = $5 WHERE id = $1",
+          [r.id, reason, phase, phaseStart, t],
+        );
+        await appendAudit(
+          tx,
+          {
+            actor: 'system',
+            action: 'rollout.autopause',
+            subject: `rollout:${r.id}`,
+            details: { phase, reason },
+          },
+          t,
+        );
+        return;
+      }
+      if (remaining > 0 && c.succeeded / remaining < spec.successThreshold) {
+        if (phase !== r.current_phase) {
+          await tx.query(
+            'UPDATE rollouts SET current_phase = $2, phase_started_at_ms = $3, updated_at_ms = $4 WHERE id = $1',
+            [r.id, phase, phaseStart, t],
+          );
+        }
+        return;
+      }
+      if (phase + 1 < r.phases.length) {
+        phase++;
+        phaseStart = t;
+        await appendAudit(
+          tx,
+          { actor: 'system', action: 'rollout.advance', subject: `rollout:${r.id}`, details: { phase } },
+          t,
+        );
+        continue;
+      }
+      await tx.query(
+        "UPDATE rollouts SET state = 'completed', current_phase = $2, updated_at_ms = $3 WHERE id = $1",
+        [r.id, phase, t],
+      );
+      await tx.query('UPDATE rollout_devices SET active = false WHERE rollout_id = $1 AND active', [r.id]);
+      await appendAudit(
+        tx,
+        { actor: 'system', action: 'rollout.complete', subject: `rollout:${r.id}`, details: { phase } },
+        t,
+      );
+      return;
+    }
+  }
+
+  async function lockRollout(tx: Queryable, id: string): Promise<RolloutRow> {
+    return one(
+      await tx.query<RolloutRow>('SELECT * FROM rollouts WHERE id = $1 FOR UPDATE', [id]),
+      'rollout',
+    );
+  }
+
+  async function transition(
+    p: Principal,
+    id: string,
+    action: 'rollout.pause' | 'rollout.resume' | 'rollout.cancel',
+  ): Promise<RolloutInfo> {
+    authorize(p, action);
+    return audited(p, action, async (tx) => {
+      const r = await lockRollout(tx, id);
+      const t = now();
+      if (action === 'rollout.pause') {
+        if (r.state !== 'active') throw new ServerError('CONFLICT', `a ${r.state} rollout cannot be paused`);
+        await tx.query(
+          "UPDATE rollouts SET state = 'paused', pause_reason = 'paused by operator', updated_at_ms = $2 WHERE id = $1",
+          [id, t],
+        );
+      } else if (action === 'rollout.resume') {
+        if (r.state !== 'paused') throw new ServerError('CONFLICT', `a ${r.state} rollout cannot be resumed`);
+        // The phase timeout restarts: devices get their full time after a pause.
+        await tx.query(
+          "UPDATE rollouts SET state = 'active', pause_reason = NULL, phase_started_at_ms = $2, updated_at_ms = $2 WHERE id = $1",
+          [id, t],
+        );
+      } else {
+        if (r.state === 'cancelled' || r.state === 'completed')
+          throw new ServerError('CONFLICT', `a ${r.state} rollout cannot be cancelled`);
+        await tx.query("UPDATE rollouts SET state = 'cancelled', updated_at_ms = $2 WHERE id = $1", [id, t]);
+        await tx.query(
+          `WITH c AS (
+             UPDATE rollout_devices SET state = CASE WHEN state IN ('pending', 'in_progress') THEN 'cancelled' ELSE state END,
+               active = false, updated_at_ms = $2
+             WHERE rollout_id = $1 AND active RETURNING device_id)
+           INSERT INTO device_events (device_id, rollout_id, at_ms, kind) SELECT device_id, $1, $2, 'cancelled' FROM c`,
+          [id, t],
+        );
+      }
+      return { result: await info(tx, id), subject: `rollout:${id}` };
+    });
+  }
+
+  return {
+    async create(
+      p: Principal,
+      req: { name: string; releaseId: string; target: RolloutTarget; phases: PhaseSpec[] },
+    ): Promise<RolloutInfo & { assigned: number; excluded: number }> {
+      authorize(p, 'rollout.create');
+      validatePhases(req.phases);
+      const id = randomUUID();
+      const t = now();
+      const tg = req.target;
+      const filterSql = `d.enabled AND ($2::text IS NULL OR d.device_group = $2) AND d.tags @> $3::text[]
+        AND ($4::text[] IS NULL OR d.id = ANY($4::text[])) AND d.attributes @> $5::jsonb`;
+      const filterParams = [
+        tg.group ?? null,
+        tg.tags ?? [],
+        tg.deviceIds ?? null,
+        JSON.stringify(tg.attributes ?? {}),
+      ];
+      try {
+        return await audited(p, 'rollout.create', async (tx) => {
+          const rel = one(
+            await tx.query<{ status: string }>('SELECT status FROM releases WHERE id = $1 FOR SHARE', [
+              req.releaseId,
+            ]),
+            'release',
+          );
+          if (rel.status !== 'approved')
+            throw new ServerError('CONFLICT', 'the release is not approved by an operator');
+          await tx.query(
+            `INSERT INTO rollouts (id, name, release_id, state, target, phases, current_phase, phase_started_at_ms, created_by, created_at_ms, updated_at_ms)
+             VALUES ($1, $2, $3, 'active', $4::jsonb, $5::jsonb, 0, $6, $7, $6, $6)`,
+            [
+              id,
+              req.name,
+              req.releaseId,
+              JSON.stringify(tg),
+              JSON.stringify(req.phases),
+              t,
+              p.kind === 'operator' ? `token:${p.tokenId}` : p.kind,
+            ],
+          );
+          const excluded = one(
+            await tx.query<{ n: number }>(
+              `SELECT count(*)::int AS n, $1::text AS rollout_id FROM devices d WHERE ${filterSql}
+               AND EXISTS (SELECT 1 FROM rollout_devices x WHERE x.device_id = d.id AND x.active)`,
+              [id, ...filterParams],
+            ),
+            'count',
+          ).n;
+          // Planning: a deterministic shuffle (md5 of rollout id ‖ device id), then phase i takes the devices up to
+          // ceil(n · percent_i / 100) in that order.
+          const assigned = await tx.query(
+            `INSERT INTO rollout_devices (rollout_id, device_id, phase, state, active, updated_at_ms)
+             SELECT $1, s.id,
+               (SELECT min(i) - 1 FROM generate_subscripts($6::int[], 1) AS i WHERE s.rn <= ceil(s.n * ($6::int[])[i] / 100.0)),
+               'pending', true, $7
+             FROM (
+               SELECT d.id, row_number() OVER (ORDER BY md5($1 || d.id)) AS rn, count(*) OVER () AS n
+               FROM devices d WHERE ${filterSql}
+               AND NOT EXISTS (SELECT 1 FROM rollout_devices x WHERE x.device_id = d.id AND x.active)
+             ) s
+             RETURNING 1`,
+            [id, ...filterParams, req.phases.map((ph) => ph.percent), t],
+          );
+          // A rollout whose phases are empty (no matching device) advances or completes at once.
+          await evaluateLocked(tx, await lockRollout(tx, id));
+          const r = await info(tx, id);
+          return {
+            result: { ...r, assigned: assigned.length, excluded },
+            subject: `rollout:${id}`,
+            details: { name: req.name, releaseId: req.releaseId, assigned: assigned.length, excluded },
+          };
+        });
+      } catch (e) {
+        if (e instanceof Error && 'code' in e && e.code === '23505') {
+          throw new ServerError('CONFLICT', 'a target device joined another rollout concurrently; retry');
+        }
+        throw e;
+      }
+    },
+
+    get(p: Principal, id: string): Promise<RolloutInfo> {
+      authorize(p, 'rollout.read');
+      return info(db, id);
+    },
+
+    async list(p: Principal, q: { limit: number; after?: string }): Promise<RolloutInfo[]> {
+      authorize(p, 'rollout.read');
+      const ids = await db.query<{ id: string }>(
+        'SELECT id FROM rollouts WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2',
+        [q.after ?? null, q.limit],
+      );
+      const out: RolloutInfo[] = [];
+      for (const { id } of ids) out.push(await info(db, id));
+      return out;
+    },
+
+    pause: (p: Principal, id: string) => transition(p, id, 'rollout.pause'),
+    resume: (p: Principal, id: string) => transition(p, id, 'rollout.resume'),
+    cancel: (p: Principal, id: string) => transition(p, id, 'rollout.cancel'),
+
+    /** Re-evaluates every active rollout (timeouts, thresholds). Run periodically by each instance. */
+    async tick(): Promise<void> {
+      const ids = await db.query<{ id: string }>("SELECT id FROM rollouts WHERE state = 'active'");
+      for (const { id } of ids) {
+        await db.transaction(async (tx) => {
+          await evaluateLocked(tx, await lockRollout(tx, id));
+        });
+      }
+    },
+
+    /** Device poll (RFC 9019 §3 client-initiated): what should the device do next? */
+    async checkin(p: Principal): Promise<CheckinResult> {
+      if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'only devices check in');
+      authorize(p, 'device.checkin');
+      const t = now();
+      return db.transaction(async (tx) => {
+        await tx.query('UPDATE devices SET last_seen_ms = $2 WHERE id = $1', [p.deviceId, t]);
+        const row = (
+          await tx.query<{ rollout_id: string; release_id: string; state: DeviceRolloutState }>(
+            `SELECT rd.rollout_id, r.release_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
+             WHERE rd.device_id = $1 AND rd.active AND r.state = 'active' AND rd.phase <= r.current_phase`,
+            [p.deviceId],
+          )
+        )[0];
+        if (row === undefined) return { action: 'none' };
+        if (row.state === 'pending') {
+          await tx.query(
+            "UPDATE rollout_devices SET state = 'in_progress', updated_at_ms = $3 WHERE rollout_id = $1 AND device_id = $2 AND state = 'pending'",
+            [row.rollout_id, p.deviceId, t],
+          );
+          await tx.query(
+            "INSERT INTO device_events (device_id, rollout_id, at_ms, kind) VALUES ($1, $2, $3, 'offered')",
+            [p.deviceId, row.rollout_id, t],
+          );
+        }
+        const payloads = await tx.query<{ h: string }>(
+          "SELECT encode(sha256, 'hex') AS h FROM release_payloads WHERE release_id = $1 ORDER BY 1",
+          [row.release_id],
+        );
+        return {
+          action: 'update',
+          rolloutId: row.rollout_id,
+          releaseId: row.release_id,
+          envelopeUrl: `/d/v1/rollouts/${row.rollout_id}/envelope`,
+          payloadUrls: payloads.map((x) => `/d/v1/payloads/${x.h}`),
+        };
+      });
+    },
+
+    /** The envelope of a rollout the device takes part in (a device sees only its own resources). */
+    async envelopeFor(p: Principal, rolloutId: string): Promise<Uint8Array> {
+      if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device only');
+      authorize(p, 'device.checkin');
+      const row = (
+        await db.query<{ envelope: Uint8Array }>(
+          `SELECT rel.envelope FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id JOIN releases rel ON rel.id = r.release_id
+           WHERE rd.rollout_id = $1 AND rd.device_id = $2`,
+          [rolloutId, p.deviceId],
+        )
+      )[0];
+      if (row === undefined)
+        throw new ServerError('DEVICE_FORBIDDEN', 'the device is not part of this rollout');
+      return row.envelope;
+    },
+
+    /**
+     * Ingests a SUIT report (draft-ietf-suit-report §4): strictly decoded, matched by its manifest reference
+     * (report §4 suit-reference digest = the envelope's SUIT_Digest) to the device's active rollout; the result
+     * sets the device's state, the history records it, and the rollout is re-evaluated in the same transaction.
+     */
+    async report(p: Principal, bytes: Uint8Array): Promise<{ rolloutId: string; state: DeviceRolloutState }> {
+      if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'only devices report');
+      authorize(p, 'device.report');
+      if (bytes.length > MAX_REPORT_BYTES) throw new ServerError('PAYLOAD_TOO_LARGE', 'report too large');
+      const rep = decodeReport(bytes);
+      const digest = rep.reference.digest.bytes;
+      const target = (
+        await db.query<{ rollout_id: string }>(
+          `SELECT rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id JOIN releases rel ON rel.id = r.release_id
+           WHERE rd.device_id = $1 AND rd.active AND rel.manifest_digest = $2`,
+          [p.deviceId, digest],
+        )
+      )[0];
+      if (target === undefined)
+        throw new ServerError(
+          'CONFLICT',
+          'no active rollout of this device references the reported manifest',
+        );
+      const state: DeviceRolloutState = rep.result === true ? 'succeeded' : 'failed';
+      const details =
+        rep.result === true
+          ? { result: 'success' }
+          : { result: 'failure', code: rep.result.code, reason: rep.result.reason };
+      const t = now();
+      return db.transaction(async (tx) => {
+        const r = await lockRollout(tx, target.rollout_id); // lock order: rollout → device rows
+        const upd = await tx.query(
+          `UPDATE rollout_devices SET state = $3, active = false, updated_at_ms = $4
+           WHERE rollout_id = $1 AND device_id = $2 AND active RETURNING 1`,
+          [target.rollout_id, p.deviceId, state, t],
+        );
+        if (upd.length === 0)
+          throw new ServerError('CONFLICT', 'the rollout no longer expects a report from this device');
+        await tx.query(
+          "INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details) VALUES ($1, $2, $3, 'report', $4::jsonb)",
+          [p.deviceId, target.rollout_id, t, JSON.stringify({ ...details, manifestDigest: hex(digest) })],
+        );
+        await evaluateLocked(tx, r);
+        return { rolloutId: target.rollout_id, state };
+      });
+    },
+
+    async deviceEvents(
+      p: Principal,
+      q: { deviceId?: string; rolloutId?: string; after: number; limit: number },
+    ): Promise<DeviceEvent[]> {
+      if (p.kind === 'device') {
+        if (q.deviceId !== p.deviceId)
+          throw new ServerError('DEVICE_FORBIDDEN', 'a device sees only its own history');
+      } else authorize(p, 'rollout.read');
+      const rows = await db.query<{
+        id: number;
+        device_id: string;
+        rollout_id: string | null;
+        at_ms: number;
+        kind: string;
+        details: Record<string, unknown>;
+      }>(
+        `SELECT * FROM device_events WHERE ($1::text IS NULL OR device_id = $1) AND ($2::text IS NULL OR rollout_id = $2) AND id > $3
+         ORDER BY id LIMIT $4`,
+        [q.deviceId ?? null, q.rolloutId ?? null, q.after, q.limit],
+      );
+      return rows.map((r) => ({
+        id: r.id,
+        deviceId: r.device_id,
+        rolloutId: r.rollout_id,
+        atMs: r.at_ms,
+        kind: r.kind,
+        details: r.details,
+      }));
+    },
+
+    /** Operator approval of a release (RFC 9019 §3: the operator decides to deploy an author's image). */
+    async approve(p: Principal, releaseId: string): Promise<void> {
+      authorize(p, 'release.approve');
+      await audited(p, 'release.approve', async (tx) => {
+        const r = one(
+          await tx.query<{ status: string }>('SELECT status FROM releases WHERE id = $1 FOR UPDATE', [
+            releaseId,
+          ]),
+          'release',
+        );
+        if (r.status === 'withdrawn')
+          throw new ServerError('CONFLICT', 'a withdrawn release cannot be approved');
+        await tx.query("UPDATE releases SET status = 'approved' WHERE id = $1", [releaseId]);
+        return { result: undefined, subject: `release:${releaseId}` };
+      });
+    },
+  };
+}
+
+export type RolloutService = ReturnType<typeof createRolloutService>;
