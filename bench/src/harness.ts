@@ -20,7 +20,11 @@ export interface Benchmark {
 }
 
 /** Calls `fn` repeatedly for about `ms` milliseconds (after a warm-up) and returns operations per second. */
-export async function opsPerSecond(fn: () => unknown, ms: number, opts: { warmup?: number; batch?: number } = {}): Promise<number> {
+export async function opsPerSecond(
+  fn: () => unknown,
+  ms: number,
+  opts: { warmup?: number; batch?: number } = {},
+): Promise<number> {
   const batch = opts.batch ?? 64;
   const warm = opts.warmup ?? Math.max(1, Math.floor(ms / 10));
   let t0 = performance.now();
@@ -70,10 +74,18 @@ export function table(rows: Record<string, string | number>[]): string {
   if (rows.length === 0) return '';
   const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))];
   const cell = (v: string | number | undefined): string =>
-    v === undefined ? '' : typeof v === 'number' ? (Number.isInteger(v) ? v.toLocaleString('en-US') : v.toFixed(3)) : v;
+    v === undefined
+      ? ''
+      : typeof v === 'number'
+        ? Number.isInteger(v)
+          ? v.toLocaleString('en-US')
+          : v.toFixed(3)
+        : v;
   const widths = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
   const line = (vals: string[]): string => vals.map((v, i) => v.padStart(widths[i]!)).join('  ');
-  return [line(cols), line(widths.map((w) => '-'.repeat(w))), ...rows.map((r) => line(cols.map((c) => cell(r[c]))))].join(
-    '\n',
-  );
+  return [
+    line(cols),
+    line(widths.map((w) => '-'.repeat(w))),
+    ...rows.map((r) => line(cols.map((c) => cell(r[c])))),
+  ].join('\n');
 }

@@ -11,7 +11,12 @@ const BENCHES: readonly Benchmark[] = [manifestBench];
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
-    options: { list: { type: 'boolean' }, all: { type: 'boolean' }, quick: { type: 'boolean' }, help: { type: 'boolean' } },
+    options: {
+      list: { type: 'boolean' },
+      all: { type: 'boolean' },
+      quick: { type: 'boolean' },
+      help: { type: 'boolean' },
+    },
   });
   if (values.help || (!values.list && !values.all && positionals.length === 0)) {
     console.log('usage: npm run bench -- <name>... [--quick] | --all [--quick] | --list');

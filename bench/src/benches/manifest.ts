@@ -26,7 +26,10 @@ function rawCase(name: string, envelope: Uint8Array): Case {
   const env = asMap(asTag(decode(envelope), 107, '$'), '$');
   const auth = asArray(decode(asBytes(env.get(2), '$.2')), '$.2', { min: 2 });
   const digestBytes = asBytes(auth[0], 'auth[0]');
-  const sign1 = asArray(asTag(decode(asBytes(auth[1], 'auth[1]'), { sortedKeys: false }), 18, 'auth[1]'), 'sign1');
+  const sign1 = asArray(
+    asTag(decode(asBytes(auth[1], 'auth[1]'), { sortedKeys: false }), 18, 'auth[1]'),
+    'sign1',
+  );
   const protectedBytes = asBytes(sign1[0], 'protected');
   const signature = asBytes(sign1[3], 'signature');
   const tbs = encode(['Signature1', protectedBytes, new Uint8Array(0), digestBytes]);
@@ -47,7 +50,8 @@ export const manifestBench: Benchmark = {
     // Sanity: both paths must succeed on every case before anything is timed.
     for (const c of cases) {
       await authenticateEnvelope(c.envelope, policy);
-      if (!verify('sha256', c.tbs, { key, dsaEncoding: 'ieee-p1363' }, c.signature)) throw new Error(`${c.name}: raw verify failed`);
+      if (!verify('sha256', c.tbs, { key, dsaEncoding: 'ieee-p1363' }, c.signature))
+        throw new Error(`${c.name}: raw verify failed`);
     }
     let i = 0;
     let j = 0;
@@ -56,14 +60,27 @@ export const manifestBench: Benchmark = {
       const c = cases[j++ % cases.length]!;
       return verify('sha256', c.tbs, { key, dsaEncoding: 'ieee-p1363' }, c.signature);
     };
-    const { a, b } = await compareRates(suit, raw, ctx.quick ? { rounds: 1, ms: 50 } : { rounds: 7, ms: 700 });
+    const { a, b } = await compareRates(
+      suit,
+      raw,
+      ctx.quick ? { rounds: 1, ms: 50 } : { rounds: 7, ms: 700 },
+    );
     const bytes = cases.reduce((s, c) => s + c.envelope.length, 0) / cases.length;
     return {
       rows: [
-        { path: 'SUIT authenticate+validate', 'ops/s': Math.round(a), 'avg envelope bytes': Math.round(bytes) },
+        {
+          path: 'SUIT authenticate+validate',
+          'ops/s': Math.round(a),
+          'avg envelope bytes': Math.round(bytes),
+        },
         { path: 'raw ES256 verify (node:crypto)', 'ops/s': Math.round(b), 'avg envelope bytes': '' },
       ],
-      figures: { envelopes_per_s: Math.round(a), raw_verify_per_s: Math.round(b), ratio: round(a / b), goal_ratio: 0.9 },
+      figures: {
+        envelopes_per_s: Math.round(a),
+        raw_verify_per_s: Math.round(b),
+        ratio: round(a / b),
+        goal_ratio: 0.9,
+      },
     };
   },
 };

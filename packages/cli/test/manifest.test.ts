@@ -44,7 +44,10 @@ const DEP_SIGNER = join(K, 'encryption-dependency-signer-p256.public.pem');
 
 /** Each valid vector with the keys vectors.md names. */
 const VALID: readonly (readonly [string, string[]])[] = [
-  ...[0, 1, 2, 3, 4, 5].map((i) => [`manifest/example${i}.signed.cbor`, ['--key', DRAFT]] as const),
+  ...[0, 1, 2, 3, 4, 5].map((i): [string, string[]] => [
+    `manifest/example${i}.signed.cbor`,
+    ['--key', DRAFT],
+  ]),
   ['manifest/example2.severed-signed.cbor', ['--key', DRAFT_COSE]],
   ['trust-domains/example0_dependent.signed.cbor', ['--key', DRAFT]],
   ['trust-domains/example1_process.signed.cbor', ['--key', DRAFT]],
