@@ -38,17 +38,24 @@ Exit 0: intact; 4: the chain is broken (the first bad entry is named).`,
   async run({ values }) {
     const seq = values['anchor-seq'] as string | undefined;
     const hash = values['anchor-hash'] as string | undefined;
-    if ((seq === undefined) !== (hash === undefined)) throw new CliError('CLI_USAGE', '--anchor-seq and --anchor-hash go together');
-    if (seq !== undefined && !/^[1-9][0-9]{0,15}$/.test(seq)) throw new CliError('CLI_USAGE', '--anchor-seq: a positive integer');
-    if (hash !== undefined && !/^[0-9a-fA-F]{64}$/.test(hash)) throw new CliError('CLI_USAGE', '--anchor-hash: 64 hex digits');
-    const anchor: AuditAnchor | undefined = seq !== undefined && hash !== undefined ? { seq: Number(seq), hash } : undefined;
+    if ((seq === undefined) !== (hash === undefined))
+      throw new CliError('CLI_USAGE', '--anchor-seq and --anchor-hash go together');
+    if (seq !== undefined && !/^[1-9][0-9]{0,15}$/.test(seq))
+      throw new CliError('CLI_USAGE', '--anchor-seq: a positive integer');
+    if (hash !== undefined && !/^[0-9a-fA-F]{64}$/.test(hash))
+      throw new CliError('CLI_USAGE', '--anchor-hash: 64 hex digits');
+    const anchor: AuditAnchor | undefined =
+      seq !== undefined && hash !== undefined ? { seq: Number(seq), hash } : undefined;
     const databaseUrl = process.env.DATABASE_URL === '' ? undefined : process.env.DATABASE_URL;
     const dataDir = resolve((values['data-dir'] as string | undefined) ?? 'rotor-data');
     const db = await openDatabase({ databaseUrl, dataDir: join(dataDir, 'pg') });
     try {
       const r = await verifyAuditLogInDb(db, anchor === undefined ? {} : { anchor });
       if (values.json === true) json(r);
-      else if (r.ok) out(`audit log intact: ${r.count} entries${r.head === undefined ? '' : `, head seq ${r.head.seq} hash ${r.head.hash}`}`);
+      else if (r.ok)
+        out(
+          `audit log intact: ${r.count} entries${r.head === undefined ? '' : `, head seq ${r.head.seq} hash ${r.head.hash}`}`,
+        );
       else out(`audit log BROKEN at entry ${r.seq}: ${r.reason} (${r.count} entries verified before it)`);
       return r.ok ? ExitCode.ok : ExitCode.rejected;
     } finally {
