@@ -7,8 +7,10 @@
  *    (EnclaveCore without the queue) — the baseline; "ratio" = attest_per_s / inprocess_sign_per_s (goal ≥ 0.5);
  *  - raw_sign_per_s: bare ES256 signatures (node:crypto) of a token-sized input, for reference;
  *  - stall_p999_ms: the 99.9th percentile of Attest round-trip times (CONCURRENCY closed-loop requesters) while
- *    the RoT rotates every ROTATE_EVERY_MS, beside the same percentile without rotations (baseline_p999_ms);
- *    stall_max_ms is the longest single wait. Goal for stall_p999_ms: < 5 ms.
+ *    the RoT rotates every ROTATE_EVERY_MS, beside the same percentile without rotations (baseline_p999_ms),
+ *    measured in alternating segments so machine noise hits both alike; stall_max_ms is the longest single wait.
+ *    Goal for stall_p999_ms: < 5 ms. On a loaded machine both percentiles are dominated by scheduling noise:
+ *    compare stall_p999_ms with baseline_p999_ms.
  */
 import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -101,10 +103,20 @@ export const enclaveBench: Benchmark = {
       for (let i = 0; i < rawN; i++) sign('sha256', tbs, { key: privateKey, dsaEncoding: 'ieee-p1363' });
       const rawPerS = rawN / ((performance.now() - t0) / 1000);
 
-      const phaseMs = ctx.quick ? 400 : 5000;
-      ctx.log(`stall phase: ${CONCURRENCY} requesters for ${phaseMs} ms without, then with rotations`);
-      const base = await latencies(client, phaseMs, false);
-      const rot = await latencies(client, phaseMs, true);
+      // Alternate short phases without and with rotations, so the machine's noise hits both alike.
+      const segments = ctx.quick ? 2 : 12;
+      const segMs = ctx.quick ? 200 : 750;
+      ctx.log(`stall phase: ${CONCURRENCY} requesters, ${segments} × ${segMs} ms without and with rotations`);
+      const base = { lat: [] as number[], rotations: 0 };
+      const rot = { lat: [] as number[], rotations: 0 };
+      for (let i = 0; i < segments; i++) {
+        const b0 = await latencies(client, segMs, false);
+        base.lat.push(...b0.lat);
+        const r0 = await latencies(client, segMs, true);
+        rot.lat.push(...r0.lat);
+        rot.rotations += r0.rotations;
+      }
+      const phaseMs = segments * segMs;
       const chain = await client.getChain();
       const stats = client.stats;
       return {
