@@ -25,17 +25,23 @@ async function spawnServer(
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   );
-  const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const exit = new Promise<number | null>((resolve) =>
+    child.on('exit', (code) => {
+      resolve(code);
+    }),
+  );
   const url = await new Promise<string>((resolve, reject) => {
     let buf = '';
     let err = '';
-    child.stdout!.on('data', (d: Buffer) => {
+    child.stdout.on('data', (d: Buffer) => {
       buf += d.toString();
       const m = /"operatorUrl":"([^"]+)"/.exec(buf);
       if (m !== null) resolve(m[1]!);
     });
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    void exit.then((code) => reject(new Error(`server exited ${code}: ${err}`)));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    void exit.then((code) => {
+      reject(new Error(`server exited ${code}: ${err}`));
+    });
   });
   return { child, url, exit };
 }
