@@ -4,12 +4,7 @@
  * Without SoftHSM2 these tests fail: they are not skipped.
  */
 import { execFileSync } from 'node:child_process';
-import {
-  generateKeyPairSync,
-  diffieHellman,
-  randomBytes,
-  verify as cryptoVerify,
-} from 'node:crypto';
+import { generateKeyPairSync, diffieHellman, randomBytes, verify as cryptoVerify } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
