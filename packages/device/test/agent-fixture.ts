@@ -177,7 +177,43 @@ export function randomImage(size: number): Uint8Array {
 
 export const URI = (v: number | string): string => `https://fw.example/${v}`;
 
+/**
+ * Arms a power cut `n` mutating operations from now, counting across the clean reboots the agent performs
+ * itself (SimulatedFs.reboot() resets its counter): the sweep reaches the trial boot and the confirm too.
+ */
+export class CutArm {
+  readonly fs: SimulatedFs;
+  #remaining: number | undefined;
+  #base = 0;
+
+  constructor(fs: SimulatedFs) {
+    this.fs = fs;
+  }
+
+  arm(n: number): void {
+    this.#base = this.fs.ops;
+    this.#remaining = n;
+    this.fs.cutPowerAt(this.#base + n);
+  }
+
+  /** A clean reboot initiated by the agent. */
+  reboot(): void {
+    const used = this.fs.ops - this.#base;
+    this.fs.reboot();
+    this.#base = 0;
+    if (this.#remaining !== undefined) {
+      this.#remaining -= used;
+      if (this.#remaining >= 0) this.fs.cutPowerAt(this.#remaining);
+    }
+  }
+
+  disarm(): void {
+    this.#remaining = undefined;
+  }
+}
+
 export interface SimDevice {
+  readonly arm: CutArm;
   readonly fs: SimulatedFs;
   readonly agent: DeviceAgent;
   readonly resources: Map<string, Uint8Array>;
@@ -197,6 +233,7 @@ export function newAgent(
   fs: SimulatedFs,
   resources: Map<string, Uint8Array>,
   extra: Partial<AgentConfig> & { source?: ByteSource } = {},
+  arm?: CutArm,
 ): DeviceAgent {
   const agent: DeviceAgent = new DeviceAgent({
     fs,
@@ -205,7 +242,8 @@ export function newAgent(
     fetch: { source: extra.source ?? memorySource(resources), retries: 2, backoffMs: 1, deadlineMs: 10_000 },
     keys: { agreements: [keys().agreement] },
     onReboot: () => {
-      fs.reboot();
+      if (arm === undefined) fs.reboot();
+      else arm.reboot();
     },
     healthCheck: healthCheckOf(() => agent),
     ...extra,
@@ -218,8 +256,9 @@ export async function provisioned(
   extra: Partial<AgentConfig> & { source?: ByteSource } = {},
 ): Promise<SimDevice> {
   const fs = new SimulatedFs();
+  const arm = new CutArm(fs);
   const resources = new Map<string, Uint8Array>();
-  const agent = newAgent(fs, resources, extra);
+  const agent = newAgent(fs, resources, extra, arm);
   const r1 = await release({ seq: 1, image: image(1, 3000), uri: URI('v1') });
   const r0 = await release({ seq: 1, image: image(0, 1500), uri: URI('recovery') });
   resources.set(URI('v1'), r1.payload);
@@ -232,5 +271,92 @@ export async function provisioned(
   });
   fs.reboot();
   await agent.powerOn();
-  return { fs, agent, resources };
+  return { arm, fs, agent, resources };
+}
+
+// ---- power-cut sweep ------------------------------------------------------------------------------------
+
+export interface CutScenario {
+  /** The update offered (a release of firmware v2) and whether it is healthy. */
+  readonly release: Release;
+  readonly uri: string;
+  readonly healthy: boolean;
+}
+
+export async function scenario(
+  kind: 'update' | 'rollback',
+  size = 5000,
+  encrypt?: 'gcm' | 'ctr',
+): Promise<CutScenario> {
+  const uri = URI(`v2-${kind}-${size}`);
+  const r = await release({
+    seq: 2,
+    image: image(2, size, kind === 'update'),
+    uri,
+    ...(encrypt === undefined ? {} : { encrypt }),
+  });
+  return { release: r, uri, healthy: kind === 'update' };
+}
+
+export interface CutOutcome {
+  /** Whether the cut fired (false: the flow finished before reaching that index). */
+  readonly cut: boolean;
+  /** The device failed to boot a verified image, or lost anti-rollback state. */
+  readonly bricked: boolean;
+  /** Which firmware the device ends on. */
+  readonly final: 'old' | 'new' | 'other';
+  readonly detail: string;
+}
+
+/**
+ * Provisions a device, cuts power at mutating operation `cutAt` (counted from the start of the update), reboots
+ * (a fresh agent object: the process restarted), lets the agent finish (it resumes an interrupted update; when
+ * the cut came before the update was recorded the server offers it again), and checks the invariants.
+ */
+export async function cutRun(s: CutScenario, cutAt: number): Promise<CutOutcome> {
+  const dev = await provisioned();
+  dev.resources.set(s.uri, s.release.payload);
+  dev.arm.arm(cutAt);
+  let cut = false;
+  try {
+    await dev.agent.update(s.release.envelope);
+  } catch (e) {
+    if (!(e instanceof Error && 'code' in e && e.code === 'POWER_CUT')) throw e;
+    cut = true;
+  }
+  let agent = dev.agent;
+  dev.arm.disarm();
+  if (cut) {
+    dev.fs.reboot();
+    agent = newAgent(dev.fs, dev.resources);
+    try {
+      await agent.powerOn();
+    } catch (e) {
+      return {
+        cut,
+        bricked: true,
+        final: 'other',
+        detail: `boot failed: ${e instanceof Error ? e.message : String(e)}`,
+      };
+    }
+    const st = await agent.status();
+    if (st.sequence === 1n && !st.updating && !st.trial) {
+      // Nothing of the update survived (or it rolled back): the server offers it again.
+      const seen = (await agent.outbox.pending()).some((t) => t.state === 'rolled-back');
+      if (!seen) await agent.update(s.release.envelope);
+    }
+  }
+  const st = await agent.status();
+  const counter = [...st.counters.values()].reduce((a, b) => (b > a ? b : a), 0n);
+  const final = st.sequence === 2n ? 'new' : st.sequence === 1n ? 'old' : 'other';
+  const expected = s.healthy ? 'new' : 'old';
+  // Anti-rollback state: the counter equals the confirmed firmware's sequence (never lost, never ahead).
+  const counterOk = counter === (final === 'new' ? 2n : 1n);
+  const bricked = st.bank === 'r' || !counterOk || st.trial;
+  return {
+    cut,
+    bricked,
+    final,
+    detail: `bank ${st.bank} seq ${st.sequence} counter ${counter} expected ${expected}`,
+  };
 }

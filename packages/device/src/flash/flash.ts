@@ -198,24 +198,27 @@ export class Flash {
 }
 
 /**
- * Appends to an image in constant memory: bytes gather in one chunk buffer; each full chunk is written and
- * fsynced, and the directory is fsynced every `dirSyncEvery` chunks and at finish(). Refuses to grow beyond
- * `maxSize` (IMAGE_TOO_LARGE) — the bound is checked before anything is buffered.
+ * Appends to an image in constant memory: bytes gather in a chunk buffer; each full chunk is written and fsynced,
+ * and the directory is fsynced every `dirSyncEvery` chunks and at finish(). Two buffers alternate, so the write +
+ * fsync of one chunk overlaps decrypting and hashing the next (at most one chunk in flight; memory stays two
+ * chunks). Refuses to grow beyond `maxSize` (IMAGE_TOO_LARGE) — checked before anything is buffered.
  */
 export class ImageWriter {
   readonly #flash: Flash;
   readonly #dir: string;
-  readonly #buf: Uint8Array;
+  readonly #bufs: [Uint8Array, Uint8Array];
+  #cur: 0 | 1 = 0;
   readonly #maxSize: number;
   #fill = 0;
   #index: number;
   #sinceSync = 0;
   #size: number;
+  #inflight: Promise<void> | undefined;
 
   constructor(flash: Flash, dir: string, startChunk: number, maxSize: number) {
     this.#flash = flash;
     this.#dir = dir;
-    this.#buf = new Uint8Array(flash.chunkSize);
+    this.#bufs = [new Uint8Array(flash.chunkSize), new Uint8Array(flash.chunkSize)];
     this.#index = startChunk;
     this.#size = startChunk * flash.chunkSize;
     this.#maxSize = maxSize;
@@ -232,30 +235,41 @@ export class ImageWriter {
     this.#size += data.length;
     let off = 0;
     while (off < data.length) {
-      const n = Math.min(data.length - off, this.#buf.length - this.#fill);
-      this.#buf.set(data.subarray(off, off + n), this.#fill);
+      const buf = this.#bufs[this.#cur];
+      const n = Math.min(data.length - off, buf.length - this.#fill);
+      buf.set(data.subarray(off, off + n), this.#fill);
       this.#fill += n;
       off += n;
-      if (this.#fill === this.#buf.length) await this.#flush();
+      if (this.#fill === buf.length) await this.#flush();
     }
   }
 
+  /** Starts writing the current buffer (after the previous write finished) and switches buffers. */
   async #flush(): Promise<void> {
+    if (this.#inflight !== undefined) await this.#inflight;
     const fs = this.#flash.fs;
     const path = `${this.#dir}/${chunkName(this.#index)}`;
-    await fs.write(path, this.#buf.subarray(0, this.#fill));
-    await fs.fsync(path);
+    const data = this.#bufs[this.#cur].subarray(0, this.#fill);
+    const syncDir = ++this.#sinceSync >= this.#flash.dirSyncEvery;
+    if (syncDir) this.#sinceSync = 0;
     this.#index++;
     this.#fill = 0;
-    if (++this.#sinceSync >= this.#flash.dirSyncEvery) {
-      await fs.fsyncDir(this.#dir);
-      this.#sinceSync = 0;
-    }
+    this.#cur = this.#cur === 0 ? 1 : 0;
+    const p = (async (): Promise<void> => {
+      await fs.write(path, data);
+      await fs.fsync(path);
+      if (syncDir) await fs.fsyncDir(this.#dir);
+    })();
+    // Surface a failure at the next flush/finish; keep an unobserved rejection from crashing the process.
+    p.catch(() => undefined);
+    this.#inflight = p;
   }
 
   /** Writes the last (partial) chunk and makes every chunk durable. Returns the image size. */
   async finish(): Promise<number> {
     if (this.#fill > 0) await this.#flush();
+    if (this.#inflight !== undefined) await this.#inflight;
+    this.#inflight = undefined;
     await this.#flash.fs.fsyncDir(this.#dir);
     return this.#size;
   }
