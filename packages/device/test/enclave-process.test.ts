@@ -130,6 +130,33 @@ describe('a killed enclave is restarted with its keys intact', () => {
     }
   });
 
+  it('a hung enclave (SIGSTOP) is detected by the watchdog, killed and restarted', async () => {
+    const events: EnclaveEvent[] = [];
+    const c = await EnclaveClient.start({
+      stateDir: stateDir(),
+      hangTimeoutMs: 500,
+      onEvent: (e) => events.push(e),
+    });
+    try {
+      await c.generateRoT();
+      const pid = c.pid;
+      c.kill('SIGSTOP');
+      await expect(
+        c.request('Attest', { challenge: randomBytes(16) }, { timeoutMs: 500 }),
+      ).rejects.toMatchObject({
+        code: 'REQUEST_TIMEOUT',
+      });
+      // The watchdog's probe times out too; the enclave is killed and restarted with its keys.
+      for (let i = 0; i < 50 && c.pid === pid; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(events.some((e) => e.kind === 'hung')).toBe(true);
+      const n = randomBytes(16);
+      await c.verifyAttestation(await c.attest(n), n);
+      expect(c.pid).not.toBe(pid);
+    } finally {
+      await c.close();
+    }
+  });
+
   it('gives up with ENCLAVE_UNAVAILABLE when the enclave cannot start (its fuse is gone)', async () => {
     const dir = stateDir();
     const c = await EnclaveClient.start({ stateDir: dir });

@@ -48,6 +48,11 @@ export interface EnclaveClientOptions {
   readonly restartWindowMs?: number;
   /** The pinned first RoT (its RFC 9679 thumbprint), if the agent stored it earlier. */
   readonly anchor?: Uint8Array;
+  /**
+   * After a request times out, a Health probe with this deadline checks the enclave; if it does not answer either,
+   * the enclave is taken for hung and killed, and so restarted (default 5 s).
+   */
+  readonly hangTimeoutMs?: number;
   /** Lifecycle and protocol events (restarts, unexpected frames). */
   readonly onEvent?: (e: EnclaveEvent) => void;
 }
@@ -61,6 +66,7 @@ export type EnclaveEvent =
       readonly signal: string | null;
     }
   | { readonly kind: 'gave-up'; readonly restarts: number }
+  | { readonly kind: 'hung'; readonly pid: number }
   | { readonly kind: 'protocol-error'; readonly error: DeviceError };
 
 export interface PublicKeyInfoRes {
@@ -82,6 +88,7 @@ export class EnclaveClient {
   #chain: RotChain | undefined;
   #anchor: Uint8Array | undefined;
   #rotLock: Promise<unknown> = Promise.resolve();
+  #probing = false;
 
   private constructor(opts: EnclaveClientOptions) {
     this.#opts = opts;
@@ -213,9 +220,29 @@ export class EnclaveClient {
         return decodeBody(PROTOCOL[type].res, raw, 'FRAME_MALFORMED') as Res<T>;
       } catch (e) {
         if (isDeviceError(e) && e.code === 'ENCLAVE_CRASHED' && IDEMPOTENT.has(type) && attempt < 3) continue;
+        if (isDeviceError(e) && e.code === 'REQUEST_TIMEOUT') this.#probe(q);
         throw e;
       }
     }
+  }
+
+  /** Watchdog: a request timed out; if the enclave does not answer a Health probe either, kill it (it restarts). */
+  #probe(q: QueueClient): void {
+    if (this.#probing || this.#closed || this.#queue !== q) return;
+    this.#probing = true;
+    const proc = this.#proc;
+    q.request('Health', new Map(), this.#opts.hangTimeoutMs ?? 5000).then(
+      () => {
+        this.#probing = false;
+      },
+      (e: unknown) => {
+        this.#probing = false;
+        if (isDeviceError(e) && e.code === 'REQUEST_TIMEOUT' && this.#proc === proc && proc !== undefined) {
+          this.#opts.onEvent?.({ kind: 'hung', pid: proc.pid ?? 0 });
+          proc.kill('SIGKILL');
+        }
+      },
+    );
   }
 
   // --- Root of trust -------------------------------------------------------------------------------------
