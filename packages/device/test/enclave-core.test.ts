@@ -238,3 +238,39 @@ describe('rotation under power cuts (issue 3: a crash at any write leaves the ol
     expect(cuts).toBeGreaterThanOrEqual(10);
   });
 });
+
+describe('GenerateKey under power cuts and seed mixing', () => {
+  it('a power cut at every operation of GenerateKey leaves the key set with or without the key, never broken', async () => {
+    for (let cut = 0; ; cut++) {
+      const fs = new SimulatedFs();
+      const core = await EnclaveCore.open({ fs, fuse });
+      await core.generateRoT({});
+      await core.generateKey({ keyId: 'a', type: 'ES256' });
+      fs.cutPowerAt(fs.ops + cut);
+      let done = false;
+      try {
+        await core.generateKey({ keyId: 'b', type: 'ECDH-P256' });
+        done = true;
+      } catch (e) {
+        expect((e as DeviceError).code).toBe('POWER_CUT');
+      }
+      fs.reboot();
+      const after = await EnclaveCore.open({ fs, fuse });
+      expect(after.getPublicKey({ keyId: 'a' }).type).toBe('ES256');
+      const hasB = after.health().keys === 2;
+      if (done) expect(hasB).toBe(true);
+      if (hasB) expect(after.getPublicKey({ keyId: 'b' }).type).toBe('ECDH-P256');
+      verifyChain(after);
+      if (done) break;
+    }
+  });
+
+  it('an external seed is mixed with the TRNG, never used alone (seed 002 step 1)', async () => {
+    const seed = new Uint8Array(32).fill(9);
+    const a = await EnclaveCore.open({ fs: new SimulatedFs(), fuse });
+    const b = await EnclaveCore.open({ fs: new SimulatedFs(), fuse });
+    await a.generateRoT({ seed });
+    await b.generateRoT({ seed });
+    expect(a.chain!.root.kid).not.toEqual(b.chain!.root.kid);
+  });
+});

@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { duplexPair, type Duplex } from 'node:stream';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { encode } from '@rotor/cose';
 import {
@@ -296,5 +297,36 @@ describe('QueueClient treats the enclave as untrusted', () => {
     release();
     expect((await slow).get('type')).toBe('slow');
     await Promise.all([s2, s3]);
+  });
+});
+
+describe('FrameReader', () => {
+  it('yields the same frames however the stream is cut into chunks, and skips oversized ones in step', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.uint8Array({ maxLength: 300 }), { maxLength: 20 }),
+        fc.array(fc.integer({ min: 1, max: 97 }), { minLength: 1, maxLength: 10 }),
+        (payloads, cuts) => {
+          const stream = Buffer.concat(payloads.map((p) => encodeFrame(p)));
+          const r = new FrameReader(200);
+          const got: string[] = [];
+          let off = 0;
+          for (let i = 0; off < stream.length; i++) {
+            const n = cuts[i % cuts.length]!;
+            for (const ev of r.push(stream.subarray(off, off + n))) {
+              got.push(
+                ev.kind === 'frame' ? Buffer.from(ev.payload).toString('hex') : `oversize ${ev.length}`,
+              );
+            }
+            off += n;
+          }
+          const want = payloads.map((p) =>
+            p.length > 200 ? `oversize ${p.length}` : Buffer.from(p).toString('hex'),
+          );
+          expect(got).toEqual(want);
+          expect(r.buffered).toBe(0);
+        },
+      ),
+    );
   });
 });
