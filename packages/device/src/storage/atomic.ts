@@ -157,6 +157,10 @@ export class AtomicStore {
   async transact(changes: Changes, onCommit?: () => void): Promise<void> {
     for (const k of changes.keys()) checkName(k);
     return this.#serial(async () => {
+      // A previous transaction committed but failed to apply (an I/O error, not a crash): finish it first, or this
+      // journal would replace the only record of it.
+      const unfinished = this.#pending;
+      if (unfinished !== undefined) await this.#apply(unfinished);
       await this.#put(JOURNAL, encodeJournal(changes));
       this.#pending = changes;
       onCommit?.();
