@@ -264,7 +264,7 @@ export async function provisioned(
   resources.set(URI('v1'), r1.payload);
   resources.set(URI('recovery'), r0.payload);
   await agent.provision({
-    identity: identity(64 * 1024),
+    identity: identity(1024 * 1024),
     anchors: keys().anchors,
     firmware: r1.envelope,
     recovery: r0.envelope,
