@@ -144,6 +144,8 @@ export const enclaveBench: Benchmark = {
           stall_p999_ms: round(percentile(rot.lat, 0.999)),
           stall_max_ms: round(Math.max(...rot.lat)),
           baseline_p999_ms: round(percentile(base.lat, 0.999)),
+          // What rotations add on top of the same run's noise floor.
+          stall_excess_p999_ms: round(Math.max(0, percentile(rot.lat, 0.999) - percentile(base.lat, 0.999))),
           goal_stall_p999_ms: 5,
           rotations: rot.rotations,
           chain_length: chain.length,

@@ -6,6 +6,8 @@
  *   error body = { "code": tstr (a DeviceErrorCode), "message": tstr }
  *
  * A response id is null only when the enclave could not read the request's id (garbage or oversized frame).
+ * Both directions are untrusted input (DESIGN.md "Untrusted input is bounded and typed"): size and depth bounds,
+ * deterministic encoding only (RFC 8949 §4.2.1), no unknown members, a typed error for every violation.
  */
 import { CborMap, decode, encode } from '@rotor/cose';
 import { DeviceError, isDeviceErrorCode, type DeviceErrorCode } from '../errors.ts';
