@@ -2,7 +2,16 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', 'packages/*/bin/**', '**/dist/**', 'coverage/**', '.tmp/**', 'eslint.config.js'] },
+  {
+    ignores: [
+      'node_modules/**',
+      'packages/*/bin/**',
+      '**/dist/**',
+      'coverage/**',
+      '.tmp/**',
+      'eslint.config.js',
+    ],
+  },
   ...tseslint.configs.strictTypeChecked,
   {
     languageOptions: {

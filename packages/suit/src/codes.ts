@@ -203,7 +203,13 @@ export const ReportingPolicy = {
 } as const;
 
 /** Version comparison types (UM §4.x, parameter 28). */
-export const VersionComparison = { greater: 1, greaterEqual: 2, equal: 3, lesserEqual: 4, lesser: 5 } as const;
+export const VersionComparison = {
+  greater: 1,
+  greaterEqual: 2,
+  equal: 3,
+  lesserEqual: 4,
+  lesser: 5,
+} as const;
 
 /** SUIT_Report result reasons (RP §4). */
 export const ReportReason = {

@@ -91,5 +91,10 @@ const REASONS: Record<string, ReportReasonCode> = {
 
 /** The SUIT_Report reason for an error code (draft-ietf-suit-report §4, suit-report-reasons). */
 export function reportReasonFor(code: string): ReportReasonCode {
-  return REASONS[code] ?? (code.startsWith('CBOR_') || code.startsWith('COSE_') ? ReportReason.cborParse : ReportReason.operationFailed);
+  return (
+    REASONS[code] ??
+    (code.startsWith('CBOR_') || code.startsWith('COSE_')
+      ? ReportReason.cborParse
+      : ReportReason.operationFailed)
+  );
 }
