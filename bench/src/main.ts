@@ -4,9 +4,19 @@
  */
 import { parseArgs } from 'node:util';
 import { table, type Benchmark } from './harness.ts';
+import { enclaveBench } from './benches/enclave.ts';
 import { manifestBench } from './benches/manifest.ts';
+import { payloadBench } from './benches/payload.ts';
+import { powercutBench } from './benches/powercut.ts';
+import { rolloutBench } from './benches/rollout.ts';
 
-const BENCHES: readonly Benchmark[] = [manifestBench];
+const BENCHES: readonly Benchmark[] = [
+  manifestBench,
+  enclaveBench,
+  powercutBench,
+  payloadBench,
+  rolloutBench,
+];
 
 async function main(): Promise<number> {
   const { values, positionals } = parseArgs({
