@@ -4,9 +4,10 @@
  */
 import { CliError, errorCode, exitCodeFor, ExitCode } from './errors.ts';
 import { manifestCommand } from './manifest.ts';
+import { auditCommand, serverCommand } from './server.ts';
 import type { Command } from './command.ts';
 
-const COMMANDS: readonly Command[] = [manifestCommand];
+const COMMANDS: readonly Command[] = [manifestCommand, serverCommand, auditCommand];
 
 const USAGE = `rotor — secure firmware lifecycle for device fleets
 
