@@ -14,7 +14,7 @@
  */
 import { generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EnclaveClient, EnclaveCore, SimulatedFs } from '@rotor/device';
 import { compareRates, round, type Benchmark } from '../harness.ts';
@@ -150,6 +150,9 @@ export const enclaveBench: Benchmark = {
           rotations: rot.rotations,
           chain_length: chain.length,
           protocol_errors: (stats?.malformed ?? 0) + (stats?.unexpected ?? 0),
+          // Latency percentiles mean little on a busy machine: say how busy it was.
+          cpus: availableParallelism(),
+          load_avg_1m: round(loadavg()[0]!, 2),
         },
       };
     } finally {
