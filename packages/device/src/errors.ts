@@ -50,6 +50,35 @@ export const DEVICE_ERROR_CODES = [
   'UPDATE_BUSY', // an update is already in progress or a trial boot awaits confirmation
   'NO_BOOTABLE_IMAGE', // no slot and no recovery image verifies: the boot stage refuses to invoke anything
   'TRACKER_PROTOCOL', // the status tracker server answered outside the documented protocol
+  // Capability modules (capabilities/; seed 000, issue 8). Install refusals:
+  'CAP_TOO_LARGE', // envelope, module or detached payload above the device's bound
+  'CAP_ENVELOPE_INVALID', // not a module envelope of the capability profile (structure, components, metadata)
+  'CAP_SIGNATURE', // unsigned, or no signature verifies with a key of the capability manifest (MF §8.3)
+  'CAP_KEY_NOT_AUTHORIZED', // signed by a capability key the capability manifest does not allow for this name (MF §9)
+  'CAP_NOT_AUTHORIZED', // the capability manifest does not list this capability / version / digest (seed 000 §1)
+  'CAP_REVOKED', // the module's digest is on the revocation list (seed 000 step 7)
+  'CAP_INCOMPATIBLE', // device class or firmware version outside the module's compatibility metadata
+  'CAP_DEPENDENCY', // a dependency is not active in a compatible version, or the swap would break a dependent
+  'CAP_DEPENDED_ON', // unload refused: another active module depends on this capability
+  'CAP_OVER_LIMIT', // resource limits (memory pages, call time, I/O size) above the device's policy or undeclared
+  'CAP_PERMISSION', // metadata declares a host function the device does not offer
+  'CAP_UNDECLARED_IMPORT', // the binary imports something its metadata does not declare
+  'CAP_ABI', // the binary does not follow the module ABI (exports, signatures, import kinds)
+  'CAP_ROLLBACK', // sequence number not above the installed one (MF §8.4.2)
+  'CAP_DECRYPT', // the content key could not be unwrapped or the ciphertext failed authentication (ENC §4)
+  'CAP_DIGEST', // the decrypted module does not match its signed image-digest (MF §8.4.9.2)
+  'CAP_COMPILE', // WebAssembly validation/compilation failed
+  'CAP_HEALTH', // instantiation or the health check in the sandbox failed
+  'CAP_BUSY', // another install, revert or unload of the same capability is in progress
+  'CAP_MANIFEST_REJECTED', // a capability-manifest update was refused (reason in the message / cause)
+  'CAP_REVOCATION_REJECTED', // a revocation-list update was refused (reason in the message / cause)
+  // Capability calls:
+  'CAP_NOT_LOADED', // no active module for the capability
+  'CAP_INPUT_TOO_LARGE', // call input above the module's I/O limit
+  'CAP_MODULE_ERROR', // the module answered with an error status (the module stays active)
+  'CAP_TRAPPED', // the module trapped: stopped, rolled back to the previous version
+  'CAP_TIMEOUT', // a call exceeded the module's time limit: worker terminated, rolled back
+  'CAP_CRASHED', // the sandbox worker died (e.g. its heap limit): rolled back
 ] as const;
 
 export type DeviceErrorCode = (typeof DEVICE_ERROR_CODES)[number];

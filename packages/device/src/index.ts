@@ -14,3 +14,4 @@ export * from './fetch/index.ts';
 export * from './platform/platform.ts';
 export * from './boot/boot.ts';
 export * from './agent/index.ts';
+export * from './capabilities/index.ts';

@@ -24,6 +24,21 @@ export const TRUST_ERROR_CODES = [
   'ATTEST_BAD_SIGNATURE', // signature does not verify
   'ATTEST_NONCE_MISMATCH', // eat_nonce differs from the challenge
   'ATTEST_CLAIM_RESERVED', // caller-supplied claims use a label the token format reserves
+  // Capability modules (seed 000; capability-*.ts).
+  'CAP_METADATA_INVALID', // module metadata is not a strictly valid metadata map (structure, bounds, names)
+  'CAP_MANIFEST_MALFORMED', // not a COSE_Sign1 capability manifest of the expected shape
+  'CAP_MANIFEST_UNKNOWN_KEY', // signed by a key that is not a provisioned capability-manifest authority
+  'CAP_MANIFEST_BAD_SIGNATURE', // the capability manifest's signature does not verify
+  'CAP_MANIFEST_ALG_NOT_ALLOWED', // signature algorithm not in the caller's allowlist
+  'CAP_MANIFEST_ROLLBACK', // version not newer than the one the device holds
+  'REVOCATION_MALFORMED', // not a COSE_Sign1 module revocation list of the expected shape
+  'REVOCATION_UNKNOWN_KEY', // signed by a key that is not a provisioned revocation authority
+  'REVOCATION_BAD_SIGNATURE', // the list's signature does not verify
+  'REVOCATION_ALG_NOT_ALLOWED', // signature algorithm not in the caller's allowlist
+  'REVOCATION_ROLLBACK', // version not newer than the list the device holds
+  'REVOCATION_EXPIRED', // the list's expiry time has passed
+  'REVOCATION_NOT_YET_VALID', // issued in the future (beyond the caller's clock skew)
+  'CAP_ENVELOPE_INVALID', // a module envelope outside the capability-module profile (components, sequences)
 ] as const;
 
 export type TrustErrorCode = (typeof TRUST_ERROR_CODES)[number];

@@ -2,3 +2,8 @@ export * from './errors.ts';
 export * from './thumbprint.ts';
 export * from './rot-chain.ts';
 export * from './attestation.ts';
+export * from './capability-metadata.ts';
+export * from './capability-manifest.ts';
+export * from './capability-revocation.ts';
+export * from './capability-envelope.ts';
+export * from './eat.ts';
