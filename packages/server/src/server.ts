@@ -122,6 +122,11 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       registerCommonRoutes(dev.app, state, ping);
       registerDeviceRoutes(dev.app, services);
     }
+    registerAttestationRoutes(
+      op.app,
+      dev?.app,
+      createAttestationService(db, opts.now === undefined ? {} : { now: opts.now }),
+    );
     await op.app.ready();
     if (dev !== undefined) await dev.app.ready();
     openapi = openApiDocument(

@@ -7,3 +7,4 @@ export * from './capability-manifest.ts';
 export * from './capability-revocation.ts';
 export * from './capability-envelope.ts';
 export * from './eat.ts';
+export * from './eat.ts';

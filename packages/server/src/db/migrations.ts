@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { ServerError } from '../errors.ts';
 import type { Db } from './db.ts';
+import { ATTESTATION_MIGRATION_SQL } from '../attestation/schema.ts';
 
 export interface Migration {
   readonly version: number;
@@ -147,6 +148,11 @@ CREATE TABLE device_events (
 CREATE INDEX device_events_device ON device_events (device_id, id);
 CREATE INDEX device_events_rollout ON device_events (rollout_id, id);
 `,
+  },
+  {
+    version: 5,
+    name: 'attestation, RoT orchestration, reference values, policies',
+    sql: ATTESTATION_MIGRATION_SQL,
   },
 ];
 
