@@ -50,6 +50,10 @@ export const DEVICE_ERROR_CODES = [
   'UPDATE_BUSY', // an update is already in progress or a trial boot awaits confirmation
   'NO_BOOTABLE_IMAGE', // no slot and no recovery image verifies: the boot stage refuses to invoke anything
   'TRACKER_PROTOCOL', // the status tracker server answered outside the documented protocol
+  // Status tracker client (tracker/).
+  'TRACKER_UNREACHABLE', // the status tracker server could not be reached or answered 5xx/429 (retried later)
+  'TRACKER_REFUSED', // the status tracker server refused the request with a problem response (4xx)
+  'PUSH_MALFORMED', // an MQTT push notification that is not the documented CBOR nudge (ignored)
   // Capability modules (capabilities/; seed 000, issue 8). Install refusals:
   'CAP_TOO_LARGE', // envelope, module or detached payload above the device's bound
   'CAP_ENVELOPE_INVALID', // not a module envelope of the capability profile (structure, components, metadata)

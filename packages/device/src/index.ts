@@ -14,4 +14,5 @@ export * from './fetch/index.ts';
 export * from './platform/platform.ts';
 export * from './boot/boot.ts';
 export * from './agent/index.ts';
+export * from './tracker/index.ts';
 export * from './capabilities/index.ts';
