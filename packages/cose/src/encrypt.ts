@@ -100,6 +100,12 @@ export interface ContentOptions {
 
 export interface ChunkCipher {
   update(chunk: Uint8Array): Uint8Array;
+  /**
+   * Like update(), but returns the output as pieces (at most two) whose concatenation is what update() would
+   * return — without the copy that joins them. Streaming consumers that hash and store each piece use it; every
+   * returned array is newly allocated and owned by the caller.
+   */
+  updateParts?(chunk: Uint8Array): Uint8Array[];
   final(): Uint8Array;
 }
 
@@ -486,24 +492,32 @@ export function createContentDecipher(
   const alive = (): void => {
     if (done) throw new CoseError('COSE_UNSUPPORTED', 'decipher already finished');
   };
+  // AEAD: the last tagLen bytes seen so far might be the tag; they are held back (copied: 16 bytes) and deciphered
+  // ahead of the next chunk's body once more input shows they are not.
+  const parts = (chunk: Uint8Array): Uint8Array[] => {
+    alive();
+    if (tagLen === 0) return [toU8(d.update(chunk))];
+    if (chunk.length >= tagLen) {
+      const head = tail.length === 0 ? undefined : toU8(d.update(tail));
+      const body = toU8(d.update(chunk.subarray(0, chunk.length - tagLen)));
+      // A copy, never a view: `chunk` may be a Buffer (whose slice() is a view) that the caller frees or reuses.
+      tail = new Uint8Array(chunk.subarray(chunk.length - tagLen));
+      return head === undefined ? [body] : [head, body];
+    }
+    const joined = concat(tail, chunk);
+    if (joined.length <= tagLen) {
+      tail = joined === chunk ? new Uint8Array(chunk) : joined;
+      return [];
+    }
+    tail = new Uint8Array(joined.subarray(joined.length - tagLen));
+    return [toU8(d.update(joined.subarray(0, joined.length - tagLen)))];
+  };
   return {
     update(chunk: Uint8Array): Uint8Array {
-      alive();
-      if (tagLen === 0) return toU8(d.update(chunk));
-      if (chunk.length >= tagLen) {
-        const head = tail.length === 0 ? EMPTY : toU8(d.update(tail));
-        const body = toU8(d.update(chunk.subarray(0, chunk.length - tagLen)));
-        tail = chunk.slice(chunk.length - tagLen);
-        return concat(head, body);
-      }
-      const joined = concat(tail, chunk);
-      if (joined.length <= tagLen) {
-        tail = joined === chunk ? chunk.slice() : joined;
-        return EMPTY;
-      }
-      tail = joined.slice(joined.length - tagLen);
-      return toU8(d.update(joined.subarray(0, joined.length - tagLen)));
+      const p = parts(chunk);
+      return p.length === 0 ? EMPTY : p.length === 1 ? p[0]! : concat(p[0]!, p[1]!);
     },
+    updateParts: parts,
     final(): Uint8Array {
       alive();
       done = true;
