@@ -88,7 +88,7 @@ export const payloadBench: Benchmark = {
     }, 20);
     try {
       const fs = nodeFs(dir);
-      const flash = new Flash(fs, 'flash', { chunkSize: 4 * MiB, dirSyncEvery: 16 });
+      const flash = new Flash(fs, 'flash', { chunkSize: 4 * MiB, checkpointEvery: 8 });
       await flash.format();
       const nv = await NvState.open(fs, 'nv');
       for (const [name, alg, mode] of [

@@ -238,7 +238,7 @@ export function newAgent(
   const agent: DeviceAgent = new DeviceAgent({
     fs,
     chunkSize: 1024,
-    dirSyncEvery: 2,
+    checkpointEvery: 2,
     fetch: { source: extra.source ?? memorySource(resources), retries: 2, backoffMs: 1, deadlineMs: 10_000 },
     keys: { agreements: [keys().agreement] },
     onReboot: () => {

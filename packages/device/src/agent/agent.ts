@@ -53,7 +53,8 @@ export interface AgentConfig {
   /** Directory of the device inside `fs` ('' = its root). */
   readonly root?: string;
   readonly chunkSize?: number;
-  readonly dirSyncEvery?: number;
+  /** Chunks per durability checkpoint of an image download (flash.ts: the resume granularity). */
+  readonly checkpointEvery?: number;
   readonly fetch?: FetchPolicy;
   /** Content-key unwrapping (enclave or software keys). */
   readonly keys?: {
@@ -149,7 +150,7 @@ export class DeviceAgent {
     this.fetchPolicy = config.fetch;
     this.flash = new Flash(config.fs, this.#path('flash'), {
       ...(config.chunkSize === undefined ? {} : { chunkSize: config.chunkSize }),
-      ...(config.dirSyncEvery === undefined ? {} : { dirSyncEvery: config.dirSyncEvery }),
+      ...(config.checkpointEvery === undefined ? {} : { checkpointEvery: config.checkpointEvery }),
     });
   }
 

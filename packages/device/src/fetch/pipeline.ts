@@ -104,6 +104,18 @@ function decryptError(e: unknown): DeviceError {
   );
 }
 
+/**
+ * Frees a consumed buffer now instead of at the next major GC, by detaching its ArrayBuffer. Only for buffers the
+ * pipeline owns (fresh decipher output; source pieces the source hands over, SourceResponse.owned) and that span
+ * their whole ArrayBuffer (so no other view shares it). Without this, V8 collects such garbage only once about
+ * 64 MiB of external memory has piled up — the pipeline's peak RSS would be that garbage, not its buffers.
+ */
+function release(b: Uint8Array): void {
+  const ab = b.buffer;
+  if (ab instanceof ArrayBuffer && b.byteLength > 0 && b.byteOffset === 0 && b.byteLength === ab.byteLength)
+    ab.transfer(0);
+}
+
 /** Streams decrypted, hashed bytes into a writer, skipping output that is already in flash. */
 class Sink {
   readonly hash: Hash = createHash('sha256');
@@ -116,21 +128,30 @@ class Sink {
     this.#write = write;
   }
 
-  async push(input: Uint8Array): Promise<void> {
-    let out: Uint8Array;
+  /** Takes `input`; when `owned`, the input is released after use (the caller must not touch it again). */
+  async push(input: Uint8Array, owned = false): Promise<void> {
+    const d = this.decipher;
+    let parts: Uint8Array[];
     try {
-      out = this.decipher === undefined ? input : this.decipher.update(input);
+      parts =
+        d === undefined ? [input] : d.updateParts !== undefined ? d.updateParts(input) : [d.update(input)];
     } catch (e) {
       throw decryptError(e);
     }
-    if (this.skip > 0) {
-      const n = Math.min(this.skip, out.length);
-      this.skip -= n;
-      out = out.subarray(n);
+    for (const part of parts) {
+      let out = part;
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, out.length);
+        this.skip -= n;
+        out = out.subarray(n);
+      }
+      if (out.length === 0) continue;
+      this.hash.update(out);
+      await this.#write(out);
     }
-    if (out.length === 0) return;
-    this.hash.update(out);
-    await this.#write(out);
+    // The writer copied everything (hash.update is synchronous): fresh decipher output and owned input are done.
+    if (d !== undefined) for (const part of parts) release(part);
+    if (owned) release(input);
   }
 
   async end(): Promise<void> {
@@ -202,17 +223,21 @@ export async function installImage(
     chunkSize,
     manifestDigest: target.manifestDigest,
     decrypted: decryption !== undefined,
+    durableChunks: 0,
   };
-  let record = await nv.download(bank, component).catch(() => undefined);
+  const stored = await nv.download(bank, component).catch(() => undefined);
+  let record: DownloadRecord;
   let keep = 0;
   if (
-    record !== undefined &&
-    record.uri === wanted.uri &&
-    record.chunkSize === chunkSize &&
-    record.decrypted === wanted.decrypted &&
-    sameBytes(record.manifestDigest, wanted.manifestDigest)
+    stored !== undefined &&
+    stored.uri === wanted.uri &&
+    stored.chunkSize === chunkSize &&
+    stored.decrypted === wanted.decrypted &&
+    sameBytes(stored.manifestDigest, wanted.manifestDigest)
   ) {
-    keep = await flash.durablePrefix(bank, component, chunkSize);
+    record = stored;
+    // Resume only from the last durable checkpoint (flash.ts), and only as far as those chunks are still there.
+    keep = Math.min(record.durableChunks, await flash.durablePrefix(bank, component, chunkSize));
   } else {
     await flash.erase(bank, component);
     record = wanted;
@@ -228,109 +253,125 @@ export async function installImage(
   const maxBackoff = policy.maxBackoffMs ?? 10_000;
 
   for (;;) {
-    // (Re)start the pipeline at `keep` full chunks.
-    const writer = await flash.writer(bank, component, { startChunk: keep, maxSize: target.maxSize });
-    const sink = new Sink(makeDecipher(), (b) => writer.write(b));
-    let received = 0;
-    if (keep > 0) {
-      // Re-hash the kept plaintext and bring the decipher to the same position.
-      const prefix = keep * chunkSize;
-      const cipher =
-        decryption === undefined
-          ? undefined
-          : createContentCipher(
-              decryption.msg.alg,
-              decryption.cek,
-              decryption.msg.iv!,
-              decryption.msg.protectedBytes,
-              { context: decryption.msg.context },
-            );
-      let emitted = 0;
-      for await (const c of flash.read(bank, component, prefix, chunkSize)) {
-        sink.hash.update(c);
-        if (cipher !== undefined && sink.decipher !== undefined)
-          emitted += sink.decipher.update(cipher.update(c)).length;
+    // (Re)start the pipeline at `keep` full chunks. Each durable checkpoint advances the resume point.
+    const writer = await flash.writer(bank, component, {
+      startChunk: keep,
+      maxSize: target.maxSize,
+      onCheckpoint: async (chunks) => {
+        record = { ...record, durableChunks: chunks };
+        await nv.store.put(dlName, encodeDownload(record));
+      },
+    });
+    let done = false;
+    try {
+      const sink = new Sink(makeDecipher(), (b) => writer.write(b));
+      let received = 0;
+      if (keep > 0) {
+        // Re-hash the kept plaintext and bring the decipher to the same position.
+        const prefix = keep * chunkSize;
+        const cipher =
+          decryption === undefined
+            ? undefined
+            : createContentCipher(
+                decryption.msg.alg,
+                decryption.cek,
+                decryption.msg.iv!,
+                decryption.msg.protectedBytes,
+                { context: decryption.msg.context },
+              );
+        let emitted = 0;
+        for await (const c of flash.read(bank, component, prefix, chunkSize)) {
+          sink.hash.update(c);
+          if (cipher !== undefined && sink.decipher !== undefined)
+            emitted += sink.decipher.update(cipher.update(c)).length;
+        }
+        sink.skip = cipher === undefined ? 0 : prefix - emitted;
+        received = prefix;
+        stats.resumedBytes += prefix;
       }
-      sink.skip = cipher === undefined ? 0 : prefix - emitted;
-      received = prefix;
-      stats.resumedBytes += prefix;
-    }
 
-    let restart = false;
-    let attempt = 0;
-    let total: number | undefined;
-    while (!restart) {
-      if (expired())
-        throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`);
-      attempt++;
-      stats.attempts++;
-      let res;
-      try {
-        res = await policy.source.open(input.uri, { offset: received, etag: record.etag, signal });
-      } catch (e) {
+      let restart = false;
+      let attempt = 0;
+      let total: number | undefined;
+      while (!restart) {
         if (expired())
-          throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
-            cause: e,
-          });
-        if (!(e instanceof TransientError) || attempt > retries) throw fetchFailed(e, input.uri);
-        await sleep(backoff, signal);
-        backoff = Math.min(backoff * 2, maxBackoff);
-        continue;
-      }
-      try {
-        if (res.start !== received) {
-          // The server sent the whole representation (changed, or no range support): start over from zero.
-          if (received > 0) {
-            keep = 0;
-            restart = true;
-            await flash.erase(bank, component);
+          throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`);
+        attempt++;
+        stats.attempts++;
+        let res;
+        try {
+          res = await policy.source.open(input.uri, { offset: received, etag: record.etag, signal });
+        } catch (e) {
+          if (expired())
+            throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
+              cause: e,
+            });
+          if (!(e instanceof TransientError) || attempt > retries) throw fetchFailed(e, input.uri);
+          await sleep(backoff, signal);
+          backoff = Math.min(backoff * 2, maxBackoff);
+          continue;
+        }
+        try {
+          if (res.start !== received) {
+            // The server sent the whole representation (changed, or no range support): start over from zero.
+            if (received > 0) {
+              keep = 0;
+              restart = true;
+              // Nothing of the old stretch may be resumed from any more: the record first, then the chunks.
+              await writer.close();
+              record = { ...record, etag: res.etag, durableChunks: 0 };
+              await nv.store.put(dlName, encodeDownload(record));
+              await flash.erase(bank, component);
+              continue;
+            }
+          }
+          if (res.etag !== record.etag) {
             record = { ...record, etag: res.etag };
             await nv.store.put(dlName, encodeDownload(record));
-            continue;
           }
+          if (res.total !== undefined) {
+            if (res.total > maxInput)
+              throw new DeviceError(
+                'IMAGE_TOO_LARGE',
+                `${input.uri} is ${res.total} bytes, more than the bound of ${maxInput}`,
+              );
+            total = res.total;
+          }
+          for await (const piece of res.body) {
+            received += piece.length;
+            if (received > maxInput)
+              throw new DeviceError(
+                'IMAGE_TOO_LARGE',
+                `${input.uri} sent more than the bound of ${maxInput} bytes`,
+              );
+            if (total !== undefined && received > total)
+              throw new DeviceError('FETCH_PROTOCOL', `${input.uri} sent more than its stated length`);
+            await sink.push(piece, res.owned === true);
+          }
+          if (total === undefined || received === total) break;
+          throw new TransientError(`connection closed after ${received} of ${total} bytes`);
+        } catch (e) {
+          if (e instanceof DeviceError) throw e;
+          if (expired())
+            throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
+              cause: e,
+            });
+          if (attempt > retries) throw fetchFailed(e, input.uri);
+          await sleep(backoff, signal);
+          backoff = Math.min(backoff * 2, maxBackoff);
+        } finally {
+          res.close();
         }
-        if (res.etag !== record.etag) {
-          record = { ...record, etag: res.etag };
-          await nv.store.put(dlName, encodeDownload(record));
-        }
-        if (res.total !== undefined) {
-          if (res.total > maxInput)
-            throw new DeviceError(
-              'IMAGE_TOO_LARGE',
-              `${input.uri} is ${res.total} bytes, more than the bound of ${maxInput}`,
-            );
-          total = res.total;
-        }
-        for await (const piece of res.body) {
-          received += piece.length;
-          if (received > maxInput)
-            throw new DeviceError(
-              'IMAGE_TOO_LARGE',
-              `${input.uri} sent more than the bound of ${maxInput} bytes`,
-            );
-          if (total !== undefined && received > total)
-            throw new DeviceError('FETCH_PROTOCOL', `${input.uri} sent more than its stated length`);
-          await sink.push(piece);
-        }
-        if (total === undefined || received === total) break;
-        throw new TransientError(`connection closed after ${received} of ${total} bytes`);
-      } catch (e) {
-        if (e instanceof DeviceError) throw e;
-        if (expired())
-          throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
-            cause: e,
-          });
-        if (attempt > retries) throw fetchFailed(e, input.uri);
-        await sleep(backoff, signal);
-        backoff = Math.min(backoff * 2, maxBackoff);
-      } finally {
-        res.close();
       }
+      if (restart) continue;
+      await sink.end();
+      const size = await writer.finish();
+      done = true;
+      return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
+    } finally {
+      // A failed or restarted attempt: let nothing of this writer reach storage or the record afterwards.
+      if (!done) await writer.close();
     }
-    if (restart) continue;
-    await sink.end();
-    const size = await writer.finish();
-    return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
   }
 }
 

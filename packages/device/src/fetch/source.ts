@@ -23,6 +23,11 @@ export interface SourceResponse {
   /** Strong entity tag of the representation, when the server sends one. */
   readonly etag: string | undefined;
   readonly body: AsyncIterable<Uint8Array>;
+  /**
+   * True when every body piece is a fresh buffer handed over to the consumer, which may free (detach) it once
+   * consumed. Sources that yield views of shared memory leave it unset.
+   */
+  readonly owned?: boolean;
   /** Releases the connection (idempotent). */
   close(): void;
 }
@@ -102,7 +107,8 @@ export function httpSource(opts: HttpSourceOptions = {}): ByteSource {
             const lenRaw = header(res, 'content-length');
             const len = lenRaw !== undefined && /^\d{1,15}$/.test(lenRaw) ? Number(lenRaw) : undefined;
             if (status === 200) {
-              resolve({ start: 0, total: len, etag, body: res, close });
+              // node:http allocates each body piece afresh (one per socket read): the consumer may free it.
+              resolve({ start: 0, total: len, etag, body: res, owned: true, close });
               return;
             }
             if (status === 206) {
@@ -113,7 +119,7 @@ export function httpSource(opts: HttpSourceOptions = {}): ByteSource {
                 throw new DeviceError('FETCH_PROTOCOL', `206 starts at ${r.first}, asked ${o.offset}`);
               if (len !== undefined && len !== r.last - r.first + 1)
                 throw new DeviceError('FETCH_PROTOCOL', 'Content-Length disagrees with Content-Range');
-              resolve({ start: r.first, total: r.total, etag, body: res, close });
+              resolve({ start: r.first, total: r.total, etag, body: res, owned: true, close });
               return;
             }
             close();

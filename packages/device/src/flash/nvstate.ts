@@ -85,6 +85,8 @@ export interface DownloadRecord {
   readonly manifestDigest: Uint8Array;
   /** Whether the stored bytes are plaintext of a decrypted stream (so resume must re-derive cipher state). */
   readonly decrypted: boolean;
+  /** Leading chunks known durable (the last checkpoint, flash.ts): a resume never starts beyond them. */
+  readonly durableChunks: number;
 }
 
 function invalid(what: string, e: unknown): DeviceError {
@@ -277,13 +279,15 @@ export function decodeUpdate(bytes: Uint8Array): UpdateRecord {
 }
 
 export function encodeDownload(r: DownloadRecord): Uint8Array {
-  return encode([1, r.uri, r.etag ?? null, r.chunkSize, r.manifestDigest, r.decrypted]);
+  return encode([2, r.uri, r.etag ?? null, r.chunkSize, r.manifestDigest, r.decrypted, r.durableChunks]);
 }
 
 export function decodeDownload(bytes: Uint8Array): DownloadRecord {
   return decodeRecord('download record', bytes, (v) => {
-    const a = asArray(v, 'download', { min: 6, max: 6 });
-    if (asUint(a[0], 'download[0]') !== 1) throw new Error('unknown version');
+    const a = asArray(v, 'download', { min: 6, max: 7 });
+    const version = asUint(a[0], 'download[0]');
+    // Version 1 (no checkpoint) resumes from nothing: its chunks were never recorded as durable.
+    if (version !== (a.length === 6 ? 1 : 2)) throw new Error('unknown version');
     if (typeof a[5] !== 'boolean') throw new Error('download[5]: expected bool');
     return {
       uri: asText(a[1], 'download[1]', { max: 4096 }),
@@ -291,6 +295,7 @@ export function decodeDownload(bytes: Uint8Array): DownloadRecord {
       chunkSize: asUint(a[3], 'download[3]'),
       manifestDigest: asBytes(a[4], 'download[4]', { max: 64 }),
       decrypted: a[5],
+      durableChunks: a.length === 6 ? 0 : asUint(a[6], 'download[6]'),
     };
   });
 }

@@ -92,7 +92,10 @@ export function nodeFs(root: string): StorageFs {
         // 0o600: enclave state is readable by its owner only (in simulation, permissions stand in for isolation).
         const h = await open(abs(p), 'w', 0o600);
         try {
-          await h.writeFile(data);
+          // One write(2) per call where the kernel takes it all (FileHandle.writeFile would split it into 512 KiB
+          // writes, each a thread-pool round trip waiting for the busy event loop).
+          for (let off = 0; off < data.length;)
+            off += (await h.write(data, off, data.length - off)).bytesWritten;
         } finally {
           await h.close();
         }
