@@ -38,6 +38,18 @@ export const SERVER_ERROR_CODES = [
   'RELEASE_INVALID', // an envelope that authenticates but cannot be a release (e.g. no payload digest)
   'SIGNATURE_VERIFIER_UNAVAILABLE', // the SUIT authenticator is not wired in this build
   'AUTHOR_KEY_INVALID', // an author key that cannot be parsed / used
+  // Factory (manufacturing provisioning; CLI and library, never an HTTP response)
+  'FACTORY_TOKEN_UNAVAILABLE', // PKCS#11 module does not load, or no token matches the RFC 7512 URI
+  'FACTORY_TOKEN_PIN_INCORRECT', // C_Login refused the PIN (CKR_PIN_INCORRECT)
+  'FACTORY_TOKEN_LOCKED', // the token's user PIN is locked (CKR_PIN_LOCKED) or the token is not initialized
+  'FACTORY_KEY_NOT_FOUND', // no (or more than one) key object matches the RFC 7512 URI
+  'FACTORY_KEY_EXISTS', // factory init refuses to overwrite an existing key or CA
+  'PKCS11_URI_INVALID', // not an RFC 7512 PKCS#11 URI we accept
+  'PKCS11_ERROR', // any other token failure
+  'CSR_INVALID', // a PKCS#10 request that does not parse, is oversized, or whose signature does not verify
+  'CSR_KEY_TYPE', // a CSR key that is not the profile's identity key type
+  'CSR_DEVICE_ID_MISMATCH', // the CSR names another device than the one being provisioned
+  'FACTORY_STATE_INVALID', // the factory directory, profile or journal is missing or corrupt
   // Service
   'NOT_READY', // readiness false (starting, migrations, shutting down)
   'RESPONSE_INVALID', // a response failed its schema: a server bug, reported as 500
@@ -74,6 +86,17 @@ const STATUS: Record<ServerErrorCode, number> = {
   RELEASE_INVALID: 422,
   SIGNATURE_VERIFIER_UNAVAILABLE: 503,
   AUTHOR_KEY_INVALID: 422,
+  FACTORY_TOKEN_UNAVAILABLE: 503,
+  FACTORY_TOKEN_PIN_INCORRECT: 401,
+  FACTORY_TOKEN_LOCKED: 423,
+  FACTORY_KEY_NOT_FOUND: 404,
+  FACTORY_KEY_EXISTS: 409,
+  PKCS11_URI_INVALID: 400,
+  PKCS11_ERROR: 502,
+  CSR_INVALID: 400,
+  CSR_KEY_TYPE: 422,
+  CSR_DEVICE_ID_MISMATCH: 422,
+  FACTORY_STATE_INVALID: 500,
   NOT_READY: 503,
   RESPONSE_INVALID: 500,
   AUDIT_CHAIN_BROKEN: 500,

@@ -12,3 +12,4 @@ export { openApiDocument, SUIT_ENVELOPE_TYPE } from './http.ts';
 export * from './suit-auth.ts';
 export * from './rollouts.ts';
 export { hex, auditedTransaction } from './tx.ts';
+export * from './factory/index.ts';
