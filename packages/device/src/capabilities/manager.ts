@@ -1218,7 +1218,7 @@ export class CapabilityManager {
       c.active = undefined;
       if (v !== undefined) {
         v.state = 'stopped';
-        all.push(v.sandbox.terminate());
+        all.push(this.#ownPool ? v.sandbox.terminate() : this.#pool.release(v.sandbox));
       }
     }
     await Promise.all(all);
