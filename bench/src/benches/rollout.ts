@@ -7,8 +7,16 @@
  */
 import { randomBytes } from 'node:crypto';
 import { generateSigningKey, softwareSigner } from '@rotor/cose';
-import { buildEnvelope, buildUpdateManifest } from '@rotor/suit';
-import { createServices, migrate, openDatabase, type Principal } from '@rotor/server';
+import { buildEnvelope } from '@rotor/suit';
+import {
+  createServices,
+  deliverableManifest,
+  migrate,
+  openDatabase,
+  operatorKeyFrom,
+  vaultFromHex,
+  type Principal,
+} from '@rotor/server';
 import pg from 'pg';
 import { round, type Benchmark } from '../harness.ts';
 
@@ -31,7 +39,12 @@ export const rolloutBench: Benchmark = {
     const db = await openDatabase({ databaseUrl: u.toString(), poolSize: 2 });
     try {
       await migrate(db);
-      const s = createServices(db);
+      const s = createServices(db, {
+        keys: {
+          operator: operatorKeyFrom(generateSigningKey(-7).privateKey),
+          vault: vaultFromHex(randomBytes(32).toString('hex')),
+        },
+      });
       ctx.log(`registering ${n.toLocaleString('en-US')} devices`);
       await db.query(
         `INSERT INTO devices (id, name, cert_sha256, device_group, tags, created_at_ms)
@@ -53,11 +66,11 @@ export const rolloutBench: Benchmark = {
       const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', image));
       await s.payloads.upload(AUTHOR, Buffer.from(digest).toString('hex'), image);
       const env = await buildEnvelope(
-        buildUpdateManifest({
+        deliverableManifest({
           vendorDomain: 'example.com',
           className: 'bench',
           sequenceNumber: 1,
-          components: [{ id: 'fw', image: { digest, size: image.length }, uri: 'https://x/fw' }],
+          components: [{ id: 'fw', digest, size: image.length }],
         }),
         { signers: [softwareSigner(key.privateKey, -7)] },
       );

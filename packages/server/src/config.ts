@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ServerError } from './errors.ts';
+import { operatorKeyFromPem, vaultFromHex } from './keys.ts';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -41,6 +42,10 @@ export interface ServerConfig {
   readonly mqttUrl: string | undefined;
   /** How often each instance re-evaluates active rollouts (phase timeouts, thresholds). */
   readonly rolloutTickMs: number;
+  /** PEM private key of the operator (signs approvals and per-device manifests); unset: approval refused. */
+  readonly operatorKeyPem: string | undefined;
+  /** 64 hex digits: the content-key vault's AES-256 KEK; unset: approval and device KEKs refused. */
+  readonly contentKekHex: string | undefined;
 }
 
 export const CONFIG_HELP = `rotor server [options]
@@ -58,6 +63,9 @@ options (environment variable in brackets; flags win):
   --log-level LEVEL       ${LOG_LEVELS.join('|')}  [ROTOR_LOG_LEVEL, default info]
   --shutdown-grace-ms N   drain time on SIGTERM/SIGINT    [ROTOR_SHUTDOWN_GRACE_MS, default 10000]
   --rollout-tick-ms N     rollout re-evaluation period    [ROTOR_ROLLOUT_TICK_MS, default 5000]
+  --operator-key FILE     operator signing key (PEM, P-256 or Ed25519)  [ROTOR_OPERATOR_KEY_FILE]
+  --content-kek FILE      content-key vault KEK (64 hex digits, mode 0600) [ROTOR_CONTENT_KEK_FILE]
+                          without both, release approval is refused (OPERATOR_KEY_UNAVAILABLE)
 environment only (secrets):
   DATABASE_URL            PostgreSQL; unset: embedded PGlite in <data-dir>/pg
   ROTOR_ADMIN_TOKEN       admin bootstrap token (>= 32 chars); unset: generated once into
@@ -78,6 +86,8 @@ const FLAGS = {
   'log-level': { type: 'string' },
   'shutdown-grace-ms': { type: 'string' },
   'rollout-tick-ms': { type: 'string' },
+  'operator-key': { type: 'string' },
+  'content-kek': { type: 'string' },
 } as const;
 
 export interface ConfigSource {
@@ -158,6 +168,23 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
   if (mqttUrl !== undefined && !/^mqtts?:\/\//.test(mqttUrl))
     problems.push('MQTT_URL: must be an mqtt:// or mqtts:// URL');
 
+  const operatorKeyPem = file('operator-key', 'ROTOR_OPERATOR_KEY_FILE');
+  if (operatorKeyPem !== undefined) {
+    try {
+      operatorKeyFromPem(operatorKeyPem);
+    } catch (e) {
+      problems.push(`--operator-key: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+  const contentKekHex = file('content-kek', 'ROTOR_CONTENT_KEK_FILE');
+  if (contentKekHex !== undefined) {
+    try {
+      vaultFromHex(contentKekHex);
+    } catch (e) {
+      problems.push(`--content-kek: ${e instanceof Error ? e.message : String(e)}`); // the key itself is not echoed
+    }
+  }
+
   const config: ServerConfig = {
     host: host('host', 'ROTOR_HOST'),
     port: int('port', 'ROTOR_PORT', 8080, 0, 65535),
@@ -174,6 +201,8 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
     shutdownGraceMs: int('shutdown-grace-ms', 'ROTOR_SHUTDOWN_GRACE_MS', 10_000, 0, 600_000),
     mqttUrl,
     rolloutTickMs: int('rollout-tick-ms', 'ROTOR_ROLLOUT_TICK_MS', 5000, 100, 3_600_000),
+    operatorKeyPem,
+    contentKekHex,
   };
   if (problems.length > 0)
     throw new ServerError('CONFIG_INVALID', `invalid configuration: ${problems.join('; ')}`);

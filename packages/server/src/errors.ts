@@ -38,6 +38,10 @@ export const SERVER_ERROR_CODES = [
   'RELEASE_INVALID', // an envelope that authenticates but cannot be a release (e.g. no payload digest)
   'SIGNATURE_VERIFIER_UNAVAILABLE', // the SUIT authenticator is not wired in this build
   'AUTHOR_KEY_INVALID', // an author key that cannot be parsed / used
+  'DEVICE_KEY_INVALID', // a device key-agreement / report key or KEK that cannot be parsed / used
+  'DEVICE_KEY_MISSING', // per-device encryption needs a key-agreement key or KEK registered for the device
+  'OPERATOR_KEY_UNAVAILABLE', // approval needs the operator signing key and the content-key vault (not configured)
+  'REPORT_KEY_MISSING', // a signed report from a device without a registered report key
   // Factory (manufacturing provisioning; CLI and library, never an HTTP response)
   'FACTORY_TOKEN_UNAVAILABLE', // PKCS#11 module does not load, or no token matches the RFC 7512 URI
   'FACTORY_TOKEN_PIN_INCORRECT', // C_Login refused the PIN (CKR_PIN_INCORRECT)
@@ -86,6 +90,10 @@ const STATUS: Record<ServerErrorCode, number> = {
   RELEASE_INVALID: 422,
   SIGNATURE_VERIFIER_UNAVAILABLE: 503,
   AUTHOR_KEY_INVALID: 422,
+  DEVICE_KEY_INVALID: 422,
+  DEVICE_KEY_MISSING: 409,
+  OPERATOR_KEY_UNAVAILABLE: 503,
+  REPORT_KEY_MISSING: 422,
   FACTORY_TOKEN_UNAVAILABLE: 503,
   FACTORY_TOKEN_PIN_INCORRECT: 401,
   FACTORY_TOKEN_LOCKED: 423,

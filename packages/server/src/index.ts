@@ -13,3 +13,6 @@ export * from './suit-auth.ts';
 export * from './rollouts.ts';
 export { hex, auditedTransaction } from './tx.ts';
 export * from './factory/index.ts';
+export * from './keys.ts';
+export * from './encryption.ts';
+export * from './delivery.ts';

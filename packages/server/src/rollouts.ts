@@ -19,6 +19,7 @@ import { appendAudit } from './audit.ts';
 import { one, type Db, type Queryable } from './db/db.ts';
 import { ServerError } from './errors.ts';
 import { auditedTransaction, hex } from './tx.ts';
+import { ciphertextUrl, type DeliveryService } from './delivery.ts';
 
 export interface PhaseSpec {
   /** Cumulative share of the target devices reached by the end of this phase (1..100; the last is 100). */
@@ -123,7 +124,7 @@ export function validatePhases(phases: readonly PhaseSpec[]): void {
   if (prev !== 100) throw new ServerError('REQUEST_INVALID', 'the last phase must reach 100 percent');
 }
 
-export function createRolloutService(db: Db, now: () => number) {
+export function createRolloutService(db: Db, now: () => number, delivery: DeliveryService) {
   const audited = auditedTransaction(db, now);
 
   async function info(q: Queryable, id: string): Promise<RolloutInfo> {
@@ -419,8 +420,9 @@ export function createRolloutService(db: Db, now: () => number) {
             [p.deviceId, row.rollout_id, t],
           );
         }
+        // Devices get the ciphertexts only (the plaintext payloads are never served to devices).
         const payloads = await tx.query<{ h: string }>(
-          "SELECT encode(sha256, 'hex') AS h FROM release_payloads WHERE release_id = $1 ORDER BY 1",
+          "SELECT encode(ciphertext_sha256, 'hex') AS h FROM release_ciphertexts WHERE release_id = $1 ORDER BY component_index",
           [row.release_id],
         );
         return {
@@ -428,25 +430,28 @@ export function createRolloutService(db: Db, now: () => number) {
           rolloutId: row.rollout_id,
           releaseId: row.release_id,
           envelopeUrl: `/d/v1/rollouts/${row.rollout_id}/envelope`,
-          payloadUrls: payloads.map((x) => `/d/v1/payloads/${x.h}`),
+          payloadUrls: payloads.map((x) => ciphertextUrl(x.h)),
         };
       });
     },
 
-    /** The envelope of a rollout the device takes part in (a device sees only its own resources). */
+    /**
+     * The device's own envelope for a rollout it takes part in: the operator manifest with the content key wrapped
+     * for this device alone (delivery.ts). A device sees only its own resources.
+     */
     async envelopeFor(p: Principal, rolloutId: string): Promise<Uint8Array> {
       if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device only');
       authorize(p, 'device.checkin');
       const row = (
-        await db.query<{ envelope: Uint8Array }>(
-          `SELECT rel.envelope FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id JOIN releases rel ON rel.id = r.release_id
+        await db.query<{ release_id: string }>(
+          `SELECT r.release_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
            WHERE rd.rollout_id = $1 AND rd.device_id = $2`,
           [rolloutId, p.deviceId],
         )
       )[0];
       if (row === undefined)
         throw new ServerError('DEVICE_FORBIDDEN', 'the device is not part of this rollout');
-      return row.envelope;
+      return delivery.deviceEnvelope(p.deviceId, row.release_id);
     },
 
     /**
@@ -463,7 +468,8 @@ export function createRolloutService(db: Db, now: () => number) {
       const target = (
         await db.query<{ rollout_id: string }>(
           `SELECT rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id JOIN releases rel ON rel.id = r.release_id
-           WHERE rd.device_id = $1 AND rd.active AND rel.manifest_digest = $2`,
+           WHERE rd.device_id = $1 AND rd.active AND (rel.manifest_digest = $2 OR EXISTS (
+             SELECT 1 FROM device_envelopes de WHERE de.release_id = r.release_id AND de.device_id = $1 AND de.manifest_digest = $2))`,
           [p.deviceId, digest],
         )
       )[0];
@@ -526,22 +532,8 @@ export function createRolloutService(db: Db, now: () => number) {
       }));
     },
 
-    /** Operator approval of a release (RFC 9019 §3: the operator decides to deploy an author's image). */
-    async approve(p: Principal, releaseId: string): Promise<void> {
-      authorize(p, 'release.approve');
-      await audited(p, 'release.approve', async (tx) => {
-        const r = one(
-          await tx.query<{ status: string }>('SELECT status FROM releases WHERE id = $1 FOR UPDATE', [
-            releaseId,
-          ]),
-          'release',
-        );
-        if (r.status === 'withdrawn')
-          throw new ServerError('CONFLICT', 'a withdrawn release cannot be approved');
-        await tx.query("UPDATE releases SET status = 'approved' WHERE id = $1", [releaseId]);
-        return { result: undefined, subject: `release:${releaseId}` };
-      });
-    },
+    /** Operator approval of a release: a co-signature with per-device encryption (delivery.ts). */
+    approve: (p: Principal, releaseId: string): Promise<void> => delivery.approve(p, releaseId),
   };
 }
 

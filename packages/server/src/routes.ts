@@ -277,6 +277,22 @@ export function registerOperatorRoutes(
         .send(Buffer.from(await s.releases.envelope(principal(req), req.params.id))),
   );
 
+  app.get<{ Params: { id: string } }>(
+    '/v1/releases/:id/cosigned-envelope',
+    {
+      config: {
+        binary: true,
+        produces: SUIT_ENVELOPE_TYPE,
+        summary: "The author's envelope with the operator's approval signature added (approved releases)",
+      },
+      schema: { params: S.idParam },
+    },
+    async (req, reply) =>
+      reply
+        .type(SUIT_ENVELOPE_TYPE)
+        .send(Buffer.from(await s.delivery.cosigned(principal(req), req.params.id))),
+  );
+
   // --- approval and rollouts
   app.post<{ Params: { id: string } }>(
     '/v1/releases/:id/approve',

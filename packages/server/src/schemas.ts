@@ -87,6 +87,10 @@ export const deviceCreateBody = {
     group: { anyOf: [label, { type: 'null' }] },
     tags: { type: 'array', maxItems: 32, uniqueItems: true, items: label },
     attributes,
+    keyAgreementKeyPem: { anyOf: [{ type: 'string', minLength: 64, maxLength: 4096 }, { type: 'null' }] },
+    kek: { anyOf: [{ type: 'string', pattern: '^[0-9a-fA-F]{32}$' }, { type: 'null' }] },
+    reportKeyPem: { anyOf: [{ type: 'string', minLength: 64, maxLength: 4096 }, { type: 'null' }] },
+    reportKeyAlg: { type: 'string', enum: Object.keys(AUTHOR_KEY_ALGS) },
   },
 } as const;
 export const deviceUpdateBody = {
@@ -98,6 +102,10 @@ export const deviceUpdateBody = {
     group: { anyOf: [label, { type: 'null' }] },
     tags: { type: 'array', maxItems: 32, uniqueItems: true, items: label },
     attributes,
+    keyAgreementKeyPem: { anyOf: [{ type: 'string', minLength: 64, maxLength: 4096 }, { type: 'null' }] },
+    kek: { anyOf: [{ type: 'string', pattern: '^[0-9a-fA-F]{32}$' }, { type: 'null' }] },
+    reportKeyPem: { anyOf: [{ type: 'string', minLength: 64, maxLength: 4096 }, { type: 'null' }] },
+    reportKeyAlg: { type: 'string', enum: Object.keys(AUTHOR_KEY_ALGS) },
   },
 } as const;
 export const deviceQuery = {
@@ -118,11 +126,17 @@ export const deviceInfo = {
     'attributes',
     'createdAtMs',
     'lastSeenMs',
+    'keyAgreement',
+    'hasKek',
+    'reportKeyAlg',
   ],
   properties: {
     id: { type: 'string' },
     name: { type: 'string' },
     certSha256: hex64,
+    keyAgreement: { type: ['string', 'null'], enum: ['P-256', 'X25519', null] },
+    hasKek: { type: 'boolean' },
+    reportKeyAlg: { type: ['string', 'null'], enum: [...Object.keys(AUTHOR_KEY_ALGS), null] },
     enabled: { type: 'boolean' },
     group: { type: ['string', 'null'] },
     tags: { type: 'array', items: { type: 'string' } },

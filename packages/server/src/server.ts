@@ -21,7 +21,10 @@ import {
   type ServiceState,
 } from './routes.ts';
 import { suitAuthenticator } from './suit-auth.ts';
-import { createServices, type ReleaseAuthenticator, type Services } from './services.ts';
+import { createServices, type ReleaseAuthenticator, type ServerKeys, type Services } from './services.ts';
+import { operatorKeyFromPem, vaultFromHex } from './keys.ts';
+import { createAttestationService } from './attestation/service.ts';
+import { registerAttestationRoutes } from './attestation/routes.ts';
 
 export interface RotorServer {
   readonly config: ServerConfig;
@@ -47,6 +50,8 @@ export interface StartOptions {
   readonly metrics?: Metrics;
   /** Clock (tests). */
   readonly now?: () => number;
+  /** Server keys (e.g. a PKCS#11 operator signer); default: from the configured files. */
+  readonly keys?: ServerKeys;
 }
 
 function deviceCertificate(req: FastifyRequest, caConfigured: boolean): Uint8Array {
@@ -73,8 +78,14 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   let deviceApp: FastifyInstance | undefined;
   try {
     await migrate(db);
+    const keys: ServerKeys = opts.keys ?? {
+      ...(config.operatorKeyPem === undefined ? {} : { operator: operatorKeyFromPem(config.operatorKeyPem) }),
+      ...(config.contentKekHex === undefined ? {} : { vault: vaultFromHex(config.contentKekHex) }),
+    };
     const services = createServices(db, {
       authenticator: opts.authenticator ?? suitAuthenticator({ maxEnvelopeBytes: config.maxUploadBytes }),
+      keys,
+      ...(opts.now === undefined ? {} : { now: opts.now }),
     });
     const bootstrapTokenFile = await services.tokens.bootstrap(config.adminToken, config.dataDir);
 

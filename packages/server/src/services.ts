@@ -24,8 +24,29 @@ import {
 import { one, type Db } from './db/db.ts';
 import { auditedTransaction, hex } from './tx.ts';
 import { createRolloutService } from './rollouts.ts';
+import { createDeliveryService } from './delivery.ts';
 import { suitAuthenticator } from './suit-auth.ts';
 import { ServerError } from './errors.ts';
+import { parseDeviceKek, parseKeyAgreementKey, type ContentKeyVault, type OperatorKey } from './keys.ts';
+
+/** Keys the server holds (keys.ts); each is optional: features that need a missing one refuse with a typed error. */
+export interface ServerKeys {
+  readonly operator?: OperatorKey;
+  readonly vault?: ContentKeyVault;
+}
+
+/** What the audit log records about device keys: fingerprints and presence, never the KEK. */
+function keyAuditDetails(k: {
+  ka: Uint8Array | null | undefined;
+  kek: Uint8Array | null | undefined;
+  report: { spki: Uint8Array; alg: number } | null | undefined;
+}): { [k: string]: Json } {
+  const out: { [k: string]: Json } = {};
+  if (k.ka !== undefined) out.keyAgreementSpkiSha256 = k.ka === null ? null : hex(sha256(k.ka));
+  if (k.kek !== undefined) out.kek = k.kek === null ? 'removed' : 'set';
+  if (k.report !== undefined) out.reportKeySpkiSha256 = k.report === null ? null : hex(sha256(k.report.spki));
+  return out;
+}
 
 const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
 
@@ -77,6 +98,12 @@ export interface DeviceInfo {
   attributes: Record<string, string>;
   createdAtMs: number;
   lastSeenMs: number | null;
+  /** Curve of the registered key-agreement key (ECDH-ES recipients), if any. */
+  keyAgreement: 'P-256' | 'X25519' | null;
+  /** Whether a per-device AES-KW key-encryption key is registered. */
+  hasKek: boolean;
+  /** Algorithm of the key that verifies the device's signed SUIT reports, if any. */
+  reportKeyAlg: AuthorKeyAlg | null;
 }
 
 interface DeviceRow {
@@ -89,7 +116,15 @@ interface DeviceRow {
   attributes: Record<string, string>;
   created_at_ms: number;
   last_seen_ms: number | null;
+  ka_spki: Uint8Array | null;
+  kek_wrapped: Uint8Array | null;
+  report_key_alg: number | null;
 }
+
+const curveOfSpki = (spki: Uint8Array): 'P-256' | 'X25519' =>
+  createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' }).asymmetricKeyType === 'x25519'
+    ? 'X25519'
+    : 'P-256';
 
 const deviceInfo = (r: DeviceRow): DeviceInfo => ({
   id: r.id,
@@ -101,9 +136,23 @@ const deviceInfo = (r: DeviceRow): DeviceInfo => ({
   attributes: r.attributes,
   createdAtMs: r.created_at_ms,
   lastSeenMs: r.last_seen_ms,
+  keyAgreement: r.ka_spki === null ? null : curveOfSpki(r.ka_spki),
+  hasKek: r.kek_wrapped !== null,
+  reportKeyAlg: r.report_key_alg === null ? null : algName(r.report_key_alg),
 });
 
-export interface DeviceCreate {
+/** Device key material accepted on create and update (public keys as SPKI PEM; the KEK as hex). */
+export interface DeviceKeys {
+  /** P-256 or X25519 public key: the CEK is wrapped to it with ECDH-ES+A128KW (RFC 9053 §6.3). */
+  keyAgreementKeyPem?: string | null;
+  /** 32 hex digits: a per-device A128KW key-encryption key (RFC 9053 §6.2.1), stored wrapped under the vault. */
+  kek?: string | null;
+  /** Public key verifying the device's signed SUIT reports (COSE_Sign1), with its algorithm. */
+  reportKeyPem?: string | null;
+  reportKeyAlg?: AuthorKeyAlg;
+}
+
+export interface DeviceCreate extends DeviceKeys {
   name: string;
   /** PEM certificate of the device (its SHA-256 DER fingerprint identifies it on the mTLS listener) … */
   certificatePem?: string;
@@ -114,7 +163,7 @@ export interface DeviceCreate {
   attributes?: Record<string, string>;
 }
 
-export interface DeviceUpdate {
+export interface DeviceUpdate extends DeviceKeys {
   enabled?: boolean;
   group?: string | null;
   tags?: string[];
@@ -272,6 +321,8 @@ export const BLOB_CHUNK = 1024 * 1024;
 
 export interface ServicesOptions {
   readonly authenticator?: ReleaseAuthenticator;
+  /** Operator signing key and content-key vault (approval, per-device envelopes, device KEKs). */
+  readonly keys?: ServerKeys;
   readonly now?: () => number;
 }
 
@@ -282,6 +333,51 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
   const authenticator = opts.authenticator ?? suitAuthenticator();
 
   const audited = auditedTransaction(db, now);
+  const vault = (): ContentKeyVault => {
+    if (opts.keys?.vault === undefined)
+      throw new ServerError('OPERATOR_KEY_UNAVAILABLE', 'the content-key vault is not configured');
+    return opts.keys.vault;
+  };
+
+  /** Parses and stores-ready device key material; undefined members are left unchanged. */
+  async function deviceKeyColumns(req: DeviceKeys): Promise<{
+    ka: Uint8Array | null | undefined;
+    kek: Uint8Array | null | undefined;
+    report: { spki: Uint8Array; alg: number } | null | undefined;
+  }> {
+    const ka =
+      req.keyAgreementKeyPem === undefined
+        ? undefined
+        : req.keyAgreementKeyPem === null
+          ? null
+          : parseKeyAgreementKey(req.keyAgreementKeyPem).spki;
+    let kek: Uint8Array | null | undefined;
+    if (req.kek === null) kek = null;
+    else if (req.kek !== undefined) {
+      const raw = parseDeviceKek(req.kek);
+      try {
+        kek = await vault().wrap(raw);
+      } finally {
+        raw.fill(0);
+      }
+    }
+    let report: { spki: Uint8Array; alg: number } | null | undefined;
+    if (req.reportKeyPem === null) report = null;
+    else if (req.reportKeyPem !== undefined) {
+      if (req.reportKeyAlg === undefined)
+        throw new ServerError('REQUEST_INVALID', 'reportKeyPem needs reportKeyAlg');
+      try {
+        report = {
+          spki: parseAuthorKey(req.reportKeyAlg, req.reportKeyPem),
+          alg: AUTHOR_KEY_ALGS[req.reportKeyAlg],
+        };
+      } catch (e) {
+        throw new ServerError('DEVICE_KEY_INVALID', 'reportKeyPem does not fit reportKeyAlg', { cause: e });
+      }
+    } else if (req.reportKeyAlg !== undefined)
+      throw new ServerError('REQUEST_INVALID', 'reportKeyAlg needs reportKeyPem');
+    return { ka, kek, report };
+  }
 
   const tokens = {
     async create(p: Principal, req: { name: string; role: Role }): Promise<TokenInfo & { token: string }> {
@@ -392,12 +488,14 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
       const fp =
         req.certificatePem !== undefined ? certFingerprint(req.certificatePem) : unhex(req.certSha256!);
       const id = randomUUID();
+      const k = await deviceKeyColumns(req);
       try {
         return await audited(p, 'device.create', async (tx) => {
           const row = one(
             await tx.query<DeviceRow>(
-              `INSERT INTO devices (id, name, cert_sha256, device_group, tags, attributes, created_at_ms)
-               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) RETURNING *`,
+              `INSERT INTO devices (id, name, cert_sha256, device_group, tags, attributes, created_at_ms,
+                 ka_spki, kek_wrapped, report_key_spki, report_key_alg)
+               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11) RETURNING *`,
               [
                 id,
                 req.name,
@@ -406,6 +504,10 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
                 req.tags ?? [],
                 JSON.stringify(req.attributes ?? {}),
                 now(),
+                k.ka ?? null,
+                k.kek ?? null,
+                k.report?.spki ?? null,
+                k.report?.alg ?? null,
               ],
             ),
             'device',
@@ -413,7 +515,7 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
           return {
             result: deviceInfo(row),
             subject: `device:${id}`,
-            details: { name: req.name, certSha256: hex(fp) },
+            details: { name: req.name, certSha256: hex(fp), ...keyAuditDetails(k) },
           };
         });
       } catch (e) {
@@ -443,6 +545,7 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
     },
     async update(p: Principal, id: string, req: DeviceUpdate): Promise<DeviceInfo> {
       authorize(p, 'device.update');
+      const k = await deviceKeyColumns(req);
       return audited(p, 'device.update', async (tx) => {
         const row = one(
           await tx.query<DeviceRow>(
@@ -450,7 +553,11 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
                enabled = COALESCE($2, enabled),
                device_group = CASE WHEN $3 THEN $4 ELSE device_group END,
                tags = COALESCE($5, tags),
-               attributes = COALESCE($6::jsonb, attributes)
+               attributes = COALESCE($6::jsonb, attributes),
+               ka_spki = CASE WHEN $7 THEN $8 ELSE ka_spki END,
+               kek_wrapped = CASE WHEN $9 THEN $10 ELSE kek_wrapped END,
+               report_key_spki = CASE WHEN $11 THEN $12 ELSE report_key_spki END,
+               report_key_alg = CASE WHEN $11 THEN $13 ELSE report_key_alg END
              WHERE id = $1 RETURNING *`,
             [
               id,
@@ -459,11 +566,27 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
               req.group ?? null,
               req.tags ?? null,
               req.attributes === undefined ? null : JSON.stringify(req.attributes),
+              k.ka !== undefined,
+              k.ka ?? null,
+              k.kek !== undefined,
+              k.kek ?? null,
+              k.report !== undefined,
+              k.report?.spki ?? null,
+              k.report?.alg ?? null,
             ],
           ),
           'device',
         );
-        return { result: deviceInfo(row), subject: `device:${id}`, details: req as { [k: string]: Json } };
+        const plain: { [k: string]: Json } = {};
+        if (req.enabled !== undefined) plain.enabled = req.enabled;
+        if ('group' in req) plain.group = req.group ?? null;
+        if (req.tags !== undefined) plain.tags = req.tags;
+        if (req.attributes !== undefined) plain.attributes = req.attributes;
+        return {
+          result: deviceInfo(row),
+          subject: `device:${id}`,
+          details: { ...plain, ...keyAuditDetails(k) },
+        };
       });
     },
     /**
@@ -555,17 +678,20 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
         };
       });
     },
-    /** Size of a payload that belongs to a release (only those are served). */
+    /**
+     * Size of a payload that may be served to `p`: devices get only the ciphertexts of approved releases (RFC 9019
+     * §3 confidentiality: a plaintext image never leaves the server towards a device); operators get the release
+     * payloads and ciphertexts.
+     */
     async meta(p: Principal, sha256Hex: string): Promise<BlobMeta> {
       if (p.kind === 'device') authorize(p, 'payload.download');
       else authorize(p, 'release.read');
-      const row = one(
-        await db.query<{ size: number }>(
-          'SELECT b.size FROM blobs b WHERE b.sha256 = $1 AND EXISTS (SELECT 1 FROM release_payloads r WHERE r.sha256 = b.sha256)',
-          [unhex(sha256Hex)],
-        ),
-        'payload',
-      );
+      const sql =
+        p.kind === 'device'
+          ? 'SELECT b.size FROM blobs b WHERE b.sha256 = $1 AND EXISTS (SELECT 1 FROM release_ciphertexts c WHERE c.ciphertext_sha256 = b.sha256)'
+          : `SELECT b.size FROM blobs b WHERE b.sha256 = $1 AND (EXISTS (SELECT 1 FROM release_payloads r WHERE r.sha256 = b.sha256)
+             OR EXISTS (SELECT 1 FROM release_ciphertexts c WHERE c.ciphertext_sha256 = b.sha256))`;
+      const row = one(await db.query<{ size: number }>(sql, [unhex(sha256Hex)]), 'payload');
       return { sha256: sha256Hex.toLowerCase(), size: row.size };
     },
     /** Reads [start, end) of a payload in chunks (call meta() first: it authorizes). */
@@ -688,6 +814,8 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
     },
   };
 
+  const delivery = createDeliveryService(db, now, opts.keys ?? {});
+
   const audit = {
     async list(
       p: Principal,
@@ -714,6 +842,7 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
     payloads,
     releases,
     audit,
-    rollouts: createRolloutService(db, now),
+    rollouts: createRolloutService(db, now, delivery),
+    delivery,
   };
 }

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { statSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decodeEnvelope } from '@rotor/suit';
 import { ROLES, type Role } from '../src/index.ts';
 import {
   BACKENDS,
@@ -177,6 +178,11 @@ describe.each(BACKENDS)('fleet server API on %s', (backend) => {
         name: 'GET /v1/releases/:id/envelope',
         roles: ['admin', 'author', 'operator', 'auditor'],
         call: (c) => c.get('/v1/releases/missing/envelope'),
+      },
+      {
+        name: 'GET /v1/releases/:id/cosigned-envelope',
+        roles: ['admin', 'author', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/releases/missing/cosigned-envelope'),
       },
       {
         name: 'POST /v1/releases/:id/approve',
@@ -397,7 +403,8 @@ describe.each(BACKENDS)('fleet server API on %s', (backend) => {
       const tampered = new Uint8Array(env);
       // The signature is the last 64 bytes of the authentication wrapper, which precedes the manifest: flip a byte
       // inside it by locating the (unique) signature bytes of the Sign1.
-      const sigAt = Buffer.from(env).indexOf(Buffer.from([0x58, 0x40])); // bstr(64) head of the ES256 signature
+      const sig = decodeEnvelope(env).authBlocks[0]!.slice(-64); // the ES256 signature ends the COSE_Sign1
+      const sigAt = Buffer.from(env).indexOf(Buffer.from(sig));
       tampered[sigAt + 10] = tampered[sigAt + 10]! ^ 0xff;
       let p = problem(await tokens.author.post('/v1/releases', tampered, 'application/suit-envelope+cose'));
       expect(p.status).toBe(422);
@@ -562,20 +569,37 @@ describe.each(BACKENDS)('fleet server API on %s', (backend) => {
         { kind: 'system' },
         { name: 'range author', alg: 'ES256', publicKeyPem: k.publicKeyPem },
       );
-      await f.server.services.releases.upload(authorP, await signedRelease(k.privateKey, img, 9));
+      const rel = await f.server.services.releases.upload(authorP, await signedRelease(k.privateKey, img, 9));
+      const operatorP = {
+        kind: 'operator' as const,
+        tokenId: 'test',
+        name: 'test',
+        role: 'operator' as const,
+      };
+      await f.server.services.rollouts.approve(operatorP, rel.id);
+      // Devices are served the ciphertext only (RFC 9019 §3), never the plaintext payload.
+      const ct = (
+        await f.t.db.query<{ h: string }>(
+          "SELECT encode(ciphertext_sha256, 'hex') AS h FROM release_ciphertexts WHERE release_id = $1",
+          [rel.id],
+        )
+      )[0]!.h;
 
       const d = deviceClient(f.server.deviceUrl!, f.serverCert, certA);
       try {
-        const h = sha256hex(img);
+        expect(problem(await d.get(`/d/v1/payloads/${sha256hex(img)}`)).code).toBe('NOT_FOUND');
+        const h = ct;
         const head = await d.get(`/d/v1/payloads/${h}`, { range: 'bytes=0-999999' });
         expect(head.status).toBe(206);
         expect(head.headers['content-range']).toBe(`bytes 0-999999/${img.length}`);
         expect(head.body.length).toBe(1_000_000);
         const rest = await d.get(`/d/v1/payloads/${h}`, { range: 'bytes=1000000-', 'if-range': `"${h}"` });
         expect(rest.status).toBe(206);
-        expect(Buffer.compare(Buffer.concat([head.body, rest.body]), Buffer.from(img))).toBe(0);
+        const whole = Buffer.concat([head.body, rest.body]);
+        expect(sha256hex(whole)).toBe(h);
+        expect(whole.length).toBe(img.length); // AES-CTR: ciphertext as long as the image
         const suffix = await d.get(`/d/v1/payloads/${h}`, { range: 'bytes=-17' });
-        expect(Buffer.compare(suffix.body, Buffer.from(img.subarray(img.length - 17)))).toBe(0);
+        expect(Buffer.compare(suffix.body, whole.subarray(whole.length - 17))).toBe(0);
         const stale = await d.get(`/d/v1/payloads/${h}`, { range: 'bytes=0-9', 'if-range': '"other"' });
         expect(stale.status).toBe(200);
         expect(stale.body.length).toBe(img.length);

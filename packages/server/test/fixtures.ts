@@ -5,7 +5,16 @@ import { join } from 'node:path';
 import { createHash, randomBytes, type KeyObject } from 'node:crypto';
 import { generateSigningKey, softwareSigner } from '@rotor/cose';
 import { buildEnvelope, buildUpdateManifest } from '@rotor/suit';
-import { loadConfig, startServer, type RotorServer, type StartOptions } from '../src/index.ts';
+import {
+  deliverableManifest,
+  loadConfig,
+  operatorKeyFrom,
+  startServer,
+  vaultFromHex,
+  type RotorServer,
+  type ServerKeys,
+  type StartOptions,
+} from '../src/index.ts';
 import {
   createTestDatabase,
   operatorClient,
@@ -18,6 +27,18 @@ import {
 import type { Db } from '../src/index.ts';
 
 export const ADMIN_TOKEN = `admin_${randomBytes(24).toString('hex')}`;
+
+/** Operator signing key (P-256) and content-key vault KEK for a test server. */
+export function testKeyMaterial(): { operatorPem: string; kekHex: string; keys: ServerKeys } {
+  const k = generateSigningKey(-7);
+  const operatorPem = k.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+  const kekHex = randomBytes(32).toString('hex');
+  return {
+    operatorPem,
+    kekHex,
+    keys: { operator: operatorKeyFrom(k.privateKey), vault: vaultFromHex(kekHex) },
+  };
+}
 
 export interface Fixture {
   server: RotorServer;
@@ -37,6 +58,9 @@ export async function startFixture(
   const serverCert = await selfSignedCert('rotor-test-server', { server: true });
   writeFileSync(join(dataDir, 'server.crt'), serverCert.certPem);
   writeFileSync(join(dataDir, 'server.key'), serverCert.keyPem, { mode: 0o600 });
+  const km = testKeyMaterial();
+  writeFileSync(join(dataDir, 'operator.pem'), km.operatorPem, { mode: 0o600 });
+  writeFileSync(join(dataDir, 'content.kek'), `${km.kekHex}\n`, { mode: 0o600 });
   const config = loadConfig({
     argv: [
       '--port',
@@ -54,6 +78,8 @@ export async function startFixture(
       ROTOR_ADMIN_TOKEN: ADMIN_TOKEN,
       ROTOR_TLS_CERT_FILE: join(dataDir, 'server.crt'),
       ROTOR_TLS_KEY_FILE: join(dataDir, 'server.key'),
+      ROTOR_OPERATOR_KEY_FILE: join(dataDir, 'operator.pem'),
+      ROTOR_CONTENT_KEK_FILE: join(dataDir, 'content.kek'),
       ...opts.env,
     },
   });
@@ -78,7 +104,10 @@ export function authorKeyPair(): { privateKey: KeyObject; publicKey: KeyObject; 
   return { ...k, publicKeyPem: k.publicKey.export({ type: 'spki', format: 'pem' }).toString() };
 }
 
-/** A signed SUIT update envelope for one detached image (MF §7.3 template via the suit builder). */
+/**
+ * A signed author envelope for one detached image that leaves the payload source to the operator (TD §5.6.1, see
+ * deliverableManifest); `integrated` builds a standard manifest with the image inside the envelope instead.
+ */
 export async function signedRelease(
   privateKey: KeyObject,
   image: Uint8Array,
@@ -86,20 +115,25 @@ export async function signedRelease(
   opts: { integrated?: boolean } = {},
 ): Promise<Uint8Array> {
   const digest = new Uint8Array(createHash('sha256').update(image).digest());
-  const desc = buildUpdateManifest({
-    vendorDomain: 'example.com',
-    className: 'widget',
-    sequenceNumber,
-    components: [
-      {
-        id: 'fw',
-        image: { digest, size: image.length },
-        uri: opts.integrated === true ? '#fw' : 'https://fw.example/fw.bin',
-      },
-    ],
-  });
-  return buildEnvelope(desc, {
-    signers: [softwareSigner(privateKey, -7)],
-    ...(opts.integrated === true ? { integrated: new Map([['#fw', image]]) } : {}),
-  });
+  if (opts.integrated === true) {
+    const desc = buildUpdateManifest({
+      vendorDomain: 'example.com',
+      className: 'widget',
+      sequenceNumber,
+      components: [{ id: 'fw', image: { digest, size: image.length }, uri: '#fw' }],
+    });
+    return buildEnvelope(desc, {
+      signers: [softwareSigner(privateKey, -7)],
+      integrated: new Map([['#fw', image]]),
+    });
+  }
+  return buildEnvelope(
+    deliverableManifest({
+      vendorDomain: 'example.com',
+      className: 'widget',
+      sequenceNumber,
+      components: [{ id: 'fw', digest, size: image.length, uri: 'https://fw.example/fw.bin' }],
+    }),
+    { signers: [softwareSigner(privateKey, -7)] },
+  );
 }

@@ -3,13 +3,13 @@
  * nothing; SIGTERM drains and exits 0.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { operatorClient } from './helpers.ts';
-import { authorKeyPair, sha256hex, signedRelease } from './fixtures.ts';
+import { authorKeyPair, sha256hex, signedRelease, testKeyMaterial } from './fixtures.ts';
 
 const MAIN = join(import.meta.dirname, '../src/main.ts');
 const TOKEN = `admin_${randomBytes(24).toString('hex')}`;
@@ -17,11 +17,22 @@ const TOKEN = `admin_${randomBytes(24).toString('hex')}`;
 async function spawnServer(
   dataDir: string,
 ): Promise<{ child: ChildProcess; url: string; exit: Promise<number | null> }> {
+  if (!existsSync(join(dataDir, 'operator.pem'))) {
+    const km = testKeyMaterial();
+    writeFileSync(join(dataDir, 'operator.pem'), km.operatorPem, { mode: 0o600 });
+    writeFileSync(join(dataDir, 'content.kek'), km.kekHex, { mode: 0o600 });
+  }
   const child = spawn(
     process.execPath,
     [MAIN, '--port', '0', '--data-dir', dataDir, '--log-level', 'info', '--rollout-tick-ms', '200'],
     {
-      env: { ...process.env, ROTOR_ADMIN_TOKEN: TOKEN, DATABASE_URL: '' },
+      env: {
+        ...process.env,
+        ROTOR_ADMIN_TOKEN: TOKEN,
+        DATABASE_URL: '',
+        ROTOR_OPERATOR_KEY_FILE: join(dataDir, 'operator.pem'),
+        ROTOR_CONTENT_KEK_FILE: join(dataDir, 'content.kek'),
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   );

@@ -1,9 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { generateAgreementKey } from '@rotor/cose';
 import { encodeReport, decodeEnvelope, ReportReason } from '@rotor/suit';
 import { createServices, migrate, type Principal, type Services, type PhaseSpec } from '../src/index.ts';
 import { BACKENDS, createTestDatabase, deviceClient, selfSignedCert } from './helpers.ts';
-import { authorKeyPair, sha256hex, signedRelease, startFixture, type Fixture } from './fixtures.ts';
+import {
+  authorKeyPair,
+  sha256hex,
+  signedRelease,
+  startFixture,
+  testKeyMaterial,
+  type Fixture,
+} from './fixtures.ts';
 
 const ADMIN: Principal = { kind: 'operator', tokenId: 't-admin', name: 'admin', role: 'admin' };
 const OPERATOR: Principal = { kind: 'operator', tokenId: 't-op', name: 'op', role: 'operator' };
@@ -33,6 +41,10 @@ const failureReport = (digest: Uint8Array): Uint8Array =>
     },
   });
 
+/** A fresh X25519 key-agreement public key (PEM) for a device. */
+const agreementKeyPem = (): string =>
+  generateAgreementKey('X25519').publicKey.export({ type: 'spki', format: 'pem' }).toString();
+
 const phase = (percent: number, successThreshold: number, failureThreshold: number): PhaseSpec => ({
   percent,
   successThreshold,
@@ -59,6 +71,7 @@ async function setup(
       name: `${group}-${i}`,
       certSha256: randomBytes(32).toString('hex'),
       group,
+      keyAgreementKeyPem: agreementKeyPem(),
     });
     deviceIds.push(d.id);
   }
@@ -72,7 +85,7 @@ describe.each(BACKENDS)('rollouts on %s', (backend) => {
   beforeAll(async () => {
     t = await createTestDatabase(backend);
     await migrate(t.db);
-    s = createServices(t.db, { now: () => clock });
+    s = createServices(t.db, { now: () => clock, keys: testKeyMaterial().keys });
   });
   afterAll(async () => {
     await t.drop();
@@ -247,8 +260,9 @@ describe('two instances on one PostgreSQL', () => {
     const t = await createTestDatabase('postgres');
     try {
       await migrate(t.db);
-      const s1 = createServices(t.db);
-      const s2 = createServices(await t.open());
+      const keys = testKeyMaterial().keys;
+      const s1 = createServices(t.db, { keys });
+      const s2 = createServices(await t.open(), { keys });
       const { releaseId, digest, deviceIds } = await setup(s1, 'shared', 40);
       const create = (s: Services, name: string) =>
         s.rollouts
@@ -306,6 +320,7 @@ describe('device check-in and SUIT reports over mutual TLS', () => {
       name: 'rollout-device',
       certificatePem: cert.certPem,
       group: 'tls',
+      keyAgreementKeyPem: agreementKeyPem(),
     });
     const { releaseId, digest } = await setup(s, 'tls-other', 0);
     const r = await s.rollouts.create(OPERATOR, {
@@ -353,7 +368,9 @@ describe('device check-in and SUIT reports over mutual TLS', () => {
       expect(todo.action).toBe('update');
       const env = await c.get(todo.envelopeUrl);
       expect(env.headers['content-type']).toBe('application/suit-envelope+cose');
-      expect(decodeEnvelope(new Uint8Array(env.body)).digest.bytes).toEqual(digest);
+      // The device's own operator envelope, with the author's envelope integrated (TD §5.4).
+      const own = decodeEnvelope(new Uint8Array(env.body));
+      expect(decodeEnvelope(own.integrated.get('#author.suit')!).digest.bytes).toEqual(digest);
       expect((await c.get(todo.payloadUrls[0]!)).status).toBe(200);
       const bad = await post('/d/v1/reports', new Uint8Array([0xff]), 'application/suit-report+cbor');
       expect(bad.status).toBe(400);

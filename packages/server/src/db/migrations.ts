@@ -150,6 +150,50 @@ CREATE INDEX device_events_rollout ON device_events (rollout_id, id);
 `,
   },
   {
+    version: 4,
+    name: 'device keys, per-device encryption (content keys, ciphertexts, per-device envelopes)',
+    sql: `
+-- Key-agreement public key (SPKI DER, P-256 or X25519) for ECDH-ES recipients, or a per-device A128KW KEK stored
+-- wrapped under the content-key vault; the public key that verifies the device's signed SUIT reports.
+ALTER TABLE devices ADD COLUMN ka_spki bytea;
+ALTER TABLE devices ADD COLUMN kek_wrapped bytea;
+ALTER TABLE devices ADD COLUMN report_key_spki bytea;
+ALTER TABLE devices ADD COLUMN report_key_alg integer;
+
+-- One row per approved release: the content key, wrapped under the vault (never stored in clear).
+CREATE TABLE release_keys (
+  release_id        text PRIMARY KEY REFERENCES releases (id),
+  content_alg       integer NOT NULL,
+  cek_wrapped       bytea NOT NULL,
+  operator_kid      bytea NOT NULL,
+  cosigned_envelope bytea NOT NULL,
+  approved_by       text NOT NULL,
+  approved_at_ms    bigint NOT NULL
+);
+-- The ciphertext of each encrypted component, stored once as a content-addressed blob.
+CREATE TABLE release_ciphertexts (
+  release_id        text NOT NULL REFERENCES releases (id),
+  component_index   integer NOT NULL,
+  component_id      bytea NOT NULL,
+  plaintext_sha256  bytea NOT NULL,
+  ciphertext_sha256 bytea NOT NULL REFERENCES blobs (sha256),
+  iv                bytea NOT NULL,
+  PRIMARY KEY (release_id, component_index)
+);
+CREATE INDEX release_ciphertexts_sha256 ON release_ciphertexts (ciphertext_sha256);
+-- The operator-signed envelope of each device (its own key wrap), built on first request and kept.
+CREATE TABLE device_envelopes (
+  release_id      text NOT NULL REFERENCES releases (id),
+  device_id       text NOT NULL REFERENCES devices (id),
+  envelope        bytea NOT NULL,
+  manifest_digest bytea NOT NULL,
+  created_at_ms   bigint NOT NULL,
+  PRIMARY KEY (release_id, device_id)
+);
+CREATE INDEX device_envelopes_digest ON device_envelopes (manifest_digest);
+`,
+  },
+  {
     version: 5,
     name: 'attestation, RoT orchestration, reference values, policies',
     sql: ATTESTATION_MIGRATION_SQL,
