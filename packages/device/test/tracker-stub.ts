@@ -66,7 +66,7 @@ export class Stub {
     req.on('end', () => {
       const path = req.url ?? '';
       const body = new Uint8Array(Buffer.concat(chunks));
-      const sock: Partial<TLSSocket> = req.socket;
+      const sock = req.socket as Partial<TLSSocket>;
       const peer = sock.getPeerCertificate?.(false) as { raw?: Buffer } | null | undefined;
       this.seen.push({
         method: req.method ?? '',
