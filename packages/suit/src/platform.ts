@@ -57,6 +57,13 @@ export interface Platform {
    * place). When absent the processor reads the component and hashes it itself.
    */
   digest?(component: ComponentId, alg: number, slot?: number): Promise<Uint8Array | undefined>;
+  /**
+   * Optional fast path: the size in bytes of a component's contents (in `slot`, when given), or undefined when
+   * the platform cannot tell. Together with digest() it lets image-match (MF §8.4.9.3: digest and image-size)
+   * run without reading the image — a streaming Recipient never holds a whole image in memory. When absent, or
+   * when it answers undefined, the processor reads the component instead.
+   */
+  size?(component: ComponentId, slot?: number): Promise<bigint | undefined>;
   /** Exchanges the contents of two components (MF §8.4.10.7 swap). */
   swap(a: ComponentId, b: ComponentId): Promise<void>;
   /** Decrements the component's reference count / removes it (TD suit-directive-unlink). */

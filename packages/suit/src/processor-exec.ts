@@ -663,10 +663,10 @@ export class Engine {
     const sizeParam = this.param(component, 14);
     const slot = this.slotOf(component);
     let actual: Uint8Array | undefined;
-    let size: number | undefined;
+    let size: bigint | undefined;
     if (ctx.dependencies.has(index)) {
       const bytes = await this.platform.read(component, slot);
-      size = bytes?.length;
+      size = bytes === undefined ? undefined : BigInt(bytes.length);
       const wrapped = bytes === undefined ? undefined : dependencyManifestBstr(bytes);
       actual = wrapped === undefined ? undefined : computeDigest(digest.alg, wrapped);
     } else {
@@ -674,15 +674,18 @@ export class Engine {
         this.platform.digest === undefined
           ? undefined
           : await this.platform.digest(component, digest.alg, slot);
+      // Platform digest + size (Platform.size): image-match without reading the image.
+      if (viaPlatform !== undefined && sizeParam !== undefined && this.platform.size !== undefined)
+        size = await this.platform.size(component, slot);
       const bytes =
-        viaPlatform === undefined || sizeParam !== undefined
+        viaPlatform === undefined || (sizeParam !== undefined && size === undefined)
           ? await this.platform.read(component, slot)
           : undefined;
-      size = bytes?.length;
+      if (bytes !== undefined) size = BigInt(bytes.length);
       actual = viaPlatform ?? (bytes === undefined ? undefined : computeDigest(digest.alg, bytes));
     }
     const digestMatch = actual !== undefined && ctEqual(actual, digest.bytes);
-    const sizeMatch = sizeParam?.type !== 'uint' || (size !== undefined && BigInt(size) === sizeParam.value);
+    const sizeMatch = sizeParam?.type !== 'uint' || (size !== undefined && size === sizeParam.value);
     const why =
       actual === undefined
         ? 'component is empty'
