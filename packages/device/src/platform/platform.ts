@@ -13,9 +13,11 @@
  * transferred yet), decrypt() a reference to the decryption of a reference (the content key is unwrapped and the
  * COSE_Encrypt validated immediately, ENC §4), and write() of a reference runs the streaming pipeline (network →
  * decrypt → SHA-256 → flash, fetch/pipeline.ts). A reference written to a staging component stays lazy (the
- * fetch happens when the bytes are needed, in constant memory); read() of a large stored image returns a sized
- * reference. A reference that somehow reaches code that treats it as bytes is an empty (or size-claiming but
- * empty) array: every digest over it mismatches, so the failure mode is refusal, never installation.
+ * fetch happens when the bytes are needed, in constant memory); read() of a large stored image returns a
+ * reference too (the copy directive consumes it). image-match never reads an image: digest() hashes flash (boot)
+ * or returns the digest computed while writing (update), and size() answers image-size from the image record
+ * (@rotor/suit Platform.size). A reference that somehow reaches code that treats it as bytes is an empty array:
+ * every digest or content check over it mismatches, so the failure mode is refusal, never installation.
  */
 import { timingSafeEqual } from 'node:crypto';
 import { Alg, decodeEncrypt, unwrapContentKey, type KeyAgreement, type KeyUnwrapper } from '@rotor/cose';
@@ -97,13 +99,6 @@ function same(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-/** A reference that claims `size` bytes without holding them (see the module comment). */
-function sizedRef(size: number): Uint8Array {
-  const r = new Uint8Array(0);
-  Object.defineProperty(r, 'length', { value: size });
-  return r;
-}
-
 export class DevicePlatform {
   readonly maxComponents = 16;
   readonly #o: DevicePlatformOptions;
@@ -175,7 +170,7 @@ export class DevicePlatform {
     if (img === undefined) return undefined;
     const r = img.record;
     if (r.size <= INLINE_READ) return this.#o.flash.readAll(bank, c, r.size, r.chunkSize);
-    const token = sizedRef(r.size);
+    const token = new Uint8Array(0);
     this.#refs.set(token, { input: { kind: 'image', bank, record: r }, decryption: undefined });
     return token;
   }
@@ -243,6 +238,14 @@ export class DevicePlatform {
     }
     this.verified.set(tag, d);
     return d;
+  }
+
+  /** Size of a component's image (MF §8.4.9.3 image-size) from its record: never reads the image. */
+  async size(c: ComponentId, slot?: number): Promise<bigint | undefined> {
+    this.#bankOf(c, slot);
+    await this.#materialize(c);
+    const img = this.#images.get(componentTag(c));
+    return img === undefined ? undefined : BigInt(img.record.size);
   }
 
   async swap(a: ComponentId, b: ComponentId): Promise<void> {
