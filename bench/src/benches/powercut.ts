@@ -7,7 +7,7 @@
  * devices that failed to boot a verified image or lost anti-rollback state ("bricked", goal 0), and devices that
  * ended on the wrong firmware ("wrong_final", goal 0: healthy update → new, failed update → old).
  */
-import { cutRun, scenario, type CutScenario } from '../../../packages/device/test/agent-fixture.ts';
+import { sim } from '@rotor/device';
 import type { Benchmark } from '../harness.ts';
 
 interface Tally {
@@ -20,7 +20,7 @@ interface Tally {
 
 async function sweep(
   name: string,
-  s: CutScenario,
+  s: sim.CutScenario,
   points: Iterable<number>,
   want: 'new' | 'old',
   log: (l: string) => void,
@@ -28,7 +28,7 @@ async function sweep(
 ): Promise<Tally> {
   const t: Tally = { name, cuts: 0, bricked: 0, wrong: 0, ops: 0 };
   for (const i of points) {
-    const o = await cutRun(s, i);
+    const o = await sim.cutRun(s, i);
     // Past the end of an uninterrupted run: a sequential sweep is complete; a random point is just skipped.
     if (!o.cut) {
       if (sequential) break;
@@ -67,13 +67,13 @@ function* random(n: number, max: number, seed: number): Generator<number> {
 }
 
 /** Operations of an uninterrupted run (the sweep's upper bound). */
-async function opsOf(s: CutScenario): Promise<number> {
+async function opsOf(s: sim.CutScenario): Promise<number> {
   let lo = 0;
   let hi = 1;
-  while ((await cutRun(s, hi)).cut) hi *= 2;
+  while ((await sim.cutRun(s, hi)).cut) hi *= 2;
   while (lo + 1 < hi) {
     const mid = (lo + hi) >> 1;
-    if ((await cutRun(s, mid)).cut) lo = mid;
+    if ((await sim.cutRun(s, mid)).cut) lo = mid;
     else hi = mid;
   }
   return hi;
@@ -89,12 +89,12 @@ export const powercutBench: Benchmark = {
     };
     const small = 2500;
     const large = 64 * 1024;
-    const update = await scenario('update', small, 'gcm');
-    const rollback = await scenario('rollback', small);
-    const bigUpdate = await scenario('update', large, 'ctr');
-    const bigRollback = await scenario('rollback', large, 'gcm');
-    const hugeUpdate = await scenario('update', 4 * large, 'gcm');
-    const hugeRollback = await scenario('rollback', 4 * large, 'ctr');
+    const update = await sim.scenario('update', small, 'gcm');
+    const rollback = await sim.scenario('rollback', small);
+    const bigUpdate = await sim.scenario('update', large, 'ctr');
+    const bigRollback = await sim.scenario('rollback', large, 'gcm');
+    const hugeUpdate = await sim.scenario('update', 4 * large, 'gcm');
+    const hugeRollback = await sim.scenario('rollback', 4 * large, 'ctr');
     const tallies: Tally[] = [];
     if (ctx.quick) {
       tallies.push(await sweep('update (quick)', update, random(8, 100, 7), 'new', log));

@@ -16,3 +16,4 @@ export * from './boot/boot.ts';
 export * from './agent/index.ts';
 export * from './tracker/index.ts';
 export * from './capabilities/index.ts';
+export * as sim from './sim/index.ts';
