@@ -92,16 +92,18 @@ function printer(asJson: boolean): (e: TrackerEvent) => void {
 const run: Subcommand = {
   name: 'run',
   summary: 'run a device agent and its status tracker client on a device directory',
-  usage: `run --dir DIR --server URL [--mqtt URL] [--ca FILE] [--json]
+  usage: `run --dir DIR --server URL [--mqtt URL] [--ca FILE] [--reports all|outcomes] [--json]
 
 Runs the device in DIR (provisioned: certificate, keys, firmware) against the server's device API URL
 (https, mutual TLS). With --mqtt (mqtt:// or mqtts://) the device also takes push nudges. Prints each
-transition and report; exits 0 on SIGINT/SIGTERM after the tracker stopped.`,
+transition and report; exits 0 on SIGINT/SIGTERM after the tracker stopped. --reports outcomes sends
+only confirmed / failed / rolled-back (for a server that ends a rollout at a device's first report).`,
   options: {
     dir: { type: 'string' },
     server: { type: 'string' },
     mqtt: { type: 'string' },
     ca: { type: 'string' },
+    reports: { type: 'string' },
     json: { type: 'boolean' },
   },
   async run({ values }) {
@@ -126,11 +128,15 @@ transition and report; exits 0 on SIGINT/SIGTERM after the tracker stopped.`,
       keys: { agreements },
       ...(reportSigner === undefined ? {} : { reportSigner }),
     });
+    const reports = (values.reports as string | undefined) ?? 'all';
+    if (reports !== 'all' && reports !== 'outcomes')
+      throw new CliError('CLI_USAGE', '--reports: all or outcomes');
     const mqttUrl = values.mqtt as string | undefined;
     const tracker = new StatusTracker({
       agent,
       server: { url: server, identity: { cert, key }, ...(ca === undefined ? {} : { ca }) },
       ...(mqttUrl === undefined ? {} : { mqtt: { url: mqttUrl } }),
+      transitions: reports,
       onEvent: printer(values.json === true),
     });
     const stopped = new Promise<string>((resolveStop) => {
