@@ -9,6 +9,7 @@ import { manifestBench } from './benches/manifest.ts';
 import { payloadBench } from './benches/payload.ts';
 import { powercutBench } from './benches/powercut.ts';
 import { rolloutBench } from './benches/rollout.ts';
+import { attestBench } from './benches/attest.ts';
 
 const BENCHES: readonly Benchmark[] = [
   manifestBench,
@@ -16,6 +17,7 @@ const BENCHES: readonly Benchmark[] = [
   powercutBench,
   payloadBench,
   rolloutBench,
+  attestBench,
 ];
 
 async function main(): Promise<number> {
