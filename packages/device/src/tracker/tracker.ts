@@ -245,8 +245,13 @@ export class StatusTracker {
   async start(): Promise<void> {
     if (!this.#stopped) return;
     this.#stopped = false;
-    if (this.#agent.booted === undefined) await this.#agent.powerOn();
-    await this.#state();
+    try {
+      if (this.#agent.booted === undefined) await this.#agent.powerOn();
+      await this.#state();
+    } catch (e) {
+      this.#stopped = true;
+      throw e;
+    }
     this.#loop = this.#run();
   }
 
