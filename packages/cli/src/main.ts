@@ -3,11 +3,12 @@
  * errors print `error: <CODE>: <message>` on stderr and exit with the code from errors.ts.
  */
 import { CliError, errorCode, exitCodeFor, ExitCode } from './errors.ts';
+import { deviceCommand } from './device.ts';
 import { manifestCommand } from './manifest.ts';
 import { auditCommand, serverCommand } from './server.ts';
 import type { Command } from './command.ts';
 
-const COMMANDS: readonly Command[] = [manifestCommand, serverCommand, auditCommand];
+const COMMANDS: readonly Command[] = [manifestCommand, serverCommand, deviceCommand, auditCommand];
 
 const USAGE = `rotor — secure firmware lifecycle for device fleets
 
