@@ -84,9 +84,10 @@ describe('hot swap under load', () => {
     for (let seq = 1; seq <= 13; seq++) expect(answered.get(String(seq)) ?? 0).toBeGreaterThanOrEqual(20);
     expect([...answered.values()].reduce((a, b) => a + b, 0)).toBe(calls);
     await m.settle();
-    // The replaced versions were archived (keepArchives = 1: the newest one is kept).
-    expect(h.events.filter((e) => e.type === 'archived')).toHaveLength(12);
-    expect(m.status()[0]?.archives).toHaveLength(1);
+    // The replaced versions were archived (keepArchives = 1: only the newest is kept; a version trimmed by the next
+    // swap before its archiving ran is simply dropped).
+    expect(h.events.filter((e) => e.type === 'archived').length).toBeGreaterThanOrEqual(1);
+    expect(m.status()[0]?.archives.map((a) => a.sequence)).toEqual([12n]);
     await m.close();
   });
 });

@@ -123,7 +123,9 @@ export async function buildModuleEnvelope(input: ModuleEnvelopeInput): Promise<U
   });
   const integrated = new Map<string, Uint8Array>([[METADATA_URI, metadataBytes]]);
   if (uri === MODULE_URI) integrated.set(MODULE_URI, input.encrypted.ciphertext);
-  return buildEnvelope(desc, { integrated, signers: input.signers });
+  // The default 1 MiB bound of the SUIT decoder is for manifests; a module envelope carries its ciphertext.
+  const maxSize = metadataBytes.length + input.encrypted.ciphertext.length + 64 * 1024;
+  return buildEnvelope(desc, { integrated, signers: input.signers, maxSize });
 }
 
 /** What the signed manifest says about a module, read before anything is decrypted. */

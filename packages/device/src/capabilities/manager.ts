@@ -18,11 +18,14 @@
  *     CAP_OVER_LIMIT), WebAssembly compilation (CAP_COMPILE);
  * 10. instantiation and health check in a fresh sandbox (CAP_HEALTH).
  *
- * Swap protocol: commit, then switch. The new version's record and the index naming it active are written in one
- * AtomicStore transaction; only then is `active` reassigned (one assignment: every call picks its version when it
- * is made, so each call is answered by exactly one version). Calls already queued on the old version finish there;
- * when its last one returns its sandbox is released. The old version is then archived: a second transaction
- * replaces its (encrypted) record by the signed envelope without ciphertext plus the deflated plaintext.
+ * Swap protocol: verify and start the new version completely (steps 1–10), switch, then commit. The switch is one
+ * assignment of `active`: every call picks its version when it is made, so each call is answered by exactly one
+ * version. Calls already queued on the old version finish there. The new version's record and the index naming it
+ * active are then written in one AtomicStore transaction; until it is durable the old version is kept ready (a
+ * failed commit switches back; a power cut reboots into the old version, which the boot verifies again). Once the
+ * commit is durable the old version is retired — its sandbox released when its last call returns — and archived: a
+ * second transaction replaces its (encrypted) record by the signed envelope without ciphertext plus the deflated
+ * plaintext. Serving therefore does not wait for fsync; install() resolves when the new state is durable.
  *
  * Faults: a trap, a call past its time limit or a crashed worker stops the version; calls queued behind the fault
  * are re-dispatched, and the newest archived version is re-verified, started and made active (a transaction
@@ -192,6 +195,24 @@ export interface ModuleStatus {
     readonly digest: string;
     readonly sequence: bigint;
   }[];
+}
+
+/** What install() measured, in milliseconds (the switch happens between start and commit). */
+export interface InstallTimings {
+  /** Size bounds, SUIT authentication, metadata, authorization, revocation, compatibility, limits. */
+  readonly verifyMs: number;
+  /** SUIT update procedure: key unwrap, decryption, image-match. */
+  readonly decryptMs: number;
+  /** Import/limit/ABI checks of the binary and WebAssembly compilation. */
+  readonly compileMs: number;
+  /** Instantiation and health check in a warm sandbox. */
+  readonly startMs: number;
+  /** The durable commit after the switch. */
+  readonly commitMs: number;
+}
+
+export interface InstallResult extends ModuleStatus {
+  readonly timings: InstallTimings;
 }
 
 /** A module that passed every check up to compilation. */
@@ -433,8 +454,19 @@ export class CapabilityManager {
   // ---------------------------------------------------------------------------------------------------------
   // Persistence: every change is one transaction that also rewrites the index (serialized).
 
-  #commit(mutate: (index: Index) => Map<string, Uint8Array | null>): Promise<void> {
+  /**
+   * Runs `mutate` on the index and commits its changes with the new index as one transaction. Large new blobs go in
+   * `blobs`: each is first put atomically on its own (not yet named by any index, so a power cut leaves an orphan
+   * that the next boot sweeps), which keeps megabytes out of the redo journal.
+   */
+  #commit(
+    mutate: (index: Index) => Map<string, Uint8Array | null>,
+    blobs?: ReadonlyMap<string, Uint8Array>,
+  ): Promise<void> {
     const run = this.#commitTail.then(async () => {
+      // Let pending messages (sandbox replies) through before the storage work starts.
+      await new Promise((resolve) => setImmediate(resolve));
+      for (const [name, data] of blobs ?? []) await this.#store.put(name, data);
       const before = cloneIndex(this.#index);
       const changes = mutate(this.#index);
       for (const [k, c] of [...this.#index])
@@ -482,7 +514,9 @@ export class CapabilityManager {
       throw err('CAP_TOO_LARGE', `envelope of ${bytes.length} bytes exceeds ${p.maxEnvelopeBytes}`);
     let envelope: SuitEnvelope;
     try {
-      envelope = (await authenticateEnvelope(bytes, this.#trustPolicy)).envelope;
+      // The envelope is bounded by the policy above (step 1), not by the SUIT decoder's 1 MiB manifest default.
+      envelope = (await authenticateEnvelope(bytes, this.#trustPolicy, { maxSize: p.maxEnvelopeBytes }))
+        .envelope;
     } catch (e) {
       throw this.#mapSuit(e);
     }
@@ -730,14 +764,16 @@ export class CapabilityManager {
   async install(
     envelope: Uint8Array,
     opts: { payloads?: ReadonlyMap<string, Uint8Array> } = {},
-  ): Promise<ModuleStatus> {
+  ): Promise<InstallResult> {
     this.#alive();
+    const t0 = performance.now();
     const payloads = opts.payloads ?? new Map<string, Uint8Array>();
     let total = envelope.length;
     for (const p of payloads.values()) total += p.length;
     if (total > this.#policy.maxEnvelopeBytes + this.#policy.maxModuleBytes + 64)
       throw err('CAP_TOO_LARGE', `${total} bytes of envelope and payloads`);
     const part = await this.#verifyManifestPart(envelope);
+    const t1 = performance.now();
     const cap = this.#cap(part.name);
     if (cap.busy) throw err('CAP_BUSY', `capability ${part.name} is being changed`);
     cap.busy = true;
@@ -745,7 +781,9 @@ export class CapabilityManager {
       this.#checkDependencies(part.metadata, part.name);
       const installedSeq = cap.active?.sequence ?? this.#index.get(part.name)?.active?.sequence;
       const wasm = await this.#decrypt(part.envelope, part.name, payloads, installedSeq);
+      const t2 = performance.now();
       const module = await this.#compile(wasm, part.metadata);
+      const t3 = performance.now();
       const v: Verified = {
         name: part.name,
         metadata: part.metadata,
@@ -766,28 +804,34 @@ export class CapabilityManager {
       // Only a detached payload the manifest fetches is kept with the record.
       const kept = new Map([...payloads].filter(([uri]) => uri !== MODULE_URI));
       const loaded = await this.#start(v, entry);
-      try {
-        await this.#commit((index) => {
-          const ic = index.get(v.name) ?? { active: undefined, archives: [] };
-          index.set(v.name, ic);
-          const changes = new Map<string, Uint8Array | null>([
-            [entry.blob, encodeEnvelopeRecord(envelope, kept)],
-          ]);
-          if (ic.active !== undefined && ic.active.blob !== entry.blob) ic.archives.unshift(ic.active);
-          ic.active = entry;
-          ic.archives = ic.archives.filter((a) => a.blob !== entry.blob);
-          for (const dropped of ic.archives.splice(this.#policy.keepArchives))
-            changes.set(dropped.blob, null);
-          return changes;
-        });
-      } catch (e) {
-        void this.#pool.release(loaded.sandbox);
-        throw e;
-      }
-      // Commit done: switch (one assignment), then retire the old version.
+      const t4 = performance.now();
+      // Switch (one assignment): from here every new call goes to the new version. The old one is not retired yet:
+      // its calls in flight finish on it, and it stays ready to be switched back to until the commit is durable.
       const old = cap.active;
       cap.active = loaded;
       cap.unloaded = undefined;
+      try {
+        await this.#commit(
+          (index) => {
+            const ic = index.get(v.name) ?? { active: undefined, archives: [] };
+            index.set(v.name, ic);
+            const changes = new Map<string, Uint8Array | null>();
+            if (ic.active !== undefined && ic.active.blob !== entry.blob) ic.archives.unshift(ic.active);
+            ic.active = entry;
+            ic.archives = ic.archives.filter((a) => a.blob !== entry.blob);
+            for (const dropped of ic.archives.splice(this.#policy.keepArchives))
+              changes.set(dropped.blob, null);
+            return changes;
+          },
+          new Map([[entry.blob, encodeEnvelopeRecord(envelope, kept)]]),
+        );
+      } catch (e) {
+        // Not durable: switch back (after a power cut the device reboots into the old version anyway).
+        if (cap.active === loaded) cap.active = old?.state === 'active' ? old : undefined;
+        this.#retire(loaded);
+        throw e;
+      }
+      // Durable: retire the old version (disposed when its last call returns) and archive it.
       if (old !== undefined) {
         this.#retire(old);
         this.#track(this.#archive(old));
@@ -798,7 +842,16 @@ export class CapabilityManager {
         version: formatModuleVersion(v.metadata.version),
         ...(old === undefined ? {} : { replaced: formatModuleVersion(old.metadata.version) }),
       });
-      return this.#statusOf(v.name);
+      return {
+        ...this.#statusOf(v.name),
+        timings: {
+          verifyMs: t1 - t0,
+          decryptMs: t2 - t1,
+          compileMs: t3 - t2,
+          startMs: t4 - t3,
+          commitMs: performance.now() - t4,
+        },
+      };
     } finally {
       cap.busy = false;
     }
@@ -849,17 +902,18 @@ export class CapabilityManager {
       blob: blobName('archive', v.digest, v.sequence, v.name),
     };
     const outcome = { done: false };
-    await this.#commit((index) => {
-      const c = index.get(v.name);
-      const i = c?.archives.findIndex((a) => a.blob === v.entry.blob) ?? -1;
-      if (c === undefined || i < 0) return new Map();
-      c.archives[i] = entry;
-      outcome.done = true;
-      return new Map<string, Uint8Array | null>([
-        [entry.blob, record],
-        [v.entry.blob, null],
-      ]);
-    });
+    await this.#commit(
+      (index) => {
+        const c = index.get(v.name);
+        const i = c?.archives.findIndex((a) => a.blob === v.entry.blob) ?? -1;
+        // The retired version was dropped meanwhile (revoked, trimmed): its fresh archive goes too.
+        if (c === undefined || i < 0) return new Map([[entry.blob, null]]);
+        c.archives[i] = entry;
+        outcome.done = true;
+        return new Map<string, Uint8Array | null>([[v.entry.blob, null]]);
+      },
+      new Map([[entry.blob, record]]),
+    );
     if (outcome.done)
       this.#emit({
         type: 'archived',
@@ -1143,7 +1197,7 @@ export class CapabilityManager {
       let ok = capabilityAuthorization(m, v.name, v.metadata.version, v.digest) === undefined;
       if (ok) {
         try {
-          await authenticateEnvelope(v.envelope.bytes, policy);
+          await authenticateEnvelope(v.envelope.bytes, policy, { maxSize: this.#policy.maxEnvelopeBytes });
         } catch {
           ok = false;
         }

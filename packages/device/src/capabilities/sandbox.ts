@@ -183,7 +183,8 @@ export class Sandbox {
       this.#queue.push({ id: this.#nextId++, input, resolve, reject });
       if (!this.#flushScheduled && this.#inflight === undefined) {
         this.#flushScheduled = true;
-        queueMicrotask(() => {
+        // After the current macrotask: every call made meanwhile (all microtasks included) joins the batch.
+        setImmediate(() => {
           this.#flushScheduled = false;
           this.#flush();
         });
@@ -228,7 +229,16 @@ export class Sandbox {
     this.#inflight = batch;
     this.#batchStart = Atomics.load(this.#progress, 0);
     this.#arm(this.#limitMs);
-    this.#worker.postMessage({ t: 'call', calls: batch.map((c) => ({ id: c.id, input: c.input })) });
+    // Packed: one buffer of inputs and their lengths, transferred (no per-call structured clone).
+    const lens = new Int32Array(batch.length);
+    const data = new Uint8Array(bytes);
+    let at = 0;
+    batch.forEach((c, i) => {
+      lens[i] = c.input.length;
+      data.set(c.input, at);
+      at += c.input.length;
+    });
+    this.#worker.postMessage({ t: 'call', lens, data }, [lens.buffer, data.buffer]);
   }
 
   #arm(limitMs: number): void {
@@ -299,38 +309,56 @@ export class Sandbox {
 
   #onResults(m: Record<string, unknown>): void {
     const batch = this.#inflight;
-    const results = m['results'];
-    if (batch === undefined || !Array.isArray(results) || results.length !== batch.length)
+    const { codes, vals, data } = m;
+    if (
+      batch === undefined ||
+      !(codes instanceof Int32Array) ||
+      !(vals instanceof Int32Array) ||
+      !(data instanceof Uint8Array) ||
+      codes.length !== batch.length ||
+      vals.length !== batch.length
+    )
       throw new Error('results do not match the batch');
     const mem = m['memoryBytes'];
     if (typeof mem === 'number') this.#memoryBytes = mem;
+    const trapMsg = typeof m['trap'] === 'string' ? m['trap'].slice(0, 300) : 'trap';
+    // Validate everything before settling any call.
+    let total = 0;
+    for (let i = 0; i < batch.length; i++) {
+      const c = codes[i]!;
+      if (c < 0 || c > 3) throw new Error('result code');
+      if (c === 0) {
+        const len = vals[i]!;
+        if (len < 0 || len > this.#ioBytes) throw new Error('output length');
+        total += len;
+      }
+    }
+    if (total !== data.length) throw new Error('outputs do not add up');
     this.#inflight = undefined;
     this.#disarm();
-    let trap: string | undefined;
-    results.forEach((r: unknown, i) => {
-      const c = batch[i]!;
-      if (!isObj(r) || r['id'] !== c.id) {
-        c.reject(new SandboxCallError('crash', 'reply outside the protocol'));
-        trap ??= 'reply outside the protocol';
-        return;
+    let trapped = false;
+    let at = 0;
+    for (let i = 0; i < batch.length; i++) {
+      const call = batch[i]!;
+      const v = vals[i]!;
+      switch (codes[i]) {
+        case 0:
+          call.resolve(data.subarray(at, at + v));
+          at += v;
+          break;
+        case 1:
+          call.reject(new SandboxCallError('status', `module status ${v}`, v));
+          break;
+        case 2:
+          trapped = true;
+          call.reject(new SandboxCallError('trap', trapMsg));
+          break;
+        default:
+          call.reject(new SandboxCallError('aborted', 'not run: the instance faulted'));
       }
-      const out = r['output'];
-      if (r['r'] === 'ok' && out instanceof Uint8Array && out.length <= this.#ioBytes) c.resolve(out);
-      else if (r['r'] === 'status' && typeof r['status'] === 'number')
-        c.reject(new SandboxCallError('status', `module status ${r['status']}`, r['status']));
-      else if (r['r'] === 'trap') {
-        const msg = typeof r['message'] === 'string' ? r['message'].slice(0, 300) : 'trap';
-        trap ??= msg;
-        c.reject(new SandboxCallError('trap', msg));
-      } else if (r['r'] === 'aborted')
-        c.reject(new SandboxCallError('aborted', 'not run: the instance faulted'));
-      else {
-        trap ??= 'reply outside the protocol';
-        c.reject(new SandboxCallError('crash', 'reply outside the protocol'));
-      }
-    });
-    if (trap !== undefined) {
-      this.#fault('trap', trap);
+    }
+    if (trapped) {
+      this.#fault('trap', trapMsg);
       return;
     }
     this.#flush();

@@ -29,20 +29,22 @@ interface LoadMsg {
   readonly selfTest: { readonly input: Uint8Array; readonly output: Uint8Array } | undefined;
   readonly progress: SharedArrayBuffer;
 }
+/** A batch of calls, packed: input i is data[offset_i, offset_i + lens[i]). */
 interface CallMsg {
   readonly t: 'call';
-  readonly calls: readonly { readonly id: number; readonly input: Uint8Array }[];
+  readonly lens: Int32Array;
+  readonly data: Uint8Array;
 }
 interface ResetMsg {
   readonly t: 'reset';
 }
 type InMsg = LoadMsg | CallMsg | ResetMsg;
 
-type CallResult =
-  | { id: number; r: 'ok'; output: Uint8Array }
-  | { id: number; r: 'status'; status: number }
-  | { id: number; r: 'trap'; message: string }
-  | { id: number; r: 'aborted' };
+/** Result codes of a packed batch reply. */
+const R_OK = 0;
+const R_STATUS = 1;
+const R_TRAP = 2;
+const R_ABORTED = 3;
 
 interface Instance {
   readonly memory: WebAssembly.Memory;
@@ -161,28 +163,56 @@ function takeLogs(): string[] {
   return l;
 }
 
+/**
+ * Runs a batch. Reply, packed: codes[i] (R_*), vals[i] (output length or status), data = the outputs one after the
+ * other, trap = the message of the trap that ended the batch, if any.
+ */
 function calls(m: CallMsg): void {
-  const results: CallResult[] = [];
-  const transfer: ArrayBuffer[] = [];
-  let dead = inst === undefined;
-  for (const c of m.calls) {
-    if (dead || inst === undefined) {
-      results.push({ id: c.id, r: 'aborted' });
+  const n = m.lens.length;
+  const codes = new Int32Array(n);
+  const vals = new Int32Array(n);
+  const outputs: Uint8Array[] = [];
+  let total = 0;
+  let trap: string | undefined;
+  let off = 0;
+  for (let k = 0; k < n; k++) {
+    const len = m.lens[k]!;
+    const input = m.data.subarray(off, off + len);
+    off += len;
+    if (trap !== undefined || inst === undefined) {
+      codes[k] = R_ABORTED;
       continue;
     }
     try {
-      const r = runOne(inst, c.input);
-      if (r.r === 'ok') transfer.push(r.output.buffer as ArrayBuffer);
-      results.push({ id: c.id, ...r });
+      const r = runOne(inst, input);
+      if (r.r === 'ok') {
+        codes[k] = R_OK;
+        vals[k] = r.output.length;
+        outputs.push(r.output);
+        total += r.output.length;
+      } else {
+        codes[k] = R_STATUS;
+        vals[k] = r.status;
+      }
     } catch (e) {
       // A trap leaves the instance in an unknown state: nothing more runs on it (the parent rolls back).
-      results.push({ id: c.id, r: 'trap', message: message(e) });
-      dead = true;
+      codes[k] = R_TRAP;
+      trap = message(e);
       inst = undefined;
     }
   }
+  const data = new Uint8Array(total);
+  let at = 0;
+  for (const o of outputs) {
+    data.set(o, at);
+    at += o.length;
+  }
   const memoryBytes = memoryRef?.buffer.byteLength ?? 0;
-  port!.postMessage({ t: 'results', results, logs: takeLogs(), memoryBytes }, transfer);
+  port!.postMessage({ t: 'results', codes, vals, data, trap, logs: takeLogs(), memoryBytes }, [
+    codes.buffer,
+    vals.buffer,
+    data.buffer,
+  ]);
 }
 
 port.on('message', (m: InMsg) => {
