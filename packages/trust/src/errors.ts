@@ -39,6 +39,15 @@ export const TRUST_ERROR_CODES = [
   'REVOCATION_EXPIRED', // the list's expiry time has passed
   'REVOCATION_NOT_YET_VALID', // issued in the future (beyond the caller's clock skew)
   'CAP_ENVELOPE_INVALID', // a module envelope outside the capability-module profile (components, sequences)
+  // Trust-anchor statements (issue 7; seed 001 "new root key signed by a trusted authority"; TUF root rotation).
+  'ANCHORS_MALFORMED', // not a COSE_Sign trust-anchor statement of the expected shape
+  'ANCHORS_VERSION', // not exactly the next version after the set the device holds (TUF §5.3.4)
+  'ANCHORS_THRESHOLD', // fewer valid signatures than the threshold of the current or of the new root keys
+  // General revocation lists (issue 7; revocation.ts).
+  'RVL_MALFORMED', // not a COSE_Sign1 revocation list of the expected shape
+  'RVL_SIGNATURE', // signed by a key that is not a revocation authority, or the signature does not verify
+  'RVL_ROLLBACK', // version not newer than the list held
+  'RVL_EXPIRED', // the list's expiry has passed: refresh before trusting anything it covers (freeze attack)
 ] as const;
 
 export type TrustErrorCode = (typeof TRUST_ERROR_CODES)[number];
