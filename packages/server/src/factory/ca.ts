@@ -272,5 +272,6 @@ export async function issueDeviceCertificate(
 }
 
 export function toPem(der: Uint8Array): string {
-  return x509.PemConverter.encode(der.slice().buffer, 'CERTIFICATE');
+  // Newline-terminated, so PEM blocks concatenate into bundles (RFC 7468 §2).
+  return `${x509.PemConverter.encode(der.slice().buffer, 'CERTIFICATE').trimEnd()}\n`;
 }

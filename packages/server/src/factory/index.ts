@@ -2,3 +2,4 @@ export * from './pkcs11-uri.ts';
 export * from './token.ts';
 export * from './x509-signer.ts';
 export * from './ca.ts';
+export * from './provision.ts';
