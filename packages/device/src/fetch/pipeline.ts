@@ -34,7 +34,7 @@ import {
   type ImageRecord,
   type NvState,
 } from '../flash/nvstate.ts';
-import { TransientError, type ByteSource } from './source.ts';
+import { TransientError, type ByteSource, type SourceResponse } from './source.ts';
 
 export interface PayloadDecryption {
   readonly msg: EncryptMessage;
@@ -252,126 +252,138 @@ export async function installImage(
   let backoff = policy.backoffMs ?? 200;
   const maxBackoff = policy.maxBackoffMs ?? 10_000;
 
-  for (;;) {
-    // (Re)start the pipeline at `keep` full chunks. Each durable checkpoint advances the resume point.
-    const writer = await flash.writer(bank, component, {
-      startChunk: keep,
-      maxSize: target.maxSize,
-      onCheckpoint: async (chunks) => {
-        record = { ...record, durableChunks: chunks };
-        await nv.store.put(dlName, encodeDownload(record));
-      },
-    });
-    let done = false;
-    try {
-      const sink = new Sink(makeDecipher(), (b) => writer.write(b));
-      let received = 0;
-      if (keep > 0) {
-        // Re-hash the kept plaintext and bring the decipher to the same position.
-        const prefix = keep * chunkSize;
-        const cipher =
-          decryption === undefined
-            ? undefined
-            : createContentCipher(
-                decryption.msg.alg,
-                decryption.cek,
-                decryption.msg.iv!,
-                decryption.msg.protectedBytes,
-                { context: decryption.msg.context },
-              );
-        let emitted = 0;
-        for await (const c of flash.read(bank, component, prefix, chunkSize)) {
-          sink.hash.update(c);
-          if (cipher !== undefined && sink.decipher !== undefined)
-            emitted += sink.decipher.update(cipher.update(c)).length;
+  let carried: SourceResponse | undefined;
+  try {
+    for (;;) {
+      // (Re)start the pipeline at `keep` full chunks. Each durable checkpoint advances the resume point.
+      const writer = await flash.writer(bank, component, {
+        startChunk: keep,
+        maxSize: target.maxSize,
+        onCheckpoint: async (chunks) => {
+          record = { ...record, durableChunks: chunks };
+          await nv.store.put(dlName, encodeDownload(record));
+        },
+      });
+      let done = false;
+      try {
+        const sink = new Sink(makeDecipher(), (b) => writer.write(b));
+        let received = 0;
+        if (keep > 0) {
+          // Re-hash the kept plaintext and bring the decipher to the same position.
+          const prefix = keep * chunkSize;
+          const cipher =
+            decryption === undefined
+              ? undefined
+              : createContentCipher(
+                  decryption.msg.alg,
+                  decryption.cek,
+                  decryption.msg.iv!,
+                  decryption.msg.protectedBytes,
+                  { context: decryption.msg.context },
+                );
+          let emitted = 0;
+          for await (const c of flash.read(bank, component, prefix, chunkSize)) {
+            sink.hash.update(c);
+            if (cipher !== undefined && sink.decipher !== undefined)
+              emitted += sink.decipher.update(cipher.update(c)).length;
+          }
+          sink.skip = cipher === undefined ? 0 : prefix - emitted;
+          received = prefix;
+          stats.resumedBytes += prefix;
         }
-        sink.skip = cipher === undefined ? 0 : prefix - emitted;
-        received = prefix;
-        stats.resumedBytes += prefix;
-      }
 
-      let restart = false;
-      let attempt = 0;
-      let total: number | undefined;
-      while (!restart) {
-        if (expired())
-          throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`);
-        attempt++;
-        stats.attempts++;
-        let res;
-        try {
-          res = await policy.source.open(input.uri, { offset: received, etag: record.etag, signal });
-        } catch (e) {
+        let restart = false;
+        let attempt = 0;
+        let total: number | undefined;
+        while (!restart) {
           if (expired())
-            throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
-              cause: e,
-            });
-          if (!(e instanceof TransientError) || attempt > retries) throw fetchFailed(e, input.uri);
-          await sleep(backoff, signal);
-          backoff = Math.min(backoff * 2, maxBackoff);
-          continue;
-        }
-        try {
-          if (res.start !== received) {
-            // The server sent the whole representation (changed, or no range support): start over from zero.
-            if (received > 0) {
-              keep = 0;
-              restart = true;
-              // Nothing of the old stretch may be resumed from any more: the record first, then the chunks.
-              await writer.close();
-              record = { ...record, etag: res.etag, durableChunks: 0 };
-              await nv.store.put(dlName, encodeDownload(record));
-              await flash.erase(bank, component);
-              continue;
+            throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`);
+          attempt++;
+          stats.attempts++;
+          let res: SourceResponse;
+          try {
+            // A whole representation that ended the previous stretch is consumed, not requested again.
+            res =
+              carried ??
+              (await policy.source.open(input.uri, { offset: received, etag: record.etag, signal }));
+            carried = undefined;
+          } catch (e) {
+            if (expired())
+              throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
+                cause: e,
+              });
+            if (!(e instanceof TransientError) || attempt > retries) throw fetchFailed(e, input.uri);
+            await sleep(backoff, signal);
+            backoff = Math.min(backoff * 2, maxBackoff);
+            continue;
+          }
+          try {
+            if (res.start !== received) {
+              // The server sent the whole representation (changed, or no range support): start over from zero.
+              if (received > 0) {
+                keep = 0;
+                restart = true;
+                // Nothing of the old stretch may be resumed from any more: the record first, then the chunks.
+                await writer.close();
+                record = { ...record, etag: res.etag, durableChunks: 0 };
+                await nv.store.put(dlName, encodeDownload(record));
+                await flash.erase(bank, component);
+                // The next stretch starts with this response (it begins at byte 0) — unless it is a 416's empty
+                // stand-in, which carries nothing.
+                if (res.total !== 0) carried = res;
+                continue;
+              }
             }
+            if (res.etag !== record.etag) {
+              record = { ...record, etag: res.etag };
+              await nv.store.put(dlName, encodeDownload(record));
+            }
+            if (res.total !== undefined) {
+              if (res.total > maxInput)
+                throw new DeviceError(
+                  'IMAGE_TOO_LARGE',
+                  `${input.uri} is ${res.total} bytes, more than the bound of ${maxInput}`,
+                );
+              total = res.total;
+            }
+            for await (const piece of res.body) {
+              received += piece.length;
+              if (received > maxInput)
+                throw new DeviceError(
+                  'IMAGE_TOO_LARGE',
+                  `${input.uri} sent more than the bound of ${maxInput} bytes`,
+                );
+              if (total !== undefined && received > total)
+                throw new DeviceError('FETCH_PROTOCOL', `${input.uri} sent more than its stated length`);
+              await sink.push(piece, res.owned === true);
+            }
+            if (total === undefined || received === total) break;
+            throw new TransientError(`connection closed after ${received} of ${total} bytes`);
+          } catch (e) {
+            if (e instanceof DeviceError) throw e;
+            if (expired())
+              throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
+                cause: e,
+              });
+            if (attempt > retries) throw fetchFailed(e, input.uri);
+            await sleep(backoff, signal);
+            backoff = Math.min(backoff * 2, maxBackoff);
+          } finally {
+            if (carried !== res) res.close();
           }
-          if (res.etag !== record.etag) {
-            record = { ...record, etag: res.etag };
-            await nv.store.put(dlName, encodeDownload(record));
-          }
-          if (res.total !== undefined) {
-            if (res.total > maxInput)
-              throw new DeviceError(
-                'IMAGE_TOO_LARGE',
-                `${input.uri} is ${res.total} bytes, more than the bound of ${maxInput}`,
-              );
-            total = res.total;
-          }
-          for await (const piece of res.body) {
-            received += piece.length;
-            if (received > maxInput)
-              throw new DeviceError(
-                'IMAGE_TOO_LARGE',
-                `${input.uri} sent more than the bound of ${maxInput} bytes`,
-              );
-            if (total !== undefined && received > total)
-              throw new DeviceError('FETCH_PROTOCOL', `${input.uri} sent more than its stated length`);
-            await sink.push(piece, res.owned === true);
-          }
-          if (total === undefined || received === total) break;
-          throw new TransientError(`connection closed after ${received} of ${total} bytes`);
-        } catch (e) {
-          if (e instanceof DeviceError) throw e;
-          if (expired())
-            throw new DeviceError('FETCH_DEADLINE', `retrieval of ${input.uri} exceeded ${deadlineMs} ms`, {
-              cause: e,
-            });
-          if (attempt > retries) throw fetchFailed(e, input.uri);
-          await sleep(backoff, signal);
-          backoff = Math.min(backoff * 2, maxBackoff);
-        } finally {
-          res.close();
         }
+        if (restart) continue;
+        await sink.end();
+        const size = await writer.finish();
+        done = true;
+        return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
+      } finally {
+        // A failed or restarted attempt: let nothing of this writer reach storage or the record afterwards.
+        if (!done) await writer.close();
       }
-      if (restart) continue;
-      await sink.end();
-      const size = await writer.finish();
-      done = true;
-      return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
-    } finally {
-      // A failed or restarted attempt: let nothing of this writer reach storage or the record afterwards.
-      if (!done) await writer.close();
     }
+  } finally {
+    carried?.close();
   }
 }
 
