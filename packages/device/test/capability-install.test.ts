@@ -145,6 +145,12 @@ describe('refusals', () => {
         1,
       ).then((e) => m.install(e.envelope)),
     );
+    // A start function that never returns: instantiation is bounded by the load time limit.
+    add('CAP_HEALTH', () =>
+      buildModule('startloop')
+        .then((w) => moduleEnvelope(w, md, 1))
+        .then((e) => m.install(e.envelope)),
+    );
     // Too large.
     add('CAP_TOO_LARGE', () => m.install(new Uint8Array(5 * 1024 * 1024)));
     for (const [reason, p] of cases) expect(await refusal(p()), reason).toBe(reason);
@@ -208,7 +214,7 @@ describe('refusals', () => {
 
 describe('dependencies and compatibility', () => {
   it('needs dependencies active in range, refuses a swap that breaks a dependent and an unload of a dependency', async () => {
-    const { m } = await fresh();
+    const { h, m } = await fresh();
     const app = metadata('app', [1, 0, 0], {
       dependencies: [{ name: 'codec', min: [1, 0, 0], max: [1, 9, 9] }],
     });
@@ -222,10 +228,19 @@ describe('dependencies and compatibility', () => {
     expect(await refusal(m.unload('codec'))).toBe('CAP_DEPENDED_ON');
     // A compatible swap of the dependency is fine.
     await m.install((await moduleEnvelope(v2, metadata('codec', [1, 5, 0], { imports: LOG }), 3)).envelope);
-    await m.unload('app');
-    await m.unload('codec');
-    expect(await refusal(m.call('codec', bytes(1)))).toBe('CAP_NOT_LOADED');
+    // After a restart both start again, the dependency first (boot verifies every active module).
     await m.close();
+    const m2 = await h.open();
+    expect(
+      m2
+        .status()
+        .map((x) => `${x.name}@${x.version}`)
+        .sort(),
+    ).toEqual(['app@1.0.0', 'codec@1.5.0']);
+    await m2.unload('app');
+    await m2.unload('codec');
+    expect(await refusal(m2.call('codec', bytes(1)))).toBe('CAP_NOT_LOADED');
+    await m2.close();
   });
 });
 

@@ -7,13 +7,13 @@ import { join } from 'node:path';
 import initWabt from 'wabt';
 
 export type ModuleSource =
-  'codec-v1' | 'codec-v2' | 'loop' | 'grow' | 'trap' | 'undeclared' | 'unbounded' | 'large';
+  'codec-v1' | 'codec-v2' | 'loop' | 'grow' | 'trap' | 'undeclared' | 'unbounded' | 'startloop' | 'large';
 
 type Wabt = Awaited<ReturnType<typeof initWabt>>;
 let wabt: Promise<Wabt> | undefined;
 const cache = new Map<string, Uint8Array>();
 
-/** Compiles `<source>.wat`, replacing each key of `subst` (whole words in the text) by its value. */
+/** Compiles `<source>.wat`, replacing every occurrence of each key of `subst` in the text by its value. */
 export async function buildModule(
   source: ModuleSource,
   subst: Readonly<Record<string, string>> = {},
