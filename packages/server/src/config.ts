@@ -40,6 +40,11 @@ export interface ServerConfig {
   readonly logLevel: LogLevel;
   readonly shutdownGraceMs: number;
   readonly mqttUrl: string | undefined;
+  /** Embedded broker's MQTT-over-TLS listener (started when TLS material is configured and MQTT_URL is unset). */
+  readonly mqttHost: string;
+  readonly mqttPort: number;
+  /** Topic prefix: notifications go to `<prefix>/devices/<deviceId>/notify`. */
+  readonly mqttTopicPrefix: string;
   /** How often each instance re-evaluates active rollouts (phase timeouts, thresholds). */
   readonly rolloutTickMs: number;
   /** PEM private key of the operator (signs approvals and per-device manifests); unset: approval refused. */
@@ -63,6 +68,9 @@ options (environment variable in brackets; flags win):
   --log-level LEVEL       ${LOG_LEVELS.join('|')}  [ROTOR_LOG_LEVEL, default info]
   --shutdown-grace-ms N   drain time on SIGTERM/SIGINT    [ROTOR_SHUTDOWN_GRACE_MS, default 10000]
   --rollout-tick-ms N     rollout re-evaluation period    [ROTOR_ROLLOUT_TICK_MS, default 5000]
+  --mqtt-host ADDR        embedded MQTT broker (TLS)      [ROTOR_MQTT_HOST, default 127.0.0.1]
+  --mqtt-port N           embedded MQTT broker port       [ROTOR_MQTT_PORT, default 8883]
+  --mqtt-topic-prefix P   notify topic prefix             [ROTOR_MQTT_TOPIC_PREFIX, default rotor/v1]
   --operator-key FILE     operator signing key (PEM, P-256 or Ed25519)  [ROTOR_OPERATOR_KEY_FILE]
   --content-kek FILE      content-key vault KEK (64 hex digits, mode 0600) [ROTOR_CONTENT_KEK_FILE]
                           without both, release approval is refused (OPERATOR_KEY_UNAVAILABLE)
@@ -70,7 +78,7 @@ environment only (secrets):
   DATABASE_URL            PostgreSQL; unset: embedded PGlite in <data-dir>/pg
   ROTOR_ADMIN_TOKEN       admin bootstrap token (>= 32 chars); unset: generated once into
                           <data-dir>/bootstrap-admin-token (mode 0600) on first run
-  MQTT_URL                external MQTT broker; unset: embedded broker
+  MQTT_URL                external MQTT broker (the server publishes there); unset: embedded broker
 `;
 
 const FLAGS = {
@@ -86,6 +94,9 @@ const FLAGS = {
   'log-level': { type: 'string' },
   'shutdown-grace-ms': { type: 'string' },
   'rollout-tick-ms': { type: 'string' },
+  'mqtt-host': { type: 'string' },
+  'mqtt-port': { type: 'string' },
+  'mqtt-topic-prefix': { type: 'string' },
   'operator-key': { type: 'string' },
   'content-kek': { type: 'string' },
 } as const;
@@ -168,6 +179,10 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
   if (mqttUrl !== undefined && !/^mqtts?:\/\//.test(mqttUrl))
     problems.push('MQTT_URL: must be an mqtt:// or mqtts:// URL');
 
+  const mqttTopicPrefix = pick('mqtt-topic-prefix', 'ROTOR_MQTT_TOPIC_PREFIX') ?? 'rotor/v1';
+  // MQTT 3.1.1 §4.7: no wildcards in a topic name; no empty levels.
+  if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(mqttTopicPrefix) || mqttTopicPrefix.length > 100)
+    problems.push('--mqtt-topic-prefix: 1..100 characters of [A-Za-z0-9_.-] in /-separated levels');
   const operatorKeyPem = file('operator-key', 'ROTOR_OPERATOR_KEY_FILE');
   if (operatorKeyPem !== undefined) {
     try {
@@ -203,6 +218,9 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
     rolloutTickMs: int('rollout-tick-ms', 'ROTOR_ROLLOUT_TICK_MS', 5000, 100, 3_600_000),
     operatorKeyPem,
     contentKekHex,
+    mqttHost: host('mqtt-host', 'ROTOR_MQTT_HOST'),
+    mqttPort: int('mqtt-port', 'ROTOR_MQTT_PORT', 8883, 0, 65535),
+    mqttTopicPrefix,
   };
   if (problems.length > 0)
     throw new ServerError('CONFIG_INVALID', `invalid configuration: ${problems.join('; ')}`);

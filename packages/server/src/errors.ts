@@ -42,6 +42,7 @@ export const SERVER_ERROR_CODES = [
   'DEVICE_KEY_MISSING', // per-device encryption needs a key-agreement key or KEK registered for the device
   'OPERATOR_KEY_UNAVAILABLE', // approval needs the operator signing key and the content-key vault (not configured)
   'REPORT_KEY_MISSING', // a signed report from a device without a registered report key
+  'REPORT_SIGNATURE_REQUIRED', // an unsigned report from a device that has a registered report key
   // Factory (manufacturing provisioning; CLI and library, never an HTTP response)
   'FACTORY_TOKEN_UNAVAILABLE', // PKCS#11 module does not load, or no token matches the RFC 7512 URI
   'FACTORY_TOKEN_PIN_INCORRECT', // C_Login refused the PIN (CKR_PIN_INCORRECT)
@@ -94,6 +95,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   DEVICE_KEY_MISSING: 409,
   OPERATOR_KEY_UNAVAILABLE: 503,
   REPORT_KEY_MISSING: 422,
+  REPORT_SIGNATURE_REQUIRED: 422,
   FACTORY_TOKEN_UNAVAILABLE: 503,
   FACTORY_TOKEN_PIN_INCORRECT: 401,
   FACTORY_TOKEN_LOCKED: 423,

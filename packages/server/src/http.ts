@@ -42,6 +42,8 @@ export const SUIT_ENVELOPE_TYPE = 'application/suit-envelope+cose';
 export const OCTET_STREAM = 'application/octet-stream';
 /** Unsigned SUIT report (draft-ietf-suit-report: a CBOR SUIT_Report; the device is authenticated by mTLS). */
 export const SUIT_REPORT_TYPE = 'application/suit-report+cbor';
+/** Signed SUIT report: COSE_Sign1 with the SUIT_Report attached (draft-ietf-suit-report §4). */
+export const SUIT_SIGNED_REPORT_TYPE = 'application/suit-report+cose';
 
 type Listener = 'operator' | 'device';
 
@@ -173,7 +175,7 @@ export function createBaseApp(opts: BaseAppOptions): { app: FastifyInstance; rou
     }
   });
   app.addContentTypeParser(
-    [SUIT_ENVELOPE_TYPE, SUIT_REPORT_TYPE, OCTET_STREAM],
+    [SUIT_ENVELOPE_TYPE, SUIT_REPORT_TYPE, SUIT_SIGNED_REPORT_TYPE, OCTET_STREAM],
     { parseAs: 'buffer' },
     (_req, body, done) => {
       done(null, body);

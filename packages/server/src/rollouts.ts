@@ -13,13 +13,16 @@
  * successThreshold advances to the next phase (the last phase completes the rollout).
  */
 import { randomUUID } from 'node:crypto';
-import { decodeReport } from '@rotor/suit';
+import { createPublicKey } from 'node:crypto';
+import { softwareVerifier } from '@rotor/cose';
+import { decodeReport, verifySignedReport, type SuitReport } from '@rotor/suit';
 import { authorize, type Principal } from './auth.ts';
 import { appendAudit } from './audit.ts';
 import { one, type Db, type Queryable } from './db/db.ts';
 import { ServerError } from './errors.ts';
 import { auditedTransaction, hex } from './tx.ts';
 import { ciphertextUrl, type DeliveryService } from './delivery.ts';
+import { policyAllowsUpdate } from './attestation/policy.ts';
 
 export interface PhaseSpec {
   /** Cumulative share of the target devices reached by the end of this phase (1..100; the last is 100). */
@@ -126,6 +129,8 @@ export function validatePhases(phases: readonly PhaseSpec[]): void {
 
 export function createRolloutService(db: Db, now: () => number, delivery: DeliveryService) {
   const audited = auditedTransaction(db, now);
+  /** Called after a commit that gave devices new work (rollout created or resumed, phase advanced): push. */
+  let onWork: (rolloutId: string) => void = () => undefined;
 
   async function info(q: Queryable, id: string): Promise<RolloutInfo> {
     const r = one(await q.query<RolloutRow>('SELECT * FROM rollouts WHERE id = $1', [id]), 'rollout');
@@ -160,9 +165,12 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
     };
   }
 
-  /** Applies timeouts, then pauses / advances / completes the rollout; `tx` holds the rollout row lock. */
-  async function evaluateLocked(tx: Queryable, r: RolloutRow): Promise<void> {
-    if (r.state !== 'active') return;
+  /**
+   * Applies timeouts, then pauses / advances / completes the rollout; `tx` holds the rollout row lock. Returns
+   * true when the rollout advanced to a later phase (new devices have work).
+   */
+  async function evaluateLocked(tx: Queryable, r: RolloutRow): Promise<boolean> {
+    if (r.state !== 'active') return false;
     const t = now();
     let phase = r.current_phase;
     let phaseStart = r.phase_started_at_ms;
@@ -203,7 +211,7 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
           },
           t,
         );
-        return;
+        return false;
       }
       if (remaining > 0 && c.succeeded / remaining < spec.successThreshold) {
         if (phase !== r.current_phase) {
@@ -212,7 +220,7 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
             [r.id, phase, phaseStart, t],
           );
         }
-        return;
+        return phase !== r.current_phase;
       }
       if (phase + 1 < r.phases.length) {
         phase++;
@@ -234,7 +242,7 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
         { actor: 'system', action: 'rollout.complete', subject: `rollout:${r.id}`, details: { phase } },
         t,
       );
-      return;
+      return false;
     }
   }
 
@@ -281,6 +289,9 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
         );
       }
       return { result: await info(tx, id), subject: `rollout:${id}` };
+    }).then((r) => {
+      if (action === 'rollout.resume') onWork(id);
+      return r;
     });
   }
 
@@ -296,6 +307,7 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       const tg = req.target;
       const filterSql = `d.enabled AND ($2::text IS NULL OR d.device_group = $2) AND d.tags @> $3::text[]
         AND ($4::text[] IS NULL OR d.id = ANY($4::text[])) AND d.attributes @> $5::jsonb`;
+      let committedWork: string | undefined;
       const filterParams = [
         tg.group ?? null,
         tg.tags ?? [],
@@ -350,12 +362,16 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
           );
           // A rollout whose phases are empty (no matching device) advances or completes at once.
           await evaluateLocked(tx, await lockRollout(tx, id));
+          committedWork = id;
           const r = await info(tx, id);
           return {
             result: { ...r, assigned: assigned.length, excluded },
             subject: `rollout:${id}`,
             details: { name: req.name, releaseId: req.releaseId, assigned: assigned.length, excluded },
           };
+        }).then((r) => {
+          if (committedWork !== undefined) onWork(committedWork);
+          return r;
         });
       } catch (e) {
         if (e instanceof Error && 'code' in e && e.code === '23505') {
@@ -381,6 +397,11 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       return out;
     },
 
+    /** Sets the listener told after commit when a rollout gives devices new work (push, push.ts). */
+    setWorkListener(fn: (rolloutId: string) => void): void {
+      onWork = fn;
+    },
+
     pause: (p: Principal, id: string) => transition(p, id, 'rollout.pause'),
     resume: (p: Principal, id: string) => transition(p, id, 'rollout.resume'),
     cancel: (p: Principal, id: string) => transition(p, id, 'rollout.cancel'),
@@ -389,9 +410,8 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
     async tick(): Promise<void> {
       const ids = await db.query<{ id: string }>("SELECT id FROM rollouts WHERE state = 'active'");
       for (const { id } of ids) {
-        await db.transaction(async (tx) => {
-          await evaluateLocked(tx, await lockRollout(tx, id));
-        });
+        const advanced = await db.transaction(async (tx) => evaluateLocked(tx, await lockRollout(tx, id)));
+        if (advanced) onWork(id);
       }
     },
 
@@ -410,6 +430,7 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
           )
         )[0];
         if (row === undefined) return { action: 'none' };
+        if (!(await policyAllowsUpdate(tx, p.deviceId, row.release_id, t))) return { action: 'none' };
         if (row.state === 'pending') {
           await tx.query(
             "UPDATE rollout_devices SET state = 'in_progress', updated_at_ms = $3 WHERE rollout_id = $1 AND device_id = $2 AND state = 'pending'",
@@ -459,11 +480,39 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
      * (report §4 suit-reference digest = the envelope's SUIT_Digest) to the device's active rollout; the result
      * sets the device's state, the history records it, and the rollout is re-evaluated in the same transaction.
      */
-    async report(p: Principal, bytes: Uint8Array): Promise<{ rolloutId: string; state: DeviceRolloutState }> {
+    async report(
+      p: Principal,
+      bytes: Uint8Array,
+      opts: { signed?: boolean } = {},
+    ): Promise<{ rolloutId: string; state: DeviceRolloutState }> {
       if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'only devices report');
       authorize(p, 'device.report');
       if (bytes.length > MAX_REPORT_BYTES) throw new ServerError('PAYLOAD_TOO_LARGE', 'report too large');
-      const rep = decodeReport(bytes);
+      const key = one(
+        await db.query<{ report_key_spki: Uint8Array | null; report_key_alg: number | null }>(
+          'SELECT report_key_spki, report_key_alg FROM devices WHERE id = $1',
+          [p.deviceId],
+        ),
+        'device',
+      );
+      let rep: SuitReport;
+      if (opts.signed === true) {
+        // draft-ietf-suit-report §4 (signed form: COSE_Sign1 with the report attached), verified with the report
+        // key registered for this device — never with a key carried in the message.
+        if (key.report_key_spki === null || key.report_key_alg === null)
+          throw new ServerError('REPORT_KEY_MISSING', 'no report key is registered for this device');
+        const verifier = softwareVerifier(
+          createPublicKey({ key: Buffer.from(key.report_key_spki), format: 'der', type: 'spki' }),
+          key.report_key_alg,
+        );
+        rep = verifySignedReport(bytes, verifier, new Set([key.report_key_alg]));
+      } else {
+        // A device that has a report key must use it: an unsigned report could come from anyone holding the TLS
+        // session (e.g. a compromised transport proxy) rather than from the device's root of trust.
+        if (key.report_key_spki !== null)
+          throw new ServerError('REPORT_SIGNATURE_REQUIRED', 'this device must sign its reports');
+        rep = decodeReport(bytes);
+      }
       const digest = rep.reference.digest.bytes;
       const target = (
         await db.query<{ rollout_id: string }>(
@@ -484,22 +533,27 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
           ? { result: 'success' }
           : { result: 'failure', code: rep.result.code, reason: rep.result.reason };
       const t = now();
-      return db.transaction(async (tx) => {
-        const r = await lockRollout(tx, target.rollout_id); // lock order: rollout → device rows
-        const upd = await tx.query(
-          `UPDATE rollout_devices SET state = $3, active = false, updated_at_ms = $4
+      return db
+        .transaction(async (tx) => {
+          const r = await lockRollout(tx, target.rollout_id); // lock order: rollout → device rows
+          const upd = await tx.query(
+            `UPDATE rollout_devices SET state = $3, active = false, updated_at_ms = $4
            WHERE rollout_id = $1 AND device_id = $2 AND active RETURNING 1`,
-          [target.rollout_id, p.deviceId, state, t],
-        );
-        if (upd.length === 0)
-          throw new ServerError('CONFLICT', 'the rollout no longer expects a report from this device');
-        await tx.query(
-          "INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details) VALUES ($1, $2, $3, 'report', $4::jsonb)",
-          [p.deviceId, target.rollout_id, t, JSON.stringify({ ...details, manifestDigest: hex(digest) })],
-        );
-        await evaluateLocked(tx, r);
-        return { rolloutId: target.rollout_id, state };
-      });
+            [target.rollout_id, p.deviceId, state, t],
+          );
+          if (upd.length === 0)
+            throw new ServerError('CONFLICT', 'the rollout no longer expects a report from this device');
+          await tx.query(
+            "INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details) VALUES ($1, $2, $3, 'report', $4::jsonb)",
+            [p.deviceId, target.rollout_id, t, JSON.stringify({ ...details, manifestDigest: hex(digest) })],
+          );
+          const advanced = await evaluateLocked(tx, r);
+          return { rolloutId: target.rollout_id, state, advanced };
+        })
+        .then(({ advanced, ...res }) => {
+          if (advanced) onWork(res.rolloutId);
+          return res;
+        });
     },
 
     async deviceEvents(

@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Principal, Role } from './auth.ts';
 import { ServerError } from './errors.ts';
-import { OCTET_STREAM, SUIT_ENVELOPE_TYPE, SUIT_REPORT_TYPE } from './http.ts';
+import { OCTET_STREAM, SUIT_ENVELOPE_TYPE, SUIT_REPORT_TYPE, SUIT_SIGNED_REPORT_TYPE } from './http.ts';
 import { MAX_REPORT_BYTES } from './rollouts.ts';
 import * as S from './schemas.ts';
 import type { PhaseSpec, RolloutTarget } from './rollouts.ts';
@@ -440,12 +440,15 @@ export function registerDeviceRoutes(app: FastifyInstance, services: Services): 
       bodyLimit: MAX_REPORT_BYTES,
       config: {
         auth: 'device',
-        accepts: [SUIT_REPORT_TYPE],
-        summary: 'Ingest a SUIT report (draft-ietf-suit-report)',
+        accepts: [SUIT_REPORT_TYPE, SUIT_SIGNED_REPORT_TYPE],
+        summary: 'Ingest a SUIT report, unsigned (CBOR) or signed with the device report key (COSE_Sign1)',
       },
       schema: { response: { 200: S.reportResult } },
     },
-    async (req) => s.rollouts.report(principal(req), new Uint8Array(req.body)),
+    async (req) =>
+      s.rollouts.report(principal(req), new Uint8Array(req.body), {
+        signed: req.headers['content-type']?.split(';')[0]?.trim().toLowerCase() === SUIT_SIGNED_REPORT_TYPE,
+      }),
   );
   app.get<{ Querystring: { after: number; limit: number } }>(
     '/d/v1/events',

@@ -23,8 +23,11 @@ import {
 import { suitAuthenticator } from './suit-auth.ts';
 import { createServices, type ReleaseAuthenticator, type ServerKeys, type Services } from './services.ts';
 import { operatorKeyFromPem, vaultFromHex } from './keys.ts';
+import { connectExternalBroker, notifyRollout, startEmbeddedBroker, type Notifier } from './push.ts';
 import { createAttestationService } from './attestation/service.ts';
 import { registerAttestationRoutes } from './attestation/routes.ts';
+import { createDistributionService, registerDistributionRoutes } from './attestation/distribution.ts';
+import { createPolicyService } from './attestation/policy.ts';
 
 export interface RotorServer {
   readonly config: ServerConfig;
@@ -36,6 +39,10 @@ export interface RotorServer {
   /** e.g. http://127.0.0.1:41234 */
   readonly operatorUrl: string;
   readonly deviceUrl: string | undefined;
+  /** The embedded MQTT broker's TLS listener (undefined with MQTT_URL or without TLS material). */
+  readonly mqttUrl: string | undefined;
+  /** Push notifications (embedded or external broker), if any. */
+  readonly notifier: Notifier | undefined;
   /** Where a generated bootstrap admin token was written (first run only). */
   readonly bootstrapTokenFile: string | undefined;
   readonly openapi: Record<string, unknown>;
@@ -76,6 +83,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   const metrics = opts.metrics ?? createMetrics();
   let operatorApp: FastifyInstance | undefined;
   let deviceApp: FastifyInstance | undefined;
+  let notifier: Notifier | undefined;
   try {
     await migrate(db);
     const keys: ServerKeys = opts.keys ?? {
@@ -138,6 +146,12 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       dev?.app,
       createAttestationService(db, opts.now === undefined ? {} : { now: opts.now }),
     );
+    registerDistributionRoutes(
+      op.app,
+      dev?.app,
+      createDistributionService(db, opts.now),
+      createPolicyService(db, opts.now),
+    );
     await op.app.ready();
     if (dev !== undefined) await dev.app.ready();
     openapi = openApiDocument(
@@ -158,6 +172,28 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       dev === undefined
         ? undefined
         : await dev.app.listen({ host: config.deviceHost, port: config.devicePort });
+    if (config.mqttUrl !== undefined) {
+      notifier = await connectExternalBroker(config.mqttUrl, config.mqttTopicPrefix);
+    } else if (config.tls !== undefined) {
+      notifier = await startEmbeddedBroker({
+        host: config.mqttHost,
+        port: config.mqttPort,
+        prefix: config.mqttTopicPrefix,
+        tls: { cert: config.tls.cert, key: config.tls.key, ca: config.deviceCa },
+        authenticateDevice: (der) => services.devices.authenticate(der),
+      });
+    }
+    const pushes = new Set<Promise<unknown>>();
+    if (notifier !== undefined) {
+      const n = notifier;
+      services.rollouts.setWorkListener((rolloutId) => {
+        const job = notifyRollout(db, n, rolloutId).catch((e: unknown) => {
+          op.app.log.warn({ err: e, rolloutId }, 'push notification failed (devices will poll)');
+        });
+        pushes.add(job);
+        void job.finally(() => pushes.delete(job));
+      });
+    }
     state.ready = true;
     metrics.ready.set(1);
     const tick = setInterval(() => {
@@ -183,6 +219,8 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
         }, config.shutdownGraceMs);
         try {
           await Promise.all(apps.map((a) => a.close()));
+          await Promise.allSettled([...pushes]);
+          await notifier?.close();
         } finally {
           clearTimeout(timer);
           if (ownDb) await db.close();
@@ -198,6 +236,8 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       deviceApp,
       operatorUrl,
       deviceUrl,
+      mqttUrl: notifier?.url,
+      notifier,
       bootstrapTokenFile,
       get openapi() {
         return openapi;
@@ -207,6 +247,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   } catch (e) {
     await operatorApp?.close().catch(() => undefined);
     await deviceApp?.close().catch(() => undefined);
+    await notifier?.close().catch(() => undefined);
     if (ownDb) await db.close().catch(() => undefined);
     throw e;
   }

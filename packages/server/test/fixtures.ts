@@ -67,6 +67,8 @@ export async function startFixture(
       '0',
       '--device-port',
       '0',
+      '--mqtt-port',
+      '0',
       '--log-level',
       'silent',
       '--data-dir',

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { generateAgreementKey } from '@rotor/cose';
-import { encodeReport, decodeEnvelope, ReportReason } from '@rotor/suit';
+import { generateAgreementKey, generateSigningKey, softwareSigner } from '@rotor/cose';
+import { encodeReport, decodeEnvelope, ReportReason, signReport } from '@rotor/suit';
 import { createServices, migrate, type Principal, type Services, type PhaseSpec } from '../src/index.ts';
 import { BACKENDS, createTestDatabase, deviceClient, selfSignedCert } from './helpers.ts';
 import {
@@ -232,6 +232,67 @@ describe.each(BACKENDS)('rollouts on %s', (backend) => {
     });
     await s.rollouts.cancel(OPERATOR, a.id);
     await s.rollouts.cancel(OPERATOR, b.id);
+  });
+
+  it('signed SUIT reports: verified with the device report key; unsigned or wrongly signed ones refused', async () => {
+    const { releaseId } = await setup(s, 'signed', 0);
+    const rk = generateSigningKey(-7);
+    const mk = async (name: string, withKey: boolean): Promise<string> =>
+      (
+        await s.devices.create(ADMIN, {
+          name,
+          certSha256: randomBytes(32).toString('hex'),
+          group: 'signed',
+          keyAgreementKeyPem: agreementKeyPem(),
+          ...(withKey
+            ? {
+                reportKeyPem: rk.publicKey.export({ type: 'spki', format: 'pem' }).toString(),
+                reportKeyAlg: 'ES256' as const,
+              }
+            : {}),
+        })
+      ).id;
+    const signedDev = await mk('signed-0', true);
+    const plainDev = await mk('signed-1', false);
+    const r = await s.rollouts.create(OPERATOR, {
+      name: 'signed',
+      releaseId,
+      target: { group: 'signed' },
+      phases: [phase(100, 1, 1)],
+    });
+    // the device reports on the envelope it processed: its own operator envelope
+    const own = decodeEnvelope(await s.rollouts.envelopeFor(device(signedDev), r.id)).digest.bytes;
+    const report = (d: Uint8Array) => ({
+      reference: { uri: undefined, digest: { alg: -16, bytes: d } },
+      records: [],
+      result: true as const,
+    });
+    await expect(s.rollouts.report(device(signedDev), successReport(own))).rejects.toMatchObject({
+      code: 'REPORT_SIGNATURE_REQUIRED',
+    });
+    const stranger = generateSigningKey(-7);
+    await expect(
+      s.rollouts.report(
+        device(signedDev),
+        await signReport(report(own), softwareSigner(stranger.privateKey, -7)),
+        {
+          signed: true,
+        },
+      ),
+    ).rejects.toMatchObject({ code: 'COSE_BAD_SIGNATURE' });
+    await expect(
+      s.rollouts.report(device(plainDev), await signReport(report(own), softwareSigner(rk.privateKey, -7)), {
+        signed: true,
+      }),
+    ).rejects.toMatchObject({ code: 'REPORT_KEY_MISSING' });
+    expect(
+      await s.rollouts.report(
+        device(signedDev),
+        await signReport(report(own), softwareSigner(rk.privateKey, -7)),
+        { signed: true },
+      ),
+    ).toEqual({ rolloutId: r.id, state: 'succeeded' });
+    await s.rollouts.cancel(OPERATOR, r.id);
   });
 
   it('a device sees only its own history and envelopes', async () => {
