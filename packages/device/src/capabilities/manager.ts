@@ -731,7 +731,12 @@ export class CapabilityManager {
 
   /** Step 10: a sandbox with the module instantiated and its health check passed. */
   async #start(v: Verified, entry: Entry): Promise<Loaded> {
-    const sandbox = await this.#pool.acquire();
+    let sandbox: Sandbox;
+    try {
+      sandbox = await this.#pool.acquire();
+    } catch (e) {
+      throw err('CAP_HEALTH', `no sandbox could be started: ${msgOf(e)}`, e);
+    }
     const md = v.metadata;
     sandbox.onLog = (line) => this.#o.onLog?.(v.name, line);
     try {
