@@ -175,14 +175,19 @@ export class DevicePlatform {
     return token;
   }
 
-  async write(c: ComponentId, data: Uint8Array, slot?: number): Promise<void> {
+  write(c: ComponentId, data: Uint8Array, slot?: number): Promise<void> {
+    return this.#store(c, data, slot, true);
+  }
+
+  /** write(); `lazy` = a fetched, unencrypted staging payload may stay a reference (not when materializing). */
+  async #store(c: ComponentId, data: Uint8Array, slot: number | undefined, lazy: boolean): Promise<void> {
     if (this.#o.mode !== 'update')
       throw new DeviceError('MANIFEST_REJECTED', 'the boot stage writes nothing (invoke procedure)');
     const bank = this.#bankOf(c, slot);
     const tag = componentTag(c);
     const ref = this.#refs.get(data) ?? { input: { kind: 'bytes', data }, decryption: undefined };
     this.#lazy.delete(tag);
-    if (bank === 's' && ref.input.kind === 'fetch' && ref.decryption === undefined) {
+    if (lazy && bank === 's' && ref.input.kind === 'fetch' && ref.decryption === undefined) {
       // Staging of fetched ciphertext: kept as a reference, fetched when (and only as) it is consumed.
       this.#lazy.set(tag, { component: c, ref, token: data });
       return;
@@ -217,7 +222,8 @@ export class DevicePlatform {
     if (lazy === undefined) return;
     const token = new Uint8Array(0);
     this.#refs.set(token, lazy.ref);
-    await this.write(c, token);
+    // Fetched into the staging area now, in constant memory (its digest or size is asked for).
+    await this.#store(c, token, undefined, false);
   }
 
   async digest(c: ComponentId, alg: number, slot?: number): Promise<Uint8Array | undefined> {
