@@ -16,9 +16,10 @@
  * download record). The resume point is the last reported checkpoint, cross-checked with `durablePrefix` (the
  * leading full-length chunks present): it never advances past data that is known durable — a chunk that merely
  * *looks* complete after a crash (POSIX: unsynced data may be lost, torn or, on some file systems, full-length
- * garbage) is never trusted. Trade-off: a power cut re-downloads at most `checkpointEvery` chunks (plus the ones in
- * flight); fewer, batched barriers keep fsync latency off the data path (payload bench), and the extra
- * non-volatile write per checkpoint (one atomic record put) is amortised over the stretch.
+ * garbage) is never trusted. Trade-off: a power cut re-downloads at most two stretches of `checkpointEvery`
+ * chunks (the one being made durable and the one being written) plus the chunks in flight; fewer, batched
+ * barriers keep fsync latency off the data path (payload bench), and the extra non-volatile write per checkpoint
+ * (one atomic record put) is amortised over the stretch.
  */
 import { createHash } from 'node:crypto';
 import type { ComponentId } from '@rotor/suit';
