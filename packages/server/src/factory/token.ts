@@ -285,7 +285,8 @@ export class FactoryToken {
     const point = a[1]?.value;
     if (!(kt instanceof Buffer) || !(point instanceof Buffer))
       throw new ServerError('PKCS11_ERROR', `key ${label}: no key type or EC point`);
-    const ktv = kt.readUIntLE(0, kt.length);
+    // CK_ULONG in host order (PKCS#11 v2.40 §3.1): 8 bytes on LP64, 4 on 32-bit platforms.
+    const ktv = kt.length === 8 ? Number(kt.readBigUInt64LE(0)) : kt.readUIntLE(0, Math.min(kt.length, 6));
     const type: FactoryKeyType | undefined =
       ktv === m.CKK_EC ? 'P-256' : ktv === CKK_EC_EDWARDS ? 'Ed25519' : undefined;
     if (type === undefined)
