@@ -8,6 +8,7 @@ import { enclaveBench } from './benches/enclave.ts';
 import { manifestBench } from './benches/manifest.ts';
 import { payloadBench } from './benches/payload.ts';
 import { powercutBench } from './benches/powercut.ts';
+import { provisionBench } from './benches/provision.ts';
 import { rolloutBench } from './benches/rollout.ts';
 import { attestBench } from './benches/attest.ts';
 
@@ -18,6 +19,7 @@ const BENCHES: readonly Benchmark[] = [
   payloadBench,
   rolloutBench,
   attestBench,
+  provisionBench,
 ];
 
 async function main(): Promise<number> {
