@@ -5,7 +5,14 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Alg, wrapForEcdhEs } from '@rotor/cose';
-import { buildModuleEnvelope, encryptModule, MODULE_URI, sha256 } from '@rotor/trust';
+import {
+  buildModuleEnvelope,
+  createTrustRevocationList,
+  encryptModule,
+  MODULE_URI,
+  RevokedKind,
+  sha256,
+} from '@rotor/trust';
 import { DeviceError, SandboxPool, type CapabilityManager } from '../src/index.ts';
 import {
   bytes,
@@ -15,6 +22,7 @@ import {
   keys,
   metadata,
   moduleEnvelope,
+  NOW,
   revocationList,
   VENDOR,
   type Harness,
@@ -274,6 +282,35 @@ describe('unload, revert and capability-manifest updates', () => {
     expect((await m.call('filter', bytes(1))).version).toEqual([1, 0, 0]);
     expect(m.capabilityManifestVersion).toBe(2);
     await m.close();
+  });
+
+  it('the general trust revocation list revokes modules by its digest entries (own version counter)', async () => {
+    const { h, m } = await fresh();
+    const e1 = await moduleEnvelope(v1, metadata('codec', [1, 0, 0]), 1);
+    await m.install(e1.envelope);
+    await m.applyRevocationList(await revocationList(5, []));
+    const general = await createTrustRevocationList(
+      {
+        version: 1,
+        issuedAt: NOW - 5,
+        expiresAt: NOW + 3600,
+        entries: [
+          { kind: RevokedKind.signingKey, id: new Uint8Array(32).fill(1) },
+          { kind: RevokedKind.digest, id: e1.digest, reason: 'CVE' },
+        ],
+      },
+      keys().revoker.signer,
+    );
+    expect((await m.applyRevocationList(general)).unloaded).toEqual(['codec']);
+    expect(m.trustRevocationListVersion).toBe(1);
+    expect(m.revocationListVersion).toBe(5);
+    expect(await refusal(m.applyRevocationList(general))).toBe('CAP_REVOCATION_REJECTED');
+    expect(await refusal(m.install(e1.envelope))).toBe('CAP_REVOKED');
+    await m.close();
+    const m2 = await h.open();
+    expect(m2.trustRevocationListVersion).toBe(1);
+    expect(await refusal(m2.install(e1.envelope))).toBe('CAP_REVOKED');
+    await m2.close();
   });
 
   it('refuses revocation lists that are stale, expired or not signed by the revocation authority', async () => {

@@ -34,7 +34,7 @@
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { deflateRaw, inflateRawSync } from 'node:zlib';
-import { Alg, type Verifier } from '@rotor/cose';
+import { Alg, decodeSign1, type Verifier } from '@rotor/cose';
 import {
   authenticateEnvelope,
   encodeEnvelope,
@@ -52,12 +52,16 @@ import {
   moduleEnvelopeInfo,
   MODULE_URI,
   verifyCapabilityManifest,
+  TRUST_REVOCATION_CONTENT_TYPE,
+  TRUST_REVOCATION_MAX_BYTES,
   verifyRevocationList,
+  verifyTrustRevocationList,
   versionInRange,
   type CapabilityManifest,
   type ModuleMetadata,
   type ModuleVersion,
   type RevocationList,
+  type TrustRevocationList,
 } from '@rotor/trust';
 import { DeviceError, type DeviceErrorCode } from '../errors.ts';
 import { AtomicStore } from '../storage/atomic.ts';
@@ -78,6 +82,7 @@ import {
   MANIFEST_BLOB,
   REVOCATION_BLOB,
   REVOKED_BLOB,
+  TRUST_REVOCATION_BLOB,
   type Entry,
   type Index,
 } from './records.ts';
@@ -277,6 +282,7 @@ export class CapabilityManager {
   #manifest: CapabilityManifest;
   #trustPolicy: TrustPolicy;
   #revocation: RevocationList | undefined;
+  #trustRevocation: TrustRevocationList | undefined;
   #revoked = new Set<string>();
   #commitTail: Promise<unknown> = Promise.resolve();
   #background = new Set<Promise<unknown>>();
@@ -384,9 +390,23 @@ export class CapabilityManager {
         this.#revocation = undefined;
       }
     }
+    const trustRev = await this.#store.get(TRUST_REVOCATION_BLOB);
+    if (trustRev !== undefined) {
+      try {
+        this.#trustRevocation = verifyTrustRevocationList(trustRev, {
+          verifiers: this.#o.revocationAuthorities,
+          allowedAlgs: this.#algs,
+          now: this.#now(),
+          allowExpired: true,
+        });
+      } catch {
+        this.#trustRevocation = undefined;
+      }
+    }
     const revoked = await this.#store.get(REVOKED_BLOB);
     if (revoked !== undefined) this.#revoked = decodeRevoked(revoked);
     for (const d of this.#revocation?.hexDigests ?? []) this.#revoked.add(d);
+    for (const d of this.#trustRevocation?.digests() ?? []) this.#revoked.add(d);
     const idx = await this.#store.get(INDEX_BLOB);
     let index: Index = new Map();
     if (idx !== undefined) {
@@ -434,7 +454,7 @@ export class CapabilityManager {
       changed.add(name);
     }
     // Drop blobs the index does not name (nothing else writes in this directory).
-    const named = new Set([INDEX_BLOB, MANIFEST_BLOB, REVOCATION_BLOB, REVOKED_BLOB]);
+    const named = new Set([INDEX_BLOB, MANIFEST_BLOB, REVOCATION_BLOB, TRUST_REVOCATION_BLOB, REVOKED_BLOB]);
     for (const c of index.values())
       for (const e of [c.active, ...c.archives]) if (e !== undefined) named.add(e.blob);
     const sweep = (await this.#store.names()).filter((n) => !named.has(n));
@@ -1141,29 +1161,58 @@ export class CapabilityManager {
    */
   async applyRevocationList(bytes: Uint8Array): Promise<{ unloaded: string[] }> {
     this.#alive();
-    let list: RevocationList;
+    // Two list formats are accepted, told apart by their protected content type (RFC 9052 §3.1): the module list
+    // (capability-revocation.ts) and the general trust revocation list (revocation.ts), whose digest entries
+    // (kind 3) are module digests. Each has its own version counter.
+    let general = false;
     try {
-      list = verifyRevocationList(bytes, {
-        verifiers: this.#o.revocationAuthorities,
-        allowedAlgs: this.#algs,
-        now: this.#now(),
-        ...(this.#revocation === undefined ? {} : { currentVersion: this.#revocation.version }),
-      });
+      general =
+        decodeSign1(bytes, { tag: 'required', maxSize: TRUST_REVOCATION_MAX_BYTES }).protectedHeaders.get(
+          3,
+        ) === TRUST_REVOCATION_CONTENT_TYPE;
+    } catch {
+      general = false; // the module-list verifier below reports the malformation
+    }
+    let digests: ReadonlySet<string>;
+    let commitList: () => void;
+    try {
+      const opts = { verifiers: this.#o.revocationAuthorities, allowedAlgs: this.#algs, now: this.#now() };
+      if (general) {
+        const current = this.#trustRevocation;
+        const list = verifyTrustRevocationList(bytes, {
+          ...opts,
+          ...(current === undefined ? {} : { currentVersion: current.version }),
+        });
+        digests = list.digests();
+        commitList = () => {
+          this.#trustRevocation = list;
+        };
+      } else {
+        const current = this.#revocation;
+        const list = verifyRevocationList(bytes, {
+          ...opts,
+          ...(current === undefined ? {} : { currentVersion: current.version }),
+        });
+        digests = list.hexDigests;
+        commitList = () => {
+          this.#revocation = list;
+        };
+      }
     } catch (e) {
       throw err('CAP_REVOCATION_REJECTED', `revocation list refused: ${msgOf(e)}`, e);
     }
     const unloaded: Loaded[] = [];
     for (const cap of this.#caps.values()) {
-      if (cap.active !== undefined && list.has(cap.active.digest)) {
+      if (cap.active !== undefined && digests.has(cap.active.digestHex)) {
         const v = this.#stopNow(cap, 'CAP_REVOKED');
         if (v !== undefined) unloaded.push(v);
       }
     }
     const union = new Set(this.#revoked);
-    for (const d of list.hexDigests) union.add(d);
+    for (const d of digests) union.add(d);
     await this.#commit((index) => {
       const changes = new Map<string, Uint8Array | null>([
-        [REVOCATION_BLOB, bytes],
+        [general ? TRUST_REVOCATION_BLOB : REVOCATION_BLOB, bytes],
         [REVOKED_BLOB, encodeRevoked(union)],
       ]);
       for (const name of index.keys())
@@ -1171,7 +1220,7 @@ export class CapabilityManager {
           changes.set(k, c);
       return changes;
     });
-    this.#revocation = list;
+    commitList();
     this.#revoked = union;
     for (const v of unloaded) this.#emitUnload(v.name, v.entry, 'revoked');
     return { unloaded: unloaded.map((v) => v.name) };
@@ -1261,6 +1310,11 @@ export class CapabilityManager {
 
   get revocationListVersion(): number | undefined {
     return this.#revocation?.version;
+  }
+
+  /** Version of the general trust revocation list in force, if any. */
+  get trustRevocationListVersion(): number | undefined {
+    return this.#trustRevocation?.version;
   }
 
   #alive(): void {

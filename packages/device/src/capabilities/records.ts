@@ -7,7 +7,7 @@
  *   e.<digest>.<seq>.<name>   kind 0: [1, envelope, {* uri => ciphertext}] the envelope as received (still encrypted
  *                             for this device) plus any detached payload
  *   a.<digest>.<seq>.<name>   kind 1: [1, envelope without its ciphertext, deflate-raw(plaintext module)]
- *   capability-manifest, revocation-list   the signed documents in force, as received
+ *   capability-manifest, revocation-list, trust-revocation-list   the signed documents in force, as received
  *   revoked            [* bstr .size 32]   every digest any accepted revocation list named (never forgotten)
  *
  * Records are re-verified when used (boot, rollback, revert): storage is not trusted for authenticity.
@@ -20,6 +20,8 @@ export const INDEX_BLOB = 'index';
 export const MANIFEST_BLOB = 'capability-manifest';
 export const REVOCATION_BLOB = 'revocation-list';
 export const REVOKED_BLOB = 'revoked';
+/** The general trust revocation list (issue 7) in force, as received: its digest entries revoke modules. */
+export const TRUST_REVOCATION_BLOB = 'trust-revocation-list';
 const MAX_INDEX = 1024 * 1024;
 const MAX_RECORD = 64 * 1024 * 1024;
 
