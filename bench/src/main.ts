@@ -11,6 +11,8 @@ import { powercutBench } from './benches/powercut.ts';
 import { provisionBench } from './benches/provision.ts';
 import { rolloutBench } from './benches/rollout.ts';
 import { attestBench } from './benches/attest.ts';
+import { keydeliveryBench } from './benches/keydelivery.ts';
+import { checkinBench } from './benches/checkin.ts';
 
 const BENCHES: readonly Benchmark[] = [
   manifestBench,
@@ -19,6 +21,8 @@ const BENCHES: readonly Benchmark[] = [
   payloadBench,
   rolloutBench,
   attestBench,
+  keydeliveryBench,
+  checkinBench,
   provisionBench,
 ];
 
