@@ -62,3 +62,38 @@ CREATE TABLE policies (
   created_at_ms bigint NOT NULL
 );
 `;
+
+/**
+ * Migration 6 (issue 7): trust-anchor statements and revocation lists the server distributes, and the policy
+ * engine's per-device state.
+ *
+ * trust_anchor_statements every anchor-set version, each verified against its predecessor on upload (TUF §5.3.4)
+ * revocation_lists        signed revocation lists, by version (devices fetch the newest)
+ * device_policy_state     quarantine set by a policy rule or an operator (seed 001 policy engine)
+ */
+export const TRUST_DISTRIBUTION_MIGRATION_SQL = `
+CREATE TABLE trust_anchor_statements (
+  version       integer PRIMARY KEY CHECK (version >= 1),
+  statement     bytea NOT NULL,
+  issued_at     bigint NOT NULL,
+  uploaded_by   text NOT NULL,
+  created_at_ms bigint NOT NULL
+);
+CREATE TABLE revocation_lists (
+  version       bigint PRIMARY KEY CHECK (version >= 0),
+  list          bytea NOT NULL,
+  issued_at     bigint NOT NULL,
+  expires_at    bigint NOT NULL,
+  entries       integer NOT NULL,
+  uploaded_by   text NOT NULL,
+  created_at_ms bigint NOT NULL
+);
+CREATE TABLE device_policy_state (
+  device_id      text PRIMARY KEY REFERENCES devices (id),
+  quarantined    boolean NOT NULL,
+  reason         text,
+  rule_id        text,
+  policy_version integer,
+  updated_at_ms  bigint NOT NULL
+);
+`;

@@ -34,6 +34,7 @@ import { actorOf, type Principal, type Role } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { auditedTransaction } from '../tx.ts';
+import { evaluateResult } from './policy.ts';
 
 /** RoT algorithms the verifier accepts (the enclave's ROT_ALGS). */
 export const ROT_ALGS: ReadonlySet<number> = new Set<number>([Alg.ES256, Alg.EdDSA]);
@@ -358,6 +359,15 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
         `INSERT INTO attestation_results (device_id, status, claims, result, evidence_sha256, created_at_ms)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
         [deviceId, status, JSON.stringify(claims), result, evidenceSha256, t],
+      );
+      // The policy engine acts on every stored result in the same transaction (seed 001 policy engine).
+      await evaluateResult(
+        tx,
+        deviceId,
+        ev === undefined
+          ? { status, claims, rotIndex }
+          : { status, claims, rotIndex, swversion: ev.swversion },
+        t,
       );
       if (status === 'affirming' || row === undefined) {
         if (row !== undefined && row.attest_requested)

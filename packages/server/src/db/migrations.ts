@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { ServerError } from '../errors.ts';
 import type { Db } from './db.ts';
-import { ATTESTATION_MIGRATION_SQL } from '../attestation/schema.ts';
+import { ATTESTATION_MIGRATION_SQL, TRUST_DISTRIBUTION_MIGRATION_SQL } from '../attestation/schema.ts';
 
 export interface Migration {
   readonly version: number;
@@ -197,6 +197,11 @@ CREATE INDEX device_envelopes_digest ON device_envelopes (manifest_digest);
     version: 5,
     name: 'attestation, RoT orchestration, reference values, policies',
     sql: ATTESTATION_MIGRATION_SQL,
+  },
+  {
+    version: 6,
+    name: 'trust-anchor statements, revocation lists, device policy state',
+    sql: TRUST_DISTRIBUTION_MIGRATION_SQL,
   },
 ];
 

@@ -1,0 +1,309 @@
+/**
+ * Distribution of trust-anchor statements and revocation lists (issue 7), and the policy engine's routes.
+ *
+ * Anchors (seed 001 "new root key signed by a trusted authority"; TUF §5.3.4): the operator uploads each signed
+ * statement (signed offline by the root keys — the server holds no root key); the server checks version N+1
+ * against its stored N exactly as devices do (version 1 against its own root threshold) so it never serves a
+ * statement devices would refuse. Devices fetch every version above their own over mutual TLS.
+ *
+ * Revocation lists (seed 001 "Revocation List Management"): signed by a key of the anchors' "revocation" role,
+ * verified on upload against the newest anchor set (anti-rollback, unexpired); devices fetch the newest.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Alg, encode } from '@rotor/cose';
+import {
+  applyAnchorStatement,
+  initialAnchorSet,
+  isTrustError,
+  verifyTrustRevocationList,
+  type AnchorSet,
+} from '@rotor/trust';
+import { actorOf, type Principal, type Role } from '../auth.ts';
+import type { Db } from '../db/db.ts';
+import { ServerError } from '../errors.ts';
+import { OCTET_STREAM } from '../http.ts';
+import { auditedTransaction } from '../tx.ts';
+import { POLICY_SCHEMA, type PolicyDocument, type PolicyService } from './policy.ts';
+
+export const ANCHOR_ALGS: ReadonlySet<number> = new Set<number>([Alg.ES256, Alg.EdDSA]);
+const MAX_STATEMENT = 256 * 1024;
+const MAX_LIST = 8 * 1024 * 1024;
+const MAX_VERSIONS_PER_FETCH = 64;
+
+const u8 = (b: Uint8Array): Uint8Array => (b instanceof Buffer ? new Uint8Array(b) : b);
+
+function requireRole(p: Principal, roles: readonly Role[], action: string): void {
+  if (p.kind === 'system') return;
+  if (p.kind !== 'operator' || !roles.includes(p.role))
+    throw new ServerError(
+      'FORBIDDEN',
+      `${p.kind === 'operator' ? `role '${p.role}'` : p.kind} may not ${action}`,
+    );
+}
+
+function trustFailure(e: unknown, what: string): never {
+  if (isTrustError(e))
+    throw new ServerError('REQUEST_INVALID', `${what}: ${e.code}: ${e.message}`, { cause: e });
+  throw e;
+}
+
+export type DistributionService = ReturnType<typeof createDistributionService>;
+
+export function createDistributionService(db: Db, now: () => number = Date.now) {
+  const audited = auditedTransaction(db, now);
+
+  async function latestAnchors(): Promise<AnchorSet | undefined> {
+    const r = await db.query<{ statement: Uint8Array }>(
+      'SELECT statement FROM trust_anchor_statements ORDER BY version DESC LIMIT 1',
+    );
+    return r[0] === undefined ? undefined : initialAnchorSet(u8(r[0].statement), ANCHOR_ALGS);
+  }
+
+  return {
+    async uploadAnchors(p: Principal, bytes: Uint8Array): Promise<{ version: number }> {
+      requireRole(p, ['admin'], 'anchors.upload');
+      return audited(p, 'anchors.upload', async (tx) => {
+        await tx.query('LOCK TABLE trust_anchor_statements IN EXCLUSIVE MODE');
+        const prev = (
+          await tx.query<{ statement: Uint8Array }>(
+            'SELECT statement FROM trust_anchor_statements ORDER BY version DESC LIMIT 1',
+          )
+        )[0];
+        let set: AnchorSet;
+        try {
+          if (prev === undefined) {
+            set = initialAnchorSet(bytes, ANCHOR_ALGS);
+            if (set.version !== 1)
+              throw new ServerError('CONFLICT', 'the first statement the server holds must be version 1');
+          } else {
+            set = applyAnchorStatement(initialAnchorSet(u8(prev.statement), ANCHOR_ALGS), bytes, ANCHOR_ALGS);
+          }
+        } catch (e) {
+          if (e instanceof ServerError) throw e;
+          trustFailure(e, 'trust-anchor statement refused');
+        }
+        await tx.query(
+          `INSERT INTO trust_anchor_statements (version, statement, issued_at, uploaded_by, created_at_ms)
+           VALUES ($1, $2, $3, $4, $5)`,
+          [set.version, bytes, set.issuedAt, actorOf(p), now()],
+        );
+        return {
+          result: { version: set.version },
+          subject: `anchors:${set.version}`,
+          details: { roles: [...set.roles.keys()] },
+        };
+      });
+    },
+
+    /** Statements newer than `after`, oldest first (a device walks them in order). */
+    async anchorsAfter(p: Principal, after: number): Promise<Uint8Array[]> {
+      if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device listener');
+      const r = await db.query<{ statement: Uint8Array }>(
+        'SELECT statement FROM trust_anchor_statements WHERE version > $1 ORDER BY version LIMIT $2',
+        [after, MAX_VERSIONS_PER_FETCH],
+      );
+      return r.map((x) => u8(x.statement));
+    },
+
+    async uploadRevocationList(p: Principal, bytes: Uint8Array): Promise<{ version: number }> {
+      requireRole(p, ['admin', 'operator'], 'revocation.upload');
+      const anchors = await latestAnchors();
+      if (anchors === undefined)
+        throw new ServerError('CONFLICT', 'no trust anchors uploaded: the revocation authority is unknown');
+      return audited(p, 'revocation.upload', async (tx) => {
+        await tx.query('LOCK TABLE revocation_lists IN EXCLUSIVE MODE');
+        const cur = await tx.query<{ version: string }>(
+          'SELECT max(version)::text AS version FROM revocation_lists',
+        );
+        const held = cur[0]?.version == null ? undefined : Number(cur[0].version);
+        let list;
+        try {
+          list = verifyTrustRevocationList(bytes, {
+            verifiers: anchors.verifiers('revocation'),
+            allowedAlgs: ANCHOR_ALGS,
+            now: Math.floor(now() / 1000),
+            ...(held === undefined ? {} : { currentVersion: held }),
+          });
+        } catch (e) {
+          trustFailure(e, 'revocation list refused');
+        }
+        await tx.query(
+          `INSERT INTO revocation_lists (version, list, issued_at, expires_at, entries, uploaded_by, created_at_ms)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+          [list.version, bytes, list.issuedAt, list.expiresAt, list.entries.length, actorOf(p), now()],
+        );
+        return {
+          result: { version: list.version },
+          subject: `revocation:${list.version}`,
+          details: { entries: list.entries.length, expiresAt: list.expiresAt },
+        };
+      });
+    },
+
+    async latestRevocationList(p: Principal): Promise<Uint8Array | undefined> {
+      if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device listener');
+      const r = await db.query<{ list: Uint8Array }>(
+        'SELECT list FROM revocation_lists ORDER BY version DESC LIMIT 1',
+      );
+      return r[0] === undefined ? undefined : u8(r[0].list);
+    },
+  };
+}
+
+function principal(req: FastifyRequest): Principal {
+  if (req.principal === undefined) throw new ServerError('AUTH_REQUIRED', 'authentication required');
+  return req.principal;
+}
+
+const versionAnswer = {
+  type: 'object',
+  properties: { version: { type: 'integer' } },
+  required: ['version'],
+} as const;
+const idParam = {
+  type: 'object',
+  properties: { id: { type: 'string', minLength: 1, maxLength: 128 } },
+  required: ['id'],
+  additionalProperties: false,
+} as const;
+
+export function registerDistributionRoutes(
+  op: FastifyInstance,
+  dev: FastifyInstance | undefined,
+  d: DistributionService,
+  policy: PolicyService,
+): void {
+  op.put<{ Body: Buffer }>(
+    '/v1/trust-anchors',
+    {
+      bodyLimit: MAX_STATEMENT,
+      config: {
+        accepts: [OCTET_STREAM],
+        summary: 'Upload the next signed trust-anchor statement (COSE_Sign)',
+      },
+      schema: { response: { 200: versionAnswer } },
+    },
+    async (req) => d.uploadAnchors(principal(req), new Uint8Array(req.body)),
+  );
+  op.put<{ Body: Buffer }>(
+    '/v1/revocation-list',
+    {
+      bodyLimit: MAX_LIST,
+      config: { accepts: [OCTET_STREAM], summary: 'Upload a newer signed revocation list (COSE_Sign1)' },
+      schema: { response: { 200: versionAnswer } },
+    },
+    async (req) => d.uploadRevocationList(principal(req), new Uint8Array(req.body)),
+  );
+  op.put<{ Body: PolicyDocument }>(
+    '/v1/policy',
+    {
+      config: { summary: 'Store a new version of the policy (rules as data, audited)' },
+      schema: { body: POLICY_SCHEMA, response: { 200: versionAnswer } },
+    },
+    async (req) => policy.set(principal(req), req.body),
+  );
+  op.get(
+    '/v1/policy',
+    {
+      config: { summary: 'The current policy and its version' },
+      schema: {
+        response: {
+          200: {
+            type: 'object',
+            properties: { version: { type: 'integer' }, policy: POLICY_SCHEMA },
+            required: ['version', 'policy'],
+          },
+        },
+      },
+    },
+    async (req) => policy.get(principal(req)),
+  );
+  op.get<{ Params: { id: string } }>(
+    '/v1/devices/:id/policy-state',
+    {
+      config: { summary: "The device's quarantine state" },
+      schema: {
+        params: idParam,
+        response: {
+          200: {
+            type: 'object',
+            properties: {
+              quarantined: { type: 'boolean' },
+              reason: { type: ['string', 'null'] },
+              ruleId: { type: ['string', 'null'] },
+            },
+            required: ['quarantined', 'reason', 'ruleId'],
+          },
+        },
+      },
+    },
+    async (req) => policy.deviceState(principal(req), req.params.id),
+  );
+  op.put<{ Params: { id: string }; Body: { quarantined: boolean; reason: string } }>(
+    '/v1/devices/:id/quarantine',
+    {
+      config: { summary: 'Quarantine a device or lift its quarantine (audited)' },
+      schema: {
+        params: idParam,
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['quarantined', 'reason'],
+          properties: {
+            quarantined: { type: 'boolean' },
+            reason: { type: 'string', minLength: 1, maxLength: 200 },
+          },
+        },
+        response: {
+          200: {
+            type: 'object',
+            properties: { quarantined: { type: 'boolean' } },
+            required: ['quarantined'],
+          },
+        },
+      },
+    },
+    async (req) => policy.setQuarantine(principal(req), req.params.id, req.body),
+  );
+
+  if (dev === undefined) return;
+  dev.get<{ Querystring: { after: number } }>(
+    '/d/v1/trust-anchors',
+    {
+      config: {
+        auth: 'device',
+        binary: true,
+        produces: OCTET_STREAM,
+        summary: 'Trust-anchor statements newer than `after` (CBOR array, oldest first)',
+      },
+      schema: {
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['after'],
+          properties: { after: { type: 'integer', minimum: 0, maximum: 2_147_483_647 } },
+        },
+      },
+    },
+    async (req, reply) => {
+      const list = await d.anchorsAfter(principal(req), req.query.after);
+      return reply.type(OCTET_STREAM).send(Buffer.from(encode(list)));
+    },
+  );
+  dev.get(
+    '/d/v1/revocation-list',
+    {
+      config: {
+        auth: 'device',
+        binary: true,
+        produces: OCTET_STREAM,
+        summary: 'The newest signed revocation list (404 if none)',
+      },
+    },
+    async (req, reply) => {
+      const l = await d.latestRevocationList(principal(req));
+      if (l === undefined) throw new ServerError('NOT_FOUND', 'no revocation list');
+      return reply.type(OCTET_STREAM).send(Buffer.from(l));
+    },
+  );
+}
