@@ -76,6 +76,7 @@ export const DEVICE_ERROR_CODES = [
   'CAP_BUSY', // another install, revert or unload of the same capability is in progress
   'CAP_MANIFEST_REJECTED', // a capability-manifest update was refused (reason in the message / cause)
   'CAP_REVOCATION_REJECTED', // a revocation-list update was refused (reason in the message / cause)
+  'CAP_REVOCATION_STALE', // the policy requires a current revocation list and none in force is unexpired
   // Capability calls:
   'CAP_NOT_LOADED', // no active module for the capability
   'CAP_INPUT_TOO_LARGE', // call input above the module's I/O limit

@@ -313,6 +313,22 @@ describe('unload, revert and capability-manifest updates', () => {
     await m2.close();
   });
 
+  it('with requireFreshRevocationList, installs wait for an unexpired revocation list', async () => {
+    const h = await harness(pool);
+    let now = NOW;
+    const m = await h.open({ policy: { requireFreshRevocationList: true }, now: () => now });
+    const e1 = await moduleEnvelope(v1, metadata('codec', [1, 0, 0]), 1);
+    expect(await refusal(m.install(e1.envelope))).toBe('CAP_REVOCATION_STALE');
+    await m.applyRevocationList(await revocationList(1, [], { expiresAt: NOW + 60 }));
+    await m.install(e1.envelope);
+    now = NOW + 61;
+    const e2 = await moduleEnvelope(v2, metadata('codec', [2, 0, 0], { imports: LOG }), 2);
+    expect(await refusal(m.install(e2.envelope))).toBe('CAP_REVOCATION_STALE');
+    // Running modules keep running.
+    expect((await m.call('codec', bytes(1))).version).toEqual([1, 0, 0]);
+    await m.close();
+  });
+
   it('refuses revocation lists that are stale, expired or not signed by the revocation authority', async () => {
     const { m } = await fresh();
     await m.applyRevocationList(await revocationList(2, []));

@@ -117,6 +117,11 @@ export interface CapabilityPolicy {
   /** Archived versions kept per capability. */
   readonly keepArchives: number;
   readonly maxTableElements: number;
+  /**
+   * Refuse installs (not running modules) while no revocation list in force is unexpired (seed 000 step 7: the list
+   * is "periodically distributed and checked"; a device that cannot refresh it fails closed for new modules).
+   */
+  readonly requireFreshRevocationList: boolean;
 }
 
 export const DEFAULT_CAPABILITY_POLICY: CapabilityPolicy = {
@@ -128,6 +133,7 @@ export const DEFAULT_CAPABILITY_POLICY: CapabilityPolicy = {
   loadMs: 2000,
   keepArchives: 1,
   maxTableElements: 65536,
+  requireFreshRevocationList: false,
 };
 
 export type CapabilityEvent =
@@ -797,6 +803,13 @@ export class CapabilityManager {
     for (const p of payloads.values()) total += p.length;
     if (total > this.#policy.maxEnvelopeBytes + this.#policy.maxModuleBytes + 64)
       throw err('CAP_TOO_LARGE', `${total} bytes of envelope and payloads`);
+    if (this.#policy.requireFreshRevocationList) {
+      const now = this.#now();
+      const fresh =
+        (this.#revocation !== undefined && now < this.#revocation.expiresAt) ||
+        (this.#trustRevocation !== undefined && !this.#trustRevocation.expired(now));
+      if (!fresh) throw err('CAP_REVOCATION_STALE', 'seed 000 step 7: no unexpired revocation list in force');
+    }
     const part = await this.#verifyManifestPart(envelope);
     const t1 = performance.now();
     const cap = this.#cap(part.name);
