@@ -345,29 +345,37 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
             ),
             'count',
           ).n;
-          // Planning: a deterministic shuffle (md5 of rollout id ‖ device id), then phase i takes the devices up to
-          // ceil(n · percent_i / 100) in that order.
-          const assigned = await tx.query(
-            `INSERT INTO rollout_devices (rollout_id, device_id, phase, state, active, updated_at_ms)
-             SELECT $1, s.id,
-               (SELECT min(i) - 1 FROM generate_subscripts($6::int[], 1) AS i WHERE s.rn <= ceil(s.n * ($6::int[])[i] / 100.0)),
-               'pending', true, $7
-             FROM (
-               SELECT d.id, row_number() OVER (ORDER BY md5($1 || d.id)) AS rn, count(*) OVER () AS n
-               FROM devices d WHERE ${filterSql}
-               AND NOT EXISTS (SELECT 1 FROM rollout_devices x WHERE x.device_id = d.id AND x.active)
-             ) s
-             RETURNING 1`,
-            [id, ...filterParams, req.phases.map((ph) => ph.percent), t],
-          );
+          // Planning: a deterministic shuffle (hashtext of rollout id ‖ device id, ties by device id), then phase i
+          // takes the devices up to ceil(n · percent_i / 100) in that order: width_bucket against the first
+          // position of each later phase (computed once from n). Only the count comes back to the client.
+          const assigned = one(
+            await tx.query<{ n: number }>(
+              `WITH s AS MATERIALIZED (
+                 SELECT d.id, row_number() OVER (ORDER BY hashtext($1 || d.id), d.id) AS rn
+                 FROM devices d WHERE ${filterSql}
+                 AND NOT EXISTS (SELECT 1 FROM rollout_devices x WHERE x.device_id = d.id AND x.active)
+               ), th AS (
+                 SELECT coalesce(array_agg((ceil(c.n * u.p / 100.0))::bigint + 1 ORDER BY u.o), '{}'::bigint[]) AS a
+                 FROM (SELECT count(*) AS n FROM s) c,
+                   unnest(($6::int[])[1:cardinality($6::int[]) - 1]) WITH ORDINALITY AS u(p, o)
+               ), ins AS (
+                 INSERT INTO rollout_devices (rollout_id, device_id, phase, state, active, updated_at_ms)
+                 SELECT $1, s.id, width_bucket(s.rn, th.a), 'pending', true, $7 FROM s, th
+                 RETURNING 1
+               )
+               SELECT count(*)::int AS n FROM ins`,
+              [id, ...filterParams, req.phases.map((ph) => ph.percent), t],
+            ),
+            'count',
+          ).n;
           // A rollout whose phases are empty (no matching device) advances or completes at once.
           await evaluateLocked(tx, await lockRollout(tx, id));
           committedWork = id;
           const r = await info(tx, id);
           return {
-            result: { ...r, assigned: assigned.length, excluded },
+            result: { ...r, assigned, excluded },
             subject: `rollout:${id}`,
-            details: { name: req.name, releaseId: req.releaseId, assigned: assigned.length, excluded },
+            details: { name: req.name, releaseId: req.releaseId, assigned, excluded },
           };
         }).then((r) => {
           if (committedWork !== undefined) onWork(committedWork);
