@@ -13,6 +13,7 @@ import { rolloutBench } from './benches/rollout.ts';
 import { attestBench } from './benches/attest.ts';
 import { keydeliveryBench } from './benches/keydelivery.ts';
 import { checkinBench } from './benches/checkin.ts';
+import { modulesBench } from './benches/modules.ts';
 
 const BENCHES: readonly Benchmark[] = [
   manifestBench,
@@ -24,6 +25,7 @@ const BENCHES: readonly Benchmark[] = [
   keydeliveryBench,
   checkinBench,
   provisionBench,
+  modulesBench,
 ];
 
 async function main(): Promise<number> {
