@@ -7,6 +7,8 @@
  * ("ratio", goal ≥ 0.7), and the agent process's peak RSS growth ("rss_growth_mib", goal < 64, independent of
  * image size). Independence is shown by running a 64 MiB image first: `rss_growth_64_mib` is the peak growth
  * over the 64 MiB runs, `rss_growth_mib` over all runs (the 256 MiB ones included), both from the same start.
+ * `<mode>_cpu_ratio` (diagnostic): the agent's MiB per CPU second, all threads, against the baseline's — what
+ * the pipeline adds per byte whatever the load and the disk; the wall-clock ratio also pays for both.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -65,22 +67,26 @@ const buf = new Uint8Array(randomBytes(256 * 1024));
 const d = createDecipheriv(mode, randomBytes(16), randomBytes(mode === 'aes-128-gcm' ? 12 : 16));
 const h = createHash('sha256');
 const t0 = performance.now();
+const c0 = process.cpuUsage();
 for (let off = 0; off < size; off += buf.length) h.update(d.update(buf));
 h.digest();
-process.stdout.write(String(size / ${MiB} / ((performance.now() - t0) / 1000)));
+const c = process.cpuUsage(c0);
+const mib = size / ${MiB};
+process.stdout.write(JSON.stringify([mib / ((performance.now() - t0) / 1000), mib / ((c.user + c.system) / 1e6)]));
 `;
 
 /**
- * Single-thread SHA-256 + AES (same mode) over `size` bytes, MiB/s — in a child process, so that its garbage
- * (a fresh output buffer per update) does not count as the agent's RSS.
+ * Single-thread SHA-256 + AES (same mode) over `size` bytes: MiB per wall second and per CPU second — in a child
+ * process, so that its garbage (a fresh output buffer per update) does not count as the agent's RSS.
  */
-function baseline(size: number, mode: 'aes-128-gcm' | 'aes-128-ctr'): number {
+function baseline(size: number, mode: 'aes-128-gcm' | 'aes-128-ctr'): { wall: number; cpu: number } {
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', BASELINE, String(size), mode], {
     encoding: 'utf8',
   });
-  const v = Number(r.stdout);
-  if (r.status !== 0 || !Number.isFinite(v) || v <= 0) throw new Error(`baseline failed: ${r.stderr}`);
-  return v;
+  const v = r.status === 0 ? (JSON.parse(r.stdout) as unknown) : undefined;
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'number' && x > 0))
+    throw new Error(`baseline failed: ${r.stderr}`);
+  return { wall: v[0] as number, cpu: v[1] as number };
 }
 
 export const payloadBench: Benchmark = {
@@ -122,6 +128,7 @@ export const payloadBench: Benchmark = {
             const baseBytes = Math.min(size, 128 * MiB);
             const before = baseline(baseBytes, mode);
             const t0 = performance.now();
+            const c0 = process.cpuUsage();
             const rec = await installImage(
               {
                 flash,
@@ -136,10 +143,15 @@ export const payloadBench: Benchmark = {
               { source: httpSource(), retries: 2, deadlineMs: 600_000 },
             );
             const secs = (performance.now() - t0) / 1000;
+            const cpu = process.cpuUsage(c0);
             if (Buffer.from(rec.sha256).toString('hex') !== srv.sha256 || rec.size !== size)
               throw new Error(`${name}: digest or size mismatch`);
-            const base = (before + baseline(baseBytes, mode)) / 2;
+            const after = baseline(baseBytes, mode);
+            const base = (before.wall + after.wall) / 2;
             const rate = size / MiB / secs;
+            // Load-independent diagnostic: the agent's MiB per CPU second (all its threads) against the
+            // baseline's — how much work the pipeline adds per byte, whatever the machine's load and disk.
+            const cpuRatio = size / MiB / ((cpu.user + cpu.system) / 1e6) / ((before.cpu + after.cpu) / 2);
             ctx.log(
               `${name} ${size / MiB} MiB: pipeline ${round(rate, 1)} MiB/s, SHA-256+AES ${round(base, 1)} MiB/s`,
             );
@@ -149,11 +161,13 @@ export const payloadBench: Benchmark = {
               'pipeline MiB/s': round(rate, 1),
               'sha256+aes MiB/s': round(base, 1),
               ratio: round(rate / base),
+              'cpu ratio': round(cpuRatio),
               'rss growth MiB (so far)': round(peak - rss0, 1),
             });
             if (last) {
               figures[`${name}_mib_s`] = round(rate, 1);
               figures[`${name}_ratio`] = round(rate / base);
+              figures[`${name}_cpu_ratio`] = round(cpuRatio);
             }
           } finally {
             srv.stop();

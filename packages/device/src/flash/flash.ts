@@ -330,7 +330,14 @@ export class ImageWriter {
     this.#unsynced = [];
     await fs.fsyncDir(this.#dir);
     this.#closed = true;
+    this.#freeBuffers();
     return this.#size;
+  }
+
+  /** The chunk buffers go now, not at the next major GC (nothing refers to them once the writer is done). */
+  #freeBuffers(): void {
+    for (const b of this.#bufs)
+      if (b.buffer instanceof ArrayBuffer && !b.buffer.detached) b.buffer.transfer(0);
   }
 
   /**
@@ -340,5 +347,6 @@ export class ImageWriter {
   async close(): Promise<void> {
     this.#closed = true;
     await Promise.allSettled([...this.#busy, this.#checkpoint]);
+    this.#freeBuffers();
   }
 }
