@@ -12,7 +12,14 @@
  *               revoked; the firmware is what the device should run (its last succeeded rollout) else warning
  *  - oemboot / dbgstat  RFC 9711 §4.2.8 / §4.2.9
  */
-import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import {
+  createHash,
+  createHmac,
+  generateKeyPairSync,
+  randomBytes,
+  timingSafeEqual,
+  type KeyObject,
+} from 'node:crypto';
 import { Alg, type Signer } from '@rotor/cose';
 import {
   bytesEqual,
@@ -38,7 +45,7 @@ import { evaluateResult } from './policy.ts';
 
 /** RoT algorithms the verifier accepts (the enclave's ROT_ALGS). */
 export const ROT_ALGS: ReadonlySet<number> = new Set<number>([Alg.ES256, Alg.EdDSA]);
-export const NONCE_BYTES = 32;
+export const NONCE_BYTES = 40;
 export const DEFAULT_NONCE_TTL_MS = 60_000;
 export const MAX_CHAIN_RECORDS = 4096;
 
@@ -47,6 +54,11 @@ export interface AttestationServiceOptions {
   /** Signs attestation results; default: a P-256 key generated at start (its public key is served). */
   readonly resultKey?: { signer: Signer; publicKey: KeyObject };
   readonly nonceTtlMs?: number;
+  /**
+   * Key that MACs the nonces (32 bytes). Default: random per process — nonces then do not survive a restart (they
+   * live 60 s); servers behind one load balancer must share it.
+   */
+  readonly nonceKey?: Uint8Array;
 }
 
 export interface AppraisalOutcome {
@@ -108,6 +120,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
   const now = opts.now ?? Date.now;
   const ttl = opts.nonceTtlMs ?? DEFAULT_NONCE_TTL_MS;
   const resultKey = opts.resultKey ?? softwareResultKey();
+  const nonceKey = opts.nonceKey ?? new Uint8Array(randomBytes(32));
   const audited = auditedTransaction(db, now);
   /** Verified chains by device: re-verified only when the stored chain changes. */
   const chains = new Map<string, { length: number; current: string; chain: RotChain }>();
@@ -210,16 +223,48 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     };
   }
 
-  /** A fresh single-use nonce (RFC 9711 §4.1 eat_nonce; RFC 9334 §10.2). */
+  /**
+   * A fresh single-use nonce (RFC 9711 §4.1 eat_nonce; RFC 9334 §10.2), stateless until used:
+   *   nonce = expiry (8, ms, big-endian) ‖ random (8) ‖ device tag (8) ‖ MAC (16)
+   * device tag = HMAC-SHA-256(key, "device" ‖ device id)[0..8], MAC = HMAC-SHA-256(key, first 24 bytes)[0..16].
+   * Issuing costs no storage; single use is enforced when the evidence arrives (the nonce's SHA-256 is inserted
+   * into attestation_nonces, unique) so a nonce can be consumed once within its lifetime.
+   */
   async function issueNonce(p: Principal): Promise<{ nonce: Uint8Array; expiresAtMs: number }> {
     const deviceId = requireDevice(p);
-    const nonce = new Uint8Array(randomBytes(NONCE_BYTES));
-    const t = now();
-    await db.query(
-      'INSERT INTO attestation_nonces (nonce_sha256, device_id, issued_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4)',
-      [sha256(nonce), deviceId, t, t + ttl],
+    const expiresAtMs = now() + ttl;
+    const nonce = new Uint8Array(NONCE_BYTES);
+    new DataView(nonce.buffer).setBigUint64(0, BigInt(expiresAtMs));
+    nonce.set(randomBytes(8), 8);
+    nonce.set(deviceTag(deviceId), 16);
+    nonce.set(nonceMac(nonce.subarray(0, 24)), 24);
+    return Promise.resolve({ nonce, expiresAtMs });
+  }
+
+  function deviceTag(deviceId: string): Uint8Array {
+    return new Uint8Array(createHmac('sha256', nonceKey).update('device').update(deviceId).digest()).subarray(
+      0,
+      8,
     );
-    return { nonce, expiresAtMs: t + ttl };
+  }
+  function nonceMac(head: Uint8Array): Uint8Array {
+    return new Uint8Array(createHmac('sha256', nonceKey).update(head).digest()).subarray(0, 16);
+  }
+
+  /** The nonce's own checks (RFC 9334 §10.2): issued by this verifier (MAC), to this device, unexpired. */
+  function checkNonce(
+    nonce: Uint8Array,
+    deviceId: string,
+    t: number,
+  ): ClaimAppraisal & { expiresAtMs: number } {
+    if (nonce.length !== NONCE_BYTES || !sameBytes(nonceMac(nonce.subarray(0, 24)), nonce.subarray(24)))
+      return { status: 'contraindicated', reason: 'nonce was not issued by this verifier', expiresAtMs: 0 };
+    const expiresAtMs = Number(new DataView(nonce.buffer, nonce.byteOffset).getBigUint64(0));
+    if (!sameBytes(deviceTag(deviceId), nonce.subarray(16, 24)))
+      return { status: 'contraindicated', reason: 'nonce was issued to another device', expiresAtMs };
+    if (expiresAtMs < t)
+      return { status: 'contraindicated', reason: 'nonce expired: stale evidence', expiresAtMs };
+    return { status: 'affirming', reason: 'fresh, single use', expiresAtMs };
   }
 
   async function appraiseMeasurements(
@@ -228,34 +273,35 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     ev: ParsedEvidence,
   ): Promise<ClaimAppraisal> {
     const digests = ev.components.map((c) => c.digest);
-    const rows = await q.query<{ d: Uint8Array; known: boolean; revoked: boolean }>(
-      `SELECT d,
-         (EXISTS (SELECT 1 FROM release_payloads WHERE sha256 = d)
-          OR EXISTS (SELECT 1 FROM attestation_reference_values WHERE sha256 = d)) AS known,
-         EXISTS (SELECT 1 FROM revoked_digests WHERE sha256 = d) AS revoked
-       FROM unnest($1::bytea[]) AS d`,
-      [digests],
+    // One round trip: per component (in order) known / revoked, and the payloads of the device's last succeeded
+    // rollout (what it should run).
+    const rows = await q.query<{ known: boolean[]; revoked: boolean[]; expected: Uint8Array[] }>(
+      `SELECT
+         array(SELECT EXISTS (SELECT 1 FROM release_payloads WHERE sha256 = u.d)
+                      OR EXISTS (SELECT 1 FROM attestation_reference_values WHERE sha256 = u.d)
+               FROM unnest($1::bytea[]) WITH ORDINALITY AS u(d, i) ORDER BY u.i) AS known,
+         array(SELECT EXISTS (SELECT 1 FROM revoked_digests WHERE sha256 = u.d)
+               FROM unnest($1::bytea[]) WITH ORDINALITY AS u(d, i) ORDER BY u.i) AS revoked,
+         array(SELECT rp.sha256 FROM release_payloads rp WHERE rp.release_id = (
+                 SELECT r.release_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
+                 WHERE rd.device_id = $2 AND rd.state = 'succeeded' ORDER BY rd.updated_at_ms DESC LIMIT 1)) AS expected`,
+      [digests, deviceId],
     );
+    const r0 = rows[0];
+    if (r0?.known.length !== digests.length || r0.revoked.length !== digests.length)
+      throw new ServerError('INTERNAL', 'appraisal query');
     const bad: string[] = [];
     for (const [i, c] of ev.components.entries()) {
-      const r = rows[i];
-      if (r === undefined || !bytesEqual(u8(r.d), c.digest))
-        throw new ServerError('INTERNAL', 'appraisal query');
-      if (r.revoked) bad.push(`${c.type}@${c.version}: digest ${hex(c.digest).slice(0, 16)}… is revoked`);
-      else if (!r.known)
+      if (r0.revoked[i] === true)
+        bad.push(`${c.type}@${c.version}: digest ${hex(c.digest).slice(0, 16)}… is revoked`);
+      else if (r0.known[i] !== true)
         bad.push(`${c.type}@${c.version}: digest ${hex(c.digest).slice(0, 16)}… matches no reference value`);
     }
     if (bad.length > 0) return { status: 'contraindicated', reason: bad.join('; ') };
-    // What the device should run: the payloads of its last succeeded rollout.
-    const expected = await q.query<{ sha256: Uint8Array }>(
-      `SELECT rp.sha256 FROM release_payloads rp WHERE rp.release_id = (
-         SELECT r.release_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
-         WHERE rd.device_id = $1 AND rd.state = 'succeeded' ORDER BY rd.updated_at_ms DESC LIMIT 1)`,
-      [deviceId],
-    );
+    const expected = r0.expected.map(u8);
     if (expected.length > 0) {
       const fw = ev.components.filter((c) => c.type === 'fw');
-      if (!fw.some((c) => expected.some((e) => bytesEqual(u8(e.sha256), c.digest))))
+      if (!fw.some((c) => expected.some((e) => bytesEqual(e, c.digest))))
         return { status: 'warning', reason: 'firmware is known but not the release the server expects' };
     }
     return { status: 'affirming', reason: `${ev.components.length} component(s) match reference values` };
@@ -273,32 +319,30 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     }
     const t = now();
     return db.transaction(async (tx) => {
-      // Nonce: single use (consumed atomically), issued to this device, unexpired (RFC 9334 §10.2).
-      const consumed = await tx.query<{ device_id: string; expires_at_ms: number }>(
-        `UPDATE attestation_nonces SET used_at_ms = $2 WHERE nonce_sha256 = $1 AND used_at_ms IS NULL
-         RETURNING device_id, expires_at_ms`,
-        [sha256(peek.nonce), t],
-      );
-      const n = consumed[0];
-      if (n === undefined) {
-        const seen = await tx.query('SELECT 1 FROM attestation_nonces WHERE nonce_sha256 = $1', [
-          sha256(peek.nonce),
-        ]);
-        claims.nonce = {
-          status: 'contraindicated',
-          reason: seen.length > 0 ? 'nonce already used (replay)' : 'nonce was not issued by this verifier',
-        };
-      } else if (n.device_id !== deviceId) {
-        claims.nonce = { status: 'contraindicated', reason: 'nonce was issued to another device' };
-      } else if (n.expires_at_ms < t) {
-        claims.nonce = { status: 'contraindicated', reason: 'nonce expired: stale evidence' };
-      } else {
-        claims.nonce = { status: 'affirming', reason: 'fresh, single use' };
+      // Nonce: issued by this verifier to this device, unexpired, and single use — consumed atomically by the
+      // unique insert of its digest (RFC 9334 §10.2).
+      const nc = checkNonce(peek.nonce, deviceId, t);
+      claims.nonce = { status: nc.status, reason: nc.reason };
+      if (nc.status === 'affirming') {
+        const fresh = await tx.query(
+          `INSERT INTO attestation_nonces (nonce_sha256, device_id, issued_at_ms, expires_at_ms, used_at_ms)
+           VALUES ($1, $2, $3, $4, $3) ON CONFLICT (nonce_sha256) DO NOTHING RETURNING 1`,
+          [sha256(peek.nonce), deviceId, t, nc.expiresAtMs],
+        );
+        if (fresh.length === 0)
+          claims.nonce = { status: 'contraindicated', reason: 'nonce already used (replay)' };
       }
 
       let ev: ParsedEvidence | undefined;
       let rotIndex: number | null = null;
-      const row = await rotRow(tx, deviceId);
+      const row = (
+        await tx.query<RotRow & { kid_revoked: boolean }>(
+          `SELECT device_id, ueid, records, current_kid, attest_requested, rotate_requested,
+             EXISTS (SELECT 1 FROM rot_revocations WHERE kid = $2) AS kid_revoked
+           FROM device_rot WHERE device_id = $1`,
+          [deviceId, peek.kid],
+        )
+      )[0];
       if (row === undefined) {
         claims.signature = { status: 'contraindicated', reason: 'no RoT chain recorded for this device' };
       } else {
@@ -319,11 +363,10 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
                 reason: `signed by revoked RoT key ${v.key.index} (current is ${chain.current.index})`,
               };
             } else {
-              const rev = await tx.query('SELECT 1 FROM rot_revocations WHERE kid = $1', [v.key.kid]);
-              claims.signature =
-                rev.length > 0
-                  ? { status: 'contraindicated', reason: `RoT key ${v.key.index} is revoked` }
-                  : { status: 'affirming', reason: `signed by current RoT key ${v.key.index}` };
+              // peek.kid selected v.key (chain.byKid), so row.kid_revoked is this key's revocation status.
+              claims.signature = row.kid_revoked
+                ? { status: 'contraindicated', reason: `RoT key ${v.key.index} is revoked` }
+                : { status: 'affirming', reason: `signed by current RoT key ${v.key.index}` };
             }
             ev = parseEvidenceClaims(v.claims);
           } catch (e) {
