@@ -152,7 +152,7 @@ describe('trust distribution and policy engine (issue 7)', () => {
     expect((await put('/v1/trust-anchors', v3)).status).toBe(200);
 
     const d = await device('anchors-dev', 'anchors');
-    const got = await d.http.call('GET', '/d/v1/trust-anchors?after=1');
+    const got = await d.http.call('GET', '/d/v1/trust-anchors/after/1');
     expect(got.status).toBe(200);
     const statements = asArray(decode(new Uint8Array(got.body)), 'list').map((s) => asBytes(s, 's'));
     expect(statements).toHaveLength(2);
@@ -174,6 +174,21 @@ describe('trust distribution and policy engine (issue 7)', () => {
     expect((await d.http.call('GET', '/d/v1/revocation-list')).status).toBe(404);
     expect((await put('/v1/revocation-list', await list(1, a.signer))).status).toBe(400); // not the authority
     expect((await put('/v1/revocation-list', await list(2, rvl.signer))).status).toBe(200);
+    // The server's own appraisals honour the list at once: a listed digest appraises as revoked.
+    const digest = new Uint8Array(randomBytes(32));
+    const withDigest = await createTrustRevocationList(
+      {
+        version: 3,
+        issuedAt: now,
+        expiresAt: now + 3600,
+        entries: [{ kind: RevokedKind.digest, id: digest }],
+      },
+      rvl.signer,
+    );
+    expect((await put('/v1/revocation-list', withDigest)).status).toBe(200);
+    expect(await f.t.db.query('SELECT reason FROM revoked_digests WHERE sha256 = $1', [digest])).toEqual([
+      { reason: 'revocation list 3' },
+    ]);
     expect((await put('/v1/revocation-list', await list(1, rvl.signer))).status).toBe(400); // rollback
     const l = await d.http.call('GET', '/d/v1/revocation-list');
     expect(l.status).toBe(200);

@@ -15,6 +15,7 @@ import {
   applyAnchorStatement,
   initialAnchorSet,
   isTrustError,
+  RevokedKind,
   verifyTrustRevocationList,
   type AnchorSet,
 } from '@rotor/trust';
@@ -126,6 +127,32 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
           });
         } catch (e) {
           trustFailure(e, 'revocation list refused');
+        }
+        // The server's own verifications honour the list at once (seed 001 "checked at every verification"):
+        // digests appraise as revoked, a device's current RoT key is revoked (its evidence is contraindicated until
+        // it rotates), listed devices lose their credentials (mTLS refused: DEVICE_DISABLED).
+        const t = now();
+        const reason = `revocation list ${list.version}`;
+        for (const e of list.entries) {
+          if (e.kind === RevokedKind.digest) {
+            await tx.query(
+              `INSERT INTO revoked_digests (sha256, reason, created_by, created_at_ms) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (sha256) DO NOTHING`,
+              [e.id, e.reason ?? reason, actorOf(p), t],
+            );
+          } else if (e.kind === RevokedKind.rotKey) {
+            await tx.query(
+              `INSERT INTO rot_revocations (kid, device_id, reason, revoked_at_ms)
+               SELECT current_kid, device_id, $2, $3 FROM device_rot WHERE current_kid = $1
+               ON CONFLICT (kid) DO NOTHING`,
+              [e.id, e.reason ?? reason, t],
+            );
+          } else if (e.kind === RevokedKind.device) {
+            await tx.query(
+              'UPDATE devices SET enabled = false WHERE id IN (SELECT device_id FROM device_rot WHERE ueid = $1)',
+              [e.id],
+            );
+          }
         }
         await tx.query(
           `INSERT INTO revocation_lists (version, list, issued_at, expires_at, entries, uploaded_by, created_at_ms)
@@ -267,8 +294,8 @@ export function registerDistributionRoutes(
   );
 
   if (dev === undefined) return;
-  dev.get<{ Querystring: { after: number } }>(
-    '/d/v1/trust-anchors',
+  dev.get<{ Params: { after: number } }>(
+    '/d/v1/trust-anchors/after/:after',
     {
       config: {
         auth: 'device',
@@ -277,7 +304,7 @@ export function registerDistributionRoutes(
         summary: 'Trust-anchor statements newer than `after` (CBOR array, oldest first)',
       },
       schema: {
-        querystring: {
+        params: {
           type: 'object',
           additionalProperties: false,
           required: ['after'],
@@ -286,7 +313,7 @@ export function registerDistributionRoutes(
       },
     },
     async (req, reply) => {
-      const list = await d.anchorsAfter(principal(req), req.query.after);
+      const list = await d.anchorsAfter(principal(req), req.params.after);
       return reply.type(OCTET_STREAM).send(Buffer.from(encode(list)));
     },
   );
