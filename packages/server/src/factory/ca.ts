@@ -5,10 +5,11 @@
  * requested extensions: it sets its own (RFC 5280 §4.2).
  */
 import 'reflect-metadata';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes, verify as cryptoVerify } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 import type { Signer } from '@rotor/cose';
 import { ServerError } from '../errors.ts';
+import { encodeDeviceCertificate, encodeDeviceCsr, sigAlgId } from './der.ts';
 import { signerCrypto, signerKeys, type SignerKeyType } from './x509-signer.ts';
 
 /** Bound on a CSR (DER). A P-256 or Ed25519 request with one SAN is ~300-400 bytes. */
@@ -17,10 +18,6 @@ export const MAX_CSR_BYTES = 2048;
 const UB_COMMON_NAME = 64;
 /** Our bound on the subject DN and on one SAN value. */
 const MAX_NAME_BYTES = 256;
-
-const OID_EXTENSION_REQUEST = '1.2.840.113549.1.9.14'; // RFC 2985 §5.4.2
-const OID_SAN = '2.5.29.17';
-const OID_CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'; // RFC 5280 §4.2.1.12 id-kp-clientAuth
 
 export interface CaKey {
   readonly signer: Signer;
@@ -120,35 +117,49 @@ export async function createIssuingCa(
 }
 
 /** The device's side: a PKCS#10 request signed by the identity key (which stays in the device's enclave). */
-export async function createDeviceCsr(
+export function createDeviceCsr(
   signer: Signer,
   spki: Uint8Array,
   type: SignerKeyType,
   deviceId: string,
 ): Promise<Uint8Array> {
-  const keys = signerKeys(signer, spki, type);
-  const csr = await x509.Pkcs10CertificateRequestGenerator.create(
-    {
-      name: [{ CN: [deviceId] }],
-      keys,
-      signingAlgorithm: keys.privateKey.algorithm,
-      extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'url', value: deviceId }])],
-    },
-    signerCrypto,
-  );
-  return new Uint8Array(csr.rawData);
+  return encodeDeviceCsr(signer, spki, type, deviceId);
 }
 
-/** Total length (header + content) of the outer DER SEQUENCE, or -1. */
-function derLength(der: Uint8Array): number {
-  if (der.length < 2 || der[0] !== 0x30) return -1;
-  const l0 = der[1]!;
-  if (l0 < 0x80) return 2 + l0;
-  const n = l0 & 0x7f;
-  if (n === 0 || n > 2 || der.length < 2 + n) return -1;
-  let len = 0;
-  for (let i = 0; i < n; i++) len = len * 256 + der[2 + i]!;
-  return 2 + n + len;
+/** One TLV at `o`: [start of content, end]. */
+function readTlv(der: Uint8Array, o: number, tag: number): [number, number] {
+  if (der[o] !== tag) throw new Error('unexpected tag');
+  const l0 = der[o + 1]!;
+  let len = l0;
+  let h = 2;
+  if (l0 >= 0x80) {
+    const n = l0 & 0x7f;
+    if (n === 0 || n > 2) throw new Error('bad length');
+    len = 0;
+    for (let i = 0; i < n; i++) len = len * 256 + der[o + 2 + i]!;
+    h = 2 + n;
+  }
+  if (o + h + len > der.length) throw new Error('truncated');
+  return [o + h, o + h + len];
+}
+
+/**
+ * RFC 2986 §4.2: the signature over the DER CertificationRequestInfo, with the algorithm the key type requires
+ * (RFC 5758 §3.2 ecdsa-with-SHA256 without parameters; RFC 8410 §3 id-Ed25519). Synchronous node:crypto.
+ */
+function verifyCsrSignature(der: Uint8Array, spki: Uint8Array, type: SignerKeyType): boolean {
+  const [body, end] = readTlv(der, 0, 0x30);
+  const [, infoEnd] = readTlv(der, body, 0x30);
+  const [, algEnd] = readTlv(der, infoEnd, 0x30);
+  const [bits, bitsEnd] = readTlv(der, algEnd, 0x03);
+  if (bitsEnd !== end || der[bits] !== 0) return false;
+  if (!Buffer.from(der.subarray(infoEnd, algEnd)).equals(sigAlgId(type))) return false;
+  const key = createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' });
+  const tbs = der.subarray(body, infoEnd);
+  const sig = der.subarray(bits + 1, bitsEnd);
+  return type === 'P-256'
+    ? cryptoVerify('sha256', tbs, { key, dsaEncoding: 'der' }, sig)
+    : cryptoVerify(null, tbs, key, sig);
 }
 
 export interface CheckedCsr {
@@ -157,73 +168,189 @@ export interface CheckedCsr {
   readonly deviceId: string;
 }
 
-function keyTypeOf(pk: x509.PublicKey): SignerKeyType | undefined {
-  const a = pk.algorithm as { name?: string; namedCurve?: string };
-  if (a.name === 'ECDSA' && a.namedCurve === 'P-256') return 'P-256';
-  if (a.name === 'Ed25519') return 'Ed25519';
-  return undefined;
-}
-
 /**
  * Validates an untrusted CSR for one device: size bound, DER structure, version 0 (RFC 2986 §4.1), the self-signature
  * (RFC 2986 §3: proof of possession of the private key), the key type the profile requires, and the device id
  * (subject CN and the one SAN URI must both be the expected UEID URN).
  */
-export async function checkDeviceCsr(
+interface ParsedCsr {
+  readonly cns: string[];
+  readonly otherRdns: number;
+  readonly spki: Uint8Array;
+  readonly attributeOids: string[];
+  readonly extensionOids: string[];
+  readonly uris: string[];
+  readonly otherNames: number;
+}
+
+const hexOf = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+const OID_CN = '550403';
+const OID_EXT_REQ = '2a864886f70d01090e'; // RFC 2985 §5.4.2 extensionRequest
+const OID_SAN_DER = '551d11';
+const SPKI_P256 = '3059301306072a8648ce3d020106082a8648ce3d030107034200'; // RFC 5480 §2.1.1, secp256r1
+const SPKI_ED25519 = '302a300506032b6570032100'; // RFC 8410 §4
+
+/** Children of a constructed TLV's content [b, e): each must be whole, and together they fill it exactly. */
+function children(der: Uint8Array, b: number, e: number): { tag: number; b: number; e: number; s: number }[] {
+  const out: { tag: number; b: number; e: number; s: number }[] = [];
+  let o = b;
+  while (o < e) {
+    const tag = der[o]!;
+    const [cb, ce] = readTlv(der, o, tag);
+    if (ce > e) throw new Error('child overruns its parent');
+    out.push({ tag, b: cb, e: ce, s: o });
+    o = ce;
+  }
+  if (out.length > 32) throw new Error('too many elements');
+  return out;
+}
+
+/**
+ * A strict DER parse of the one CSR shape devices send (RFC 2986 §4.1): version 0, a Name, a SubjectPublicKeyInfo,
+ * and attributes; every length checked against its parent (X.690 §10.1), nothing skipped.
+ */
+function parseCsr(der: Uint8Array): ParsedCsr {
+  const [body, end] = readTlv(der, 0, 0x30);
+  if (end !== der.length) throw new Error('trailing bytes');
+  const top = children(der, body, end);
+  const info = top[0];
+  if (top.length !== 3 || info?.tag !== 0x30) throw new Error('CertificationRequest has three elements');
+  const parts = children(der, info.b, info.e);
+  const [version, name, spki, attrs] = parts;
+  if (version?.tag !== 0x02 || version.e - version.b !== 1 || der[version.b] !== 0)
+    throw new Error('version 0');
+  if (name?.tag !== 0x30 || spki?.tag !== 0x30) throw new Error('subject and subjectPKInfo');
+  if (parts.length > 4 || (attrs !== undefined && attrs.tag !== 0xa0)) throw new Error('attributes [0]');
+  const text = new TextDecoder('utf-8', { fatal: true });
+  const cns: string[] = [];
+  let otherRdns = 0;
+  for (const rdn of children(der, name.b, name.e)) {
+    if (rdn.tag !== 0x31) throw new Error('RDN is a SET');
+    for (const atv of children(der, rdn.b, rdn.e)) {
+      const [oid, value] = children(der, atv.b, atv.e);
+      if (oid?.tag !== 0x06 || value === undefined) throw new Error('AttributeTypeAndValue');
+      // RFC 5280 §4.1.2.4 DirectoryString: UTF8String, PrintableString (or the legacy types, refused here).
+      if (hexOf(der.subarray(oid.b, oid.e)) === OID_CN && (value.tag === 0x0c || value.tag === 0x13))
+        cns.push(text.decode(der.subarray(value.b, value.e)));
+      else otherRdns++;
+    }
+  }
+  const attributeOids: string[] = [];
+  const extensionOids: string[] = [];
+  const uris: string[] = [];
+  let otherNames = 0;
+  for (const attr of attrs === undefined ? [] : children(der, attrs.b, attrs.e)) {
+    const [oid, values] = children(der, attr.b, attr.e);
+    if (oid?.tag !== 0x06 || values?.tag !== 0x31) throw new Error('Attribute');
+    const aoid = hexOf(der.subarray(oid.b, oid.e));
+    attributeOids.push(aoid);
+    if (aoid !== OID_EXT_REQ) continue;
+    for (const exts of children(der, values.b, values.e)) {
+      if (exts.tag !== 0x30) throw new Error('Extensions');
+      for (const ext of children(der, exts.b, exts.e)) {
+        const ec = children(der, ext.b, ext.e);
+        const eoid = ec[0];
+        const octets = ec.at(-1);
+        if (eoid?.tag !== 0x06 || octets?.tag !== 0x04 || ec.length > 3) throw new Error('Extension');
+        const xoid = hexOf(der.subarray(eoid.b, eoid.e));
+        extensionOids.push(xoid);
+        if (xoid !== OID_SAN_DER) continue;
+        const [names] = children(der, octets.b, octets.e);
+        if (names?.tag !== 0x30) throw new Error('GeneralNames');
+        for (const gn of children(der, names.b, names.e)) {
+          // RFC 5280 §4.2.1.6: uniformResourceIdentifier [6] IA5String.
+          if (gn.tag === 0x86) uris.push(Buffer.from(der.subarray(gn.b, gn.e)).toString('latin1'));
+          else otherNames++;
+        }
+      }
+    }
+  }
+  return {
+    cns,
+    otherRdns,
+    spki: der.subarray(spki.s, spki.e),
+    attributeOids,
+    extensionOids,
+    uris,
+    otherNames,
+  };
+}
+
+/**
+ * Validates an untrusted CSR for one device: size bound, strict DER structure, version 0 (RFC 2986 §4.1), the key
+ * type the profile requires (RFC 5480 / RFC 8410), the self-signature (RFC 2986 §3: proof of possession of the
+ * private key), and the device id (subject CN and the one SAN URI must both be the expected UEID URN). Only the
+ * extensionRequest attribute with only subjectAltName is accepted; the CA never copies requested extensions.
+ */
+export function checkDeviceCsrSync(
   der: Uint8Array,
   expected: { deviceId: string; keyType: SignerKeyType },
-): Promise<CheckedCsr> {
+): CheckedCsr {
   if (der.length > MAX_CSR_BYTES)
     throw new ServerError('CSR_INVALID', `CSR longer than ${MAX_CSR_BYTES} bytes`);
-  let csr: x509.Pkcs10CertificateRequest;
+  let csr: ParsedCsr;
   try {
-    // The parse must be exact: one DER SEQUENCE and no trailing bytes (X.690 §10.1 definite lengths).
-    if (derLength(der) !== der.length) throw new Error('trailing bytes or indefinite length');
-    csr = new x509.Pkcs10CertificateRequest(der);
+    csr = parseCsr(der);
   } catch (e) {
     throw new ServerError('CSR_INVALID', 'CSR is not a DER PKCS#10 CertificationRequest (RFC 2986 §4)', {
       cause: e,
     });
   }
-  const type = keyTypeOf(csr.publicKey);
-  // RFC 5480 §2.1.1 (id-ecPublicKey, namedCurve secp256r1) or RFC 8410 §3 (id-Ed25519) only.
+  const spkiHex = hexOf(csr.spki);
+  const type: SignerKeyType | undefined =
+    spkiHex.startsWith(SPKI_P256) && csr.spki.length === 91 && csr.spki[26] === 0x04
+      ? 'P-256'
+      : spkiHex.startsWith(SPKI_ED25519) && csr.spki.length === 44
+        ? 'Ed25519'
+        : undefined;
   if (type !== expected.keyType)
     throw new ServerError('CSR_KEY_TYPE', `CSR key is not ${expected.keyType} (RFC 5480 / RFC 8410)`);
   let ok = false;
   try {
-    ok = await csr.verify(signerCrypto);
+    ok = verifyCsrSignature(der, csr.spki, type);
   } catch {
-    ok = false;
+    ok = false; // e.g. a point not on the curve
   }
   if (!ok)
     throw new ServerError('CSR_INVALID', 'CSR signature does not verify (RFC 2986 §3 proof of possession)');
-  const subject = csr.subjectName;
-  if (Buffer.byteLength(subject.toString()) > MAX_NAME_BYTES)
-    throw new ServerError('CSR_INVALID', `CSR subject longer than ${MAX_NAME_BYTES} bytes`);
-  const cns = subject.getField('CN');
-  if (cns.length !== 1 || cns[0]!.length > UB_COMMON_NAME)
-    throw new ServerError('CSR_INVALID', `CSR subject needs one CN of at most ${UB_COMMON_NAME} characters`);
-  if (cns[0] !== expected.deviceId)
+  const cn = csr.cns[0];
+  if (csr.cns.length !== 1 || csr.otherRdns !== 0 || cn === undefined || cn.length > UB_COMMON_NAME)
+    throw new ServerError(
+      'CSR_INVALID',
+      `CSR subject must be one CN of at most ${UB_COMMON_NAME} characters`,
+    );
+  if (cn !== expected.deviceId)
     throw new ServerError('CSR_DEVICE_ID_MISMATCH', 'CSR subject CN is not the device being provisioned');
-  // RFC 2986 §4.1 attributes: only extensionRequest (RFC 2985 §5.4.2), carrying only subjectAltName.
-  let uris: string[] = [];
-  for (const attr of csr.attributes) {
-    if (attr.type !== OID_EXTENSION_REQUEST)
-      throw new ServerError('CSR_INVALID', `CSR attribute ${attr.type} not accepted`);
-  }
-  for (const ext of csr.extensions) {
-    if (ext.type !== OID_SAN || !(ext instanceof x509.SubjectAlternativeNameExtension))
-      throw new ServerError('CSR_INVALID', `CSR requests extension ${ext.type}`);
-    const san = ext;
-    for (const n of san.names.items) {
-      if (n.type !== 'url' || Buffer.byteLength(n.value) > MAX_NAME_BYTES)
-        throw new ServerError('CSR_INVALID', 'CSR subjectAltName holds only the device id URI');
-    }
-    uris = uris.concat(san.names.items.map((n) => n.value));
-  }
-  if (uris.length !== 1 || uris[0] !== expected.deviceId)
+  if (csr.attributeOids.some((o) => o !== OID_EXT_REQ) || csr.extensionOids.some((o) => o !== OID_SAN_DER))
+    throw new ServerError('CSR_INVALID', 'CSR may only request subjectAltName (RFC 2985 §5.4.2)');
+  if (csr.otherNames !== 0 || csr.uris.some((u) => u.length > MAX_NAME_BYTES))
+    throw new ServerError('CSR_INVALID', 'CSR subjectAltName holds only the device id URI');
+  if (csr.uris.length !== 1 || csr.uris[0] !== expected.deviceId)
     throw new ServerError('CSR_DEVICE_ID_MISMATCH', 'CSR subjectAltName is not exactly the device id URN');
-  return { spki: new Uint8Array(csr.publicKey.rawData), type, deviceId: expected.deviceId };
+  return { spki: new Uint8Array(csr.spki), type, deviceId: expected.deviceId };
+}
+
+const issuerNames = new WeakMap<x509.X509Certificate, Uint8Array>();
+/** The issuing CA's subject Name, byte for byte (RFC 5280 §4.1.2.4: issuer = the issuer's subject). */
+function issuerNameDer(cert: x509.X509Certificate): Uint8Array {
+  let n = issuerNames.get(cert);
+  if (n === undefined) {
+    n = new Uint8Array(cert.subjectName.toArrayBuffer());
+    issuerNames.set(cert, n);
+  }
+  return n;
+}
+
+/** checkDeviceCsrSync as a promise (a rejected one for a refused CSR). */
+export function checkDeviceCsr(
+  der: Uint8Array,
+  expected: { deviceId: string; keyType: SignerKeyType },
+): Promise<CheckedCsr> {
+  try {
+    return Promise.resolve(checkDeviceCsrSync(der, expected));
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+  }
 }
 
 export interface IssuedCertificate {
@@ -247,27 +374,19 @@ export async function issueDeviceCertificate(
   const notBefore = opts.now ?? new Date();
   const notAfter = new Date(notBefore.getTime() + opts.validityDays * 86_400_000);
   const serial = randomSerial();
-  const cert = await x509.X509CertificateGenerator.create(
+  const der = await encodeDeviceCertificate(
     {
-      serialNumber: serial,
-      subject: [{ CN: [csr.deviceId] }],
-      issuer: issuer.cert.subjectName,
+      serialHex: serial,
+      issuer: issuerNameDer(issuer.cert),
       notBefore,
       notAfter,
-      publicKey: csr.spki,
-      signingKey: signerKeys(issuer.key.signer, issuer.key.spki, issuer.key.type).privateKey,
-      extensions: [
-        new x509.BasicConstraintsExtension(false, undefined, true),
-        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-        new x509.ExtendedKeyUsageExtension([OID_CLIENT_AUTH]),
-        new x509.SubjectAlternativeNameExtension([{ type: 'url', value: csr.deviceId }]),
-        new x509.SubjectKeyIdentifierExtension(keyIdentifier(csr.spki)),
-        new x509.AuthorityKeyIdentifierExtension(keyIdentifier(issuer.key.spki)),
-      ],
+      deviceId: csr.deviceId,
+      spki: csr.spki,
+      subjectKeyId: Buffer.from(keyIdentifier(csr.spki), 'hex'),
+      authorityKeyId: Buffer.from(keyIdentifier(issuer.key.spki), 'hex'),
     },
-    signerCrypto,
+    issuer.key,
   );
-  const der = new Uint8Array(cert.rawData);
   return { der, serial, sha256: createHash('sha256').update(der).digest('hex'), notAfter };
 }
 

@@ -3,3 +3,4 @@ export * from './token.ts';
 export * from './x509-signer.ts';
 export * from './ca.ts';
 export * from './provision.ts';
+export * from './der.ts';

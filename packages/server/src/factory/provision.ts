@@ -16,11 +16,10 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import * as x509 from '@peculiar/x509';
-import type { Json } from '../audit.ts';
-import { SYSTEM } from '../auth.ts';
-import type { Db } from '../db/db.ts';
+import { appendAudit, type Json } from '../audit.ts';
+import { actorOf, SYSTEM } from '../auth.ts';
+import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
-import { auditedTransaction } from '../tx.ts';
 import { checkDeviceCsr, issueDeviceCertificate, toPem, type CaCert, type IssuedCertificate } from './ca.ts';
 import type { SignerKeyType } from './x509-signer.ts';
 
@@ -91,67 +90,94 @@ export interface DeviceRegistry {
   register(r: Registration): Promise<{ id: string; created: boolean }>;
 }
 
-/** Registration straight into the server's database (the factory station runs beside it). */
+/**
+ * Registration straight into the server's database (the factory station runs beside it). Each certificate gets its
+ * own audit entry ('certificate.issue', hash-chained) in the same transaction as the device row. Registrations that
+ * arrive while a transaction runs are group-committed in the next one (all of a group commit or none; a device whose
+ * registration did not commit is rolled forward from the journal).
+ */
 export function dbRegistry(db: Db, opts: { now?: () => number; station?: string } = {}): DeviceRegistry {
   const now = opts.now ?? Date.now;
-  const audited = auditedTransaction(db, now);
+  type Pending = {
+    r: Registration;
+    done: (v: { id: string; created: boolean }) => void;
+    fail: (e: unknown) => void;
+  };
+  let queue: Pending[] = [];
+  let running = false;
+
+  async function registerOne(tx: Queryable, r: Registration): Promise<{ id: string; created: boolean }> {
+    const fp = Buffer.from(r.certificate.sha256, 'hex');
+    const existing = await tx.query<{ id: string }>('SELECT id FROM devices WHERE cert_sha256 = $1', [fp]);
+    const found = existing[0];
+    // Rolled forward after a crash: already recorded and registered.
+    if (found !== undefined) return { id: found.id, created: false };
+    const id = randomUUID();
+    await tx.query(
+      `INSERT INTO devices (id, name, cert_sha256, device_group, tags, attributes, created_at_ms)
+       VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)`,
+      [
+        id,
+        r.deviceId,
+        fp,
+        r.deviceClass,
+        ['factory'],
+        JSON.stringify({
+          ueid: r.deviceId,
+          class: r.deviceClass,
+          profile: r.profile,
+          serial: r.certificate.serial,
+          keyType: r.keyType,
+          identityKeySpki: Buffer.from(r.identityKeySpki).toString('base64'),
+        }),
+        now(),
+      ],
+    );
+    const details: { [k: string]: Json } = {
+      station: opts.station ?? 'factory',
+      deviceId: r.deviceId,
+      serial: r.certificate.serial,
+      issuer: r.issuer,
+      certSha256: r.certificate.sha256,
+      notAfter: r.certificate.notAfter.toISOString(),
+      keyType: r.keyType,
+      deviceClass: r.deviceClass,
+      profile: r.profile,
+    };
+    await appendAudit(
+      tx,
+      { actor: actorOf(SYSTEM), action: 'certificate.issue', subject: `device:${id}`, details },
+      now(),
+    );
+    return { id, created: true };
+  }
+
+  async function drain(): Promise<void> {
+    running = true;
+    while (queue.length > 0) {
+      const batch = queue;
+      queue = [];
+      try {
+        const results = await db.transaction(async (tx) => {
+          const out: { id: string; created: boolean }[] = [];
+          for (const p of batch) out.push(await registerOne(tx, p.r));
+          return out;
+        });
+        batch.forEach((p, k) => {
+          p.done(results[k]!);
+        });
+      } catch (e) {
+        for (const p of batch) p.fail(e);
+      }
+    }
+    running = false;
+  }
+
   return {
-    async register(r) {
-      const fp = Buffer.from(r.certificate.sha256, 'hex');
-      type Entry = {
-        result: { id: string; created: boolean };
-        subject: string;
-        details: { [k: string]: Json };
-      };
-      return audited(SYSTEM, 'certificate.issue', async (tx): Promise<Entry> => {
-        const existing = await tx.query<{ id: string }>('SELECT id FROM devices WHERE cert_sha256 = $1', [
-          fp,
-        ]);
-        const found = existing[0];
-        if (found !== undefined) {
-          // Rolled forward after a crash: already recorded and registered; the audit entry notes the replay.
-          return {
-            result: { id: found.id, created: false },
-            subject: `device:${found.id}`,
-            details: { replay: true, serial: r.certificate.serial, certSha256: r.certificate.sha256 },
-          };
-        }
-        const id = randomUUID();
-        await tx.query(
-          `INSERT INTO devices (id, name, cert_sha256, device_group, tags, attributes, created_at_ms)
-           VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)`,
-          [
-            id,
-            r.deviceId,
-            fp,
-            r.deviceClass,
-            ['factory'],
-            JSON.stringify({
-              ueid: r.deviceId,
-              class: r.deviceClass,
-              profile: r.profile,
-              serial: r.certificate.serial,
-              keyType: r.keyType,
-              identityKeySpki: Buffer.from(r.identityKeySpki).toString('base64'),
-            }),
-            now(),
-          ],
-        );
-        return {
-          result: { id, created: true },
-          subject: `device:${id}`,
-          details: {
-            station: opts.station ?? 'factory',
-            deviceId: r.deviceId,
-            serial: r.certificate.serial,
-            issuer: r.issuer,
-            certSha256: r.certificate.sha256,
-            notAfter: r.certificate.notAfter.toISOString(),
-            keyType: r.keyType,
-            deviceClass: r.deviceClass,
-            profile: r.profile,
-          },
-        };
+    register(r) {
+      return new Promise((done, fail) => {
+        queue.push({ r, done, fail });
+        if (!running) void drain();
       });
     },
   };
