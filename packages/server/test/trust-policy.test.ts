@@ -13,6 +13,7 @@ import {
   asBytes,
   coseKeyFromKeyObject,
   decode,
+  encode,
   generateAgreementKey,
   generateSigningKey,
   softwareSigner,
@@ -22,10 +23,12 @@ import {
   anchorKey,
   createAnchorStatement,
   createAttestationToken,
+  createRotRecord,
   createTrustRevocationList,
   evidenceClaimsMap,
   initialAnchorSet,
   RevokedKind,
+  rotPublicKey,
   walkAnchorStatements,
   type AnchorKey,
 } from '@rotor/trust';
@@ -261,6 +264,26 @@ describe('trust distribution and policy engine (issue 7)', () => {
     expect((v2.json() as { version: number }).version).toBe(2);
     await rollout(normal, 'policy-ok');
     expect(await f.server.services.rollouts.checkin(ok.principal)).toEqual({ action: 'none' });
+
+    // Policy v3: periodic attestation — an enrolled device without a recent result is asked to attest.
+    const rk = generateSigningKey(Alg.ES256);
+    const pub = rotPublicKey(coseKeyFromKeyObject(rk.publicKey), Alg.ES256);
+    const record = await createRotRecord(
+      { index: 0, publicKey: pub, alg: Alg.ES256, previous: null, time: 1_700_000_000 },
+      softwareSigner(rk.privateKey, Alg.ES256, pub.kid),
+    );
+    const chain = encode(
+      new Map<string, unknown>([
+        ['ueid', new Uint8Array([1, ...randomBytes(16)])],
+        ['records', [record]],
+      ]),
+    );
+    expect((await ok.http.call('PUT', '/d/v1/attestation/rot', chain)).status).toBe(200);
+    expect((await f.admin.put('/v1/policy', { rules: [], attestation: { everyMs: 60_000 } })).status).toBe(
+      200,
+    );
+    const pending = await ok.http.call('GET', '/d/v1/attestation/pending');
+    expect(JSON.parse(pending.body.toString())).toMatchObject({ attest: true, enrolled: true });
     const audit = await f.admin.get('/v1/audit?limit=200');
     expect(audit.body.toString()).toMatch(/policy\.apply/);
   });

@@ -13,7 +13,8 @@
  *                                        "swversionBelow"?: "1.2.3", "rotIndexBelow"?: n },
  *                  "then": [ "quarantine" | "lift-quarantine" | "rotate-rot" | "request-attestation" … ] } … ],
  *     "remediationReleases"?: [ releaseId… ],
- *     "rollout"?: { "requireAffirmingWithinMs"?: n } }
+ *     "rollout"?: { "requireAffirmingWithinMs"?: n },
+ *     "attestation"?: { "everyMs"?: n } }           (periodic attestation: asked via /d/v1/attestation/pending)
  * Every condition given must hold (absent = any); every matching rule applies, in order.
  */
 import type { ArStatus, ClaimAppraisal } from '@rotor/trust';
@@ -43,6 +44,8 @@ export interface PolicyDocument {
   readonly rules: readonly PolicyRule[];
   readonly remediationReleases?: readonly string[];
   readonly rollout?: { readonly requireAffirmingWithinMs?: number };
+  /** Periodic attestation: a device is asked to attest when its last result is older than this. */
+  readonly attestation?: { readonly everyMs?: number };
 }
 
 /** JSON schema of a policy document (strict: unknown members refused). */
@@ -96,6 +99,11 @@ export const POLICY_SCHEMA = {
       type: 'object',
       additionalProperties: false,
       properties: { requireAffirmingWithinMs: { type: 'integer', minimum: 1 } },
+    },
+    attestation: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { everyMs: { type: 'integer', minimum: 1000 } },
     },
   },
 } as const;
@@ -241,6 +249,18 @@ export async function policyAllowsUpdate(
   if (r?.status === 'affirming' && Number(r.created_at_ms) >= t - within) return true;
   await q.query('UPDATE device_rot SET attest_requested = true WHERE device_id = $1', [deviceId]);
   return false;
+}
+
+/** Whether the policy's periodic attestation is due for the device (no result, or the last is older). */
+export async function periodicAttestationDue(q: Queryable, deviceId: string, t: number): Promise<boolean> {
+  const pol = await currentPolicy(q);
+  const every = pol?.doc.attestation?.everyMs;
+  if (every === undefined) return false;
+  const last = await q.query<{ created_at_ms: number | string }>(
+    'SELECT created_at_ms FROM attestation_results WHERE device_id = $1 ORDER BY id DESC LIMIT 1',
+    [deviceId],
+  );
+  return last[0] === undefined || Number(last[0].created_at_ms) < t - every;
 }
 
 function requireRole(p: Principal, roles: readonly Role[], action: string): void {

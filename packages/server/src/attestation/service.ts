@@ -41,7 +41,7 @@ import { actorOf, type Principal, type Role } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { auditedTransaction } from '../tx.ts';
-import { evaluateResult } from './policy.ts';
+import { evaluateResult, periodicAttestationDue } from './policy.ts';
 
 /** RoT algorithms the verifier accepts (the enclave's ROT_ALGS). */
 export const ROT_ALGS: ReadonlySet<number> = new Set<number>([Alg.ES256, Alg.EdDSA]);
@@ -216,8 +216,11 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
   async function pending(p: Principal): Promise<{ attest: boolean; rotate: boolean; enrolled: boolean }> {
     const deviceId = requireDevice(p);
     const row = await rotRow(db, deviceId);
+    // Periodic attestation by policy ("attestation": {"everyMs"}): due when the last result is older.
+    const due =
+      row !== undefined && !row.attest_requested && (await periodicAttestationDue(db, deviceId, now()));
     return {
-      attest: row?.attest_requested ?? false,
+      attest: (row?.attest_requested ?? false) || due,
       rotate: row?.rotate_requested ?? false,
       enrolled: row !== undefined,
     };
@@ -307,6 +310,19 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     return { status: 'affirming', reason: `${ev.components.length} component(s) match reference values` };
   }
 
+  /**
+   * Used nonces are kept only while they could still be replayed (their MAC'd expiry refuses them after); at most
+   * once per nonce lifetime the expired ones are deleted.
+   */
+  let lastCleanup = 0;
+  function cleanupNonces(t: number): void {
+    if (t - lastCleanup < ttl) return;
+    lastCleanup = t;
+    void db.query('DELETE FROM attestation_nonces WHERE expires_at_ms < $1', [t]).catch(() => {
+      lastCleanup = 0;
+    });
+  }
+
   /** Appraises evidence from the calling device (RFC 9334 §3.2) and stores the signed result (§3.3). */
   async function appraise(p: Principal, token: Uint8Array): Promise<AppraisalOutcome> {
     const deviceId = requireDevice(p);
@@ -318,6 +334,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
       throw new ServerError('REQUEST_BODY_MALFORMED', 'evidence is not a COSE_Sign1 EAT', { cause: e });
     }
     const t = now();
+    cleanupNonces(t);
     return db.transaction(async (tx) => {
       // Nonce: issued by this verifier to this device, unexpired, and single use — consumed atomically by the
       // unique insert of its digest (RFC 9334 §10.2).
