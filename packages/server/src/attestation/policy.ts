@@ -11,7 +11,8 @@
  * Policy document (JSON):
  *   { "rules": [ { "id": "…", "when": { "status"?: [ArStatus…], "claims"?: { name: [ArStatus…] },
  *                                        "swversionBelow"?: "1.2.3", "rotIndexBelow"?: n },
- *                  "then": [ "quarantine" | "lift-quarantine" | "rotate-rot" | "request-attestation" … ] } … ],
+ *                  "then": [ "quarantine" | "lift-quarantine" | "rotate-rot" | "request-attestation"
+ *                             | "disable-device" … ] } … ],
  *     "remediationReleases"?: [ releaseId… ],
  *     "rollout"?: { "requireAffirmingWithinMs"?: n },
  *     "attestation"?: { "everyMs"?: n } }           (periodic attestation: asked via /d/v1/attestation/pending)
@@ -24,7 +25,13 @@ import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { auditedTransaction } from '../tx.ts';
 
-export const POLICY_ACTIONS = ['quarantine', 'lift-quarantine', 'rotate-rot', 'request-attestation'] as const;
+export const POLICY_ACTIONS = [
+  'quarantine',
+  'lift-quarantine',
+  'rotate-rot',
+  'request-attestation',
+  'disable-device',
+] as const;
 export type PolicyAction = (typeof POLICY_ACTIONS)[number];
 const STATUSES: readonly ArStatus[] = ['affirming', 'warning', 'contraindicated'];
 export const MAX_RULES = 64;
@@ -84,7 +91,7 @@ export const POLICY_SCHEMA = {
           then: {
             type: 'array',
             minItems: 1,
-            maxItems: 4,
+            maxItems: 5,
             items: { type: 'string', enum: POLICY_ACTIONS },
           },
         },
@@ -197,6 +204,11 @@ export async function evaluateResult(
           break;
         case 'rotate-rot':
           await tx.query('UPDATE device_rot SET rotate_requested = true WHERE device_id = $1', [deviceId]);
+          break;
+        case 'disable-device':
+          // Credentials disabled (issue 7): the device's mTLS identity is refused (DEVICE_DISABLED) until an
+          // operator re-enables it.
+          await tx.query('UPDATE devices SET enabled = false WHERE id = $1', [deviceId]);
           break;
         case 'request-attestation':
           await tx.query('UPDATE device_rot SET attest_requested = true WHERE device_id = $1', [deviceId]);
