@@ -4,11 +4,18 @@
  */
 import { CliError, errorCode, exitCodeFor, ExitCode } from './errors.ts';
 import { deviceCommand } from './device.ts';
+import { factoryCommand } from './factory.ts';
 import { manifestCommand } from './manifest.ts';
 import { auditCommand, serverCommand } from './server.ts';
 import type { Command } from './command.ts';
 
-const COMMANDS: readonly Command[] = [manifestCommand, serverCommand, deviceCommand, auditCommand];
+const COMMANDS: readonly Command[] = [
+  manifestCommand,
+  factoryCommand,
+  serverCommand,
+  deviceCommand,
+  auditCommand,
+];
 
 const USAGE = `rotor — secure firmware lifecycle for device fleets
 

@@ -10,6 +10,8 @@
  *   description: Spring release    # optional text: manifest-description
  *   reference-uri: https://…       # optional
  *   invoke: true                   # optional: add an invoke sequence for component 0
+ *   delivery: operator             # optional: the fleet server delivers (and encrypts per device) the payloads;
+ *                                  # uris become defaults the operator may override (TD §5.6.1); no `encrypt`
  *   sever-text: true               # optional: sever the text member (MF §8.4.6)
  *   components:
  *     - id: firmware               # component identifier path ('/'-separated)
@@ -146,6 +148,7 @@ export async function createFromDescription(
       'reference-uri',
       'invoke',
       'sever-text',
+      'delivery',
       'components',
     ],
     '$',
@@ -159,6 +162,9 @@ export async function createFromDescription(
       : typeof seqRaw === 'number' && Number.isSafeInteger(seqRaw) && seqRaw >= 0
         ? BigInt(seqRaw)
         : fail('$.sequence must be a non-negative integer or "now"');
+  const delivery = d.delivery ?? 'author';
+  if (delivery !== 'author' && delivery !== 'operator') fail('$.delivery must be "author" or "operator"');
+  const operatorDelivery = delivery === 'operator';
   const comps = d.components;
   if (!Array.isArray(comps) || comps.length === 0 || comps.length > 64)
     fail('$.components must list 1 to 64 components');
@@ -186,6 +192,11 @@ export async function createFromDescription(
       ...(Object.keys(text).length > 0 ? { text } : {}),
     };
     const enc = c.encrypt;
+    if (operatorDelivery) {
+      // The server stores the plaintext payload, encrypts it once and wraps its key per device at approval.
+      if (enc !== undefined) fail(`${p}.encrypt: with delivery: operator the operator encrypts per device`);
+      return { ...common, ...(uri === undefined ? {} : { uri }) };
+    }
     if (enc === undefined) {
       if (uri === undefined) {
         // MF §7.5: an integrated payload lives in the envelope under a text key the uri names.
@@ -227,6 +238,7 @@ export async function createFromDescription(
     ...(d.version === undefined ? {} : { setVersion: parseVersion(d.version, '$.version') }),
     ...(descText === undefined ? {} : { text: { manifestDescription: descText } }),
     ...(d['sever-text'] === true ? { severText: true } : {}),
+    ...(operatorDelivery ? { operatorDelivery: true } : {}),
   });
   const signers = keyPaths.map((k) => loadSigner(k, alg));
   const envelope = await buildEnvelope(manifest, { signers, integrated });

@@ -308,6 +308,36 @@ describe('rotor manifest create → sign → verify', () => {
     expect(stdout).toContain('manifest-description: Spring release');
   });
 
+  it('delivery: operator leaves the payload source to the operator (set-parameters, no integration, no encrypt)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rotor-cli-'));
+    const k = keyPair(dir, 'a');
+    writeFileSync(join(dir, 'fw.bin'), randomBytes(2000));
+    const desc = (extra: string): string =>
+      [
+        'vendor: example.com',
+        'class: c1',
+        'sequence: 3',
+        'delivery: operator',
+        'components:',
+        '  - id: fw',
+        '    image: fw.bin',
+        extra,
+        '',
+      ].join('\n');
+    writeFileSync(join(dir, 'r.yaml'), desc('    uri: https://cdn.example.com/default.bin'));
+    const out = join(dir, 'r.suit');
+    expect(await run(['manifest', 'create', join(dir, 'r.yaml'), '--key', k.priv, '-o', out])).toBe(0);
+    stdout = '';
+    expect(await run(['manifest', 'inspect', '--json', out])).toBe(0);
+    const t = JSON.stringify(JSON.parse(stdout));
+    expect(t).toContain('"directive-set-parameters":{"uri":"https://cdn.example.com/default.bin"}');
+    expect(t).not.toContain('"directive-override-parameters":{"uri"');
+    expect(t).not.toContain('"integrated"');
+    writeFileSync(join(dir, 'bad.yaml'), desc('    encrypt: { recipient: a.pub.pem }'));
+    expect(await run(['manifest', 'create', join(dir, 'bad.yaml'), '--key', k.priv])).toBe(3);
+    expect(stderr).toMatch(/the operator encrypts per device/);
+  });
+
   it('refuses a description with unknown fields', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'rotor-cli-'));
     const k = keyPair(dir, 'a');

@@ -408,6 +408,12 @@ export interface UpdateDescription {
   readonly severText?: boolean;
   /** Sever the install sequence. */
   readonly severInstall?: boolean;
+  /**
+   * Leave the payload source to the operator (TD §5.6.1): each component's uri, if any, is only a default set with
+   * set-parameters, so an operator's dependent manifest can deliver the payload from its own location and with
+   * per-device encryption. Components must then be plaintext (no encryptionInfo/content).
+   */
+  readonly operatorDelivery?: boolean;
 }
 
 const utf8 = new TextEncoder();
@@ -469,6 +475,12 @@ export function buildUpdateManifest(desc: UpdateDescription): ManifestDescriptio
     if (multi) shared.push(setIndex(i));
     shared.push(override(params(shParams, `${p}.shared`)), policy(1, REPORT_ALL), policy(2, REPORT_ALL));
 
+    if (desc.operatorDelivery === true && (c.encryptionInfo !== undefined || c.content !== undefined))
+      throw new SuitError(
+        'SUIT_BUILD_INVALID',
+        'with operator delivery the operator encrypts: give plaintext',
+        p,
+      );
     if (c.encryptionInfo !== undefined) {
       if (c.content !== undefined) {
         // ENC §4: directive-write decrypts parameter 18 content with encryption-info into the component.
@@ -515,13 +527,17 @@ export function buildUpdateManifest(desc: UpdateDescription): ManifestDescriptio
         );
       }
       install.push(policy(3, REPORT_ALL));
-    } else if (c.uri !== undefined) {
+    } else if (c.uri !== undefined || desc.operatorDelivery === true) {
       if (multi) install.push(setIndex(i));
-      install.push(
-        override(params([[21, c.uri]], `${p}.install`)),
-        policy(21, REPORT_FAILURE),
-        policy(3, REPORT_ALL),
-      );
+      if (desc.operatorDelivery === true) {
+        // TD §5.6.1: the author only *sets* a default source (set-parameters is set-if-unset), so the operator's
+        // dependent manifest decides where — and in which encryption — the payload is delivered.
+        if (c.uri !== undefined)
+          install.push({ op: 'params', code: 19, params: params([[21, c.uri]], `${p}.install`) });
+      } else {
+        install.push(override(params([[21, c.uri!]], `${p}.install`)));
+      }
+      install.push(policy(21, REPORT_FAILURE), policy(3, REPORT_ALL));
     } else if (c.content !== undefined) {
       if (multi) install.push(setIndex(i));
       install.push(
