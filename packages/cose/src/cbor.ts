@@ -23,10 +23,19 @@ import { CoseError } from './errors.ts';
  */
 export class CborMap {
   readonly entries: ReadonlyArray<readonly [unknown, unknown]>;
+  /** With `valueSpans` decoding: the decoded input and each value's [start, end) offsets in it, flattened. */
+  readonly #source: Uint8Array | undefined;
+  readonly #spans: readonly number[] | undefined;
   #index: Map<unknown, unknown> | undefined;
 
-  constructor(entries: ReadonlyArray<readonly [unknown, unknown]>) {
+  constructor(
+    entries: ReadonlyArray<readonly [unknown, unknown]>,
+    source?: Uint8Array,
+    spans?: readonly number[],
+  ) {
     this.entries = entries;
+    this.#source = source;
+    this.#spans = spans;
   }
 
   static from(obj: Iterable<readonly [unknown, unknown]>): CborMap {
@@ -70,6 +79,18 @@ export class CborMap {
   keys(): unknown[] {
     return this.entries.map(([k]) => k);
   }
+
+  /**
+   * A copy of the encoded value of entry `i` exactly as received, when the map was decoded with `valueSpans`
+   * (else undefined). Under the deterministic profile these are the bytes `encode(value)` would produce.
+   */
+  valueBytes(i: number): Uint8Array | undefined {
+    const spans = this.#spans;
+    if (spans === undefined || this.#source === undefined) return undefined;
+    const start = spans[2 * i];
+    const end = spans[2 * i + 1];
+    return start === undefined || end === undefined ? undefined : this.#source.slice(start, end);
+  }
 }
 
 /** A tagged item (major type 6). */
@@ -109,6 +130,13 @@ export interface DecodeOptions {
   allowFloats?: boolean;
   /** Admit `undefined` and unassigned simple values (default false). */
   allowSimple?: boolean;
+  /**
+   * Return byte strings as views into `bytes` instead of copies (default false). Only for input the caller owns
+   * and never changes afterwards (e.g. a private copy): the views alias it.
+   */
+  shareBytes?: boolean;
+  /** Record where each map value lies in the input, for `CborMap.valueBytes` (default false). */
+  valueSpans?: boolean;
 }
 
 const DEFAULT_MAX_SIZE = 1 << 20;
@@ -120,11 +148,14 @@ const utf8enc = new TextEncoder();
 class Decoder {
   readonly buf: Uint8Array;
   #view: DataView | undefined;
+  #text: Buffer | undefined;
   pos = 0;
   readonly maxDepth: number;
   readonly sorted: boolean;
   readonly floats: boolean;
   readonly simple: boolean;
+  readonly share: boolean;
+  readonly spans: boolean;
 
   constructor(buf: Uint8Array, opts: DecodeOptions) {
     this.buf = buf;
@@ -132,12 +163,20 @@ class Decoder {
     this.sorted = opts.sortedKeys ?? true;
     this.floats = opts.allowFloats ?? false;
     this.simple = opts.allowSimple ?? false;
+    this.share = opts.shareBytes ?? false;
+    this.spans = opts.valueSpans ?? false;
   }
 
   /** A DataView only for the rare 8-byte and float reads (most items need none). */
   get view(): DataView {
     this.#view ??= new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
     return this.#view;
+  }
+
+  /** A Buffer over the input, only for text strings (native latin1 slicing of ASCII text). */
+  get textBuf(): Buffer {
+    this.#text ??= Buffer.from(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+    return this.#text;
   }
 
   fail(
@@ -229,25 +268,23 @@ class Decoder {
       }
       case 2: {
         const n = this.len(ai, start, 1);
-        const out = this.buf.slice(this.pos, this.pos + n);
-        this.pos += n;
-        return out;
+        const p = this.pos;
+        this.pos = p + n;
+        const b = this.buf;
+        return this.share ? new Uint8Array(b.buffer, b.byteOffset + p, n) : b.slice(p, p + n);
       }
       case 3: {
         const n = this.len(ai, start, 1);
-        const bytes = this.buf.subarray(this.pos, this.pos + n);
-        this.pos += n;
+        const p = this.pos;
+        const end = p + n;
+        this.pos = end;
+        const b = this.buf;
         // Fast path for ASCII; TextDecoder (fatal) validates everything else (RFC 8949 §5.3.1).
-        let ascii = true;
-        for (let i = 0; i < bytes.length; i++) {
-          if (bytes[i]! >= 0x80) {
-            ascii = false;
-            break;
-          }
-        }
-        if (ascii) return n < 64 ? String.fromCharCode(...bytes) : Buffer.from(bytes).toString('latin1');
+        let i = p;
+        while (i < end && b[i]! < 0x80) i++;
+        if (i === end) return n === 0 ? '' : this.textBuf.toString('latin1', p, end);
         try {
-          return utf8.decode(bytes);
+          return utf8.decode(b.subarray(p, end));
         } catch {
           return this.fail('CBOR_INVALID_UTF8', 'text string is not valid UTF-8', start);
         }
@@ -263,6 +300,7 @@ class Decoder {
         if (depth >= this.maxDepth) this.fail('CBOR_TOO_DEEP', `nesting deeper than ${this.maxDepth}`, start);
         const n = this.len(ai, start, 2);
         const entries: (readonly [unknown, unknown])[] = [];
+        const spans: number[] | undefined = this.spans ? [] : undefined;
         let prevStart = -1;
         let prevEnd = -1;
         let seen: Set<string> | undefined;
@@ -287,8 +325,9 @@ class Decoder {
           prevStart = kStart;
           prevEnd = kEnd;
           entries.push([k, this.item(depth + 1)]);
+          spans?.push(kEnd, this.pos);
         }
-        return new CborMap(entries);
+        return spans === undefined ? new CborMap(entries) : new CborMap(entries, this.buf, spans);
       }
       case 6: {
         if (depth >= this.maxDepth) this.fail('CBOR_TOO_DEEP', `nesting deeper than ${this.maxDepth}`, start);

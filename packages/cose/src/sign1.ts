@@ -77,24 +77,51 @@ export function sigStructure1(
 ): Uint8Array {
   // Hand-assembled (one allocation, on the verification hot path); byte-identical to
   // encode(['Signature1', protectedBytes, externalAad, payload]), which the tests check.
-  const h1 = bstrHead(protectedBytes.length);
-  const h2 = bstrHead(externalAad.length);
-  const h3 = bstrHead(payload.length);
   const out = new Uint8Array(
     SIG1_PREFIX.length +
-      h1.length +
+      bstrHeadLength(protectedBytes.length) +
       protectedBytes.length +
-      h2.length +
+      bstrHeadLength(externalAad.length) +
       externalAad.length +
-      h3.length +
+      bstrHeadLength(payload.length) +
       payload.length,
   );
-  let o = 0;
-  for (const part of [SIG1_PREFIX, h1, protectedBytes, h2, externalAad, h3, payload]) {
-    out.set(part, o);
-    o += part.length;
-  }
+  out.set(SIG1_PREFIX, 0);
+  let o = putBstr(out, SIG1_PREFIX.length, protectedBytes);
+  o = putBstr(out, o, externalAad);
+  putBstr(out, o, payload);
   return out;
+}
+
+/** Length of the preferred-encoding head of a bstr of `n` bytes (RFC 8949 §4.2.1). */
+function bstrHeadLength(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n <= 0xffffffff ? 5 : 9;
+}
+
+/** Writes a bstr (preferred head, then the bytes) at `o`; returns the offset after it. */
+function putBstr(out: Uint8Array, o: number, b: Uint8Array): number {
+  const n = b.length;
+  if (n < 24) out[o++] = 0x40 | n;
+  else if (n < 0x100) {
+    out[o++] = 0x58;
+    out[o++] = n;
+  } else if (n < 0x10000) {
+    out[o++] = 0x59;
+    out[o++] = n >>> 8;
+    out[o++] = n & 0xff;
+  } else if (n <= 0xffffffff) {
+    out[o++] = 0x5a;
+    out[o++] = n >>> 24;
+    out[o++] = (n >>> 16) & 0xff;
+    out[o++] = (n >>> 8) & 0xff;
+    out[o++] = n & 0xff;
+  } else {
+    const h = bstrHead(n);
+    out.set(h, o);
+    o += h.length;
+  }
+  out.set(b, o);
+  return o + n;
 }
 
 /** Decodes a COSE_Sign1 and checks its headers; the signature is checked by verifySign1. */

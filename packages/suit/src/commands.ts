@@ -14,6 +14,7 @@ import { CborMap, CborRaw, CborTag, CoseError, decode, encode } from '@rotor/cos
 import { COMMANDS, PARAMETERS, type ParamType, Tag, commandName } from './codes.ts';
 import { SuitError } from './errors.ts';
 import type { SuitDigest } from './model.ts';
+import { isOwned } from './owned.ts';
 
 /** A validated parameter value. `raw` is the parameter's encoded CBOR value (for constant-time comparisons). */
 export type ParamValue =
@@ -125,21 +126,43 @@ function isSmallUint(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
 
-/** Strict decode of an embedded CBOR item; CBOR errors become `onError` SUIT errors with the path. */
+// Decoding options: command sequences record each map value's bytes (a parameter's `raw` is then its bytes as
+// received instead of a re-encoding); input inside the envelope decoder's private copy is decoded into views.
+const SEQ = { sortedKeys: true, valueSpans: true };
+const SEQ_SHARED = { sortedKeys: true, valueSpans: true, shareBytes: true };
+const ITEM = { sortedKeys: true };
+const ITEM_SHARED = { sortedKeys: true, shareBytes: true };
+const PEER = { sortedKeys: false };
+const PEER_SHARED = { sortedKeys: false, shareBytes: true };
+
+/**
+ * Strict decode of an embedded CBOR item; CBOR errors become SUIT errors with the path (`path` or, when `suffix`
+ * is given, `path` + `suffix`: formatted only on failure).
+ */
 function decodeStrict(
   bytes: Uint8Array,
   path: string,
   kind: 'command' | 'parameter',
   opts?: { sortedKeys?: boolean },
+  suffix?: string,
 ): unknown {
   try {
-    return decode(bytes, { sortedKeys: opts?.sortedKeys ?? true });
+    const share = isOwned(bytes);
+    if (kind === 'command') return decode(bytes, share ? SEQ_SHARED : SEQ);
+    if (opts?.sortedKeys === false) return decode(bytes, share ? PEER_SHARED : PEER);
+    return decode(bytes, share ? ITEM_SHARED : ITEM);
   } catch (e) {
     const msg = e instanceof CoseError ? `${e.code}: ${e.message}` : String(e);
+    const at = suffix === undefined ? path : path + suffix;
     throw kind === 'command'
-      ? invalid(`malformed CBOR (${msg})`, path, e)
-      : paramInvalid(`malformed CBOR (${msg})`, path, e);
+      ? invalid(`malformed CBOR (${msg})`, at, e)
+      : paramInvalid(`malformed CBOR (${msg})`, at, e);
   }
+}
+
+/** `path[i]`: paths of hot items are formatted only when an error needs them. */
+function ix(path: string, i: number): string {
+  return `${path}[${i}]`;
 }
 
 /**
@@ -185,7 +208,7 @@ function parseSequenceValue(seq: unknown, path: string, depth: number, state: Pa
   for (let i = 0; i < items.length; i += 2) {
     state.commands++;
     if (state.commands > state.maxCommands) {
-      throw new SuitError('SUIT_PROCESSOR_LIMIT', `more than ${state.maxCommands} commands`, `${path}[${i}]`);
+      throw new SuitError('SUIT_PROCESSOR_LIMIT', `more than ${state.maxCommands} commands`, ix(path, i));
     }
     out.push(parseCommand(items[i], items[i + 1], path, i, depth, state));
   }
@@ -200,12 +223,11 @@ function parseCommand(
   depth: number,
   state: ParseState,
 ): SuitCommand {
-  const codePath = `${path}[${i}]`;
-  const argPath = `${path}[${i + 1}]`;
+  // The code is at path[i], the argument at path[i + 1] (formatted only on failure, or for nested items).
   if (typeof code !== 'number' || !Number.isSafeInteger(code)) {
     if (typeof code === 'bigint')
-      throw new SuitError('SUIT_COMMAND_UNSUPPORTED', `unknown command ${code}`, codePath);
-    throw invalid(`command code must be an int, found ${describe(code)}`, codePath);
+      throw new SuitError('SUIT_COMMAND_UNSUPPORTED', `unknown command ${code}`, ix(path, i));
+    throw invalid(`command code must be an int, found ${describe(code)}`, ix(path, i));
   }
   if (code < CUSTOM_LIMIT) {
     // MF §8.4.7: SUIT_Command_Custom = (suit-command-custom, bstr/tstr/int/nil)
@@ -218,14 +240,14 @@ function parseCommand(
     if (!ok)
       throw invalid(
         `custom command argument must be bstr, tstr, int or nil, found ${describe(arg)}`,
-        argPath,
+        ix(path, i + 1),
       );
     return { op: 'custom', code, arg };
   }
   const info = COMMANDS.get(code);
   // UM §3 / MF §8.4.7: a processor must reject a manifest with a command it does not understand.
   if (info === undefined)
-    throw new SuitError('SUIT_COMMAND_UNSUPPORTED', `unknown command ${code}`, codePath);
+    throw new SuitError('SUIT_COMMAND_UNSUPPORTED', `unknown command ${code}`, ix(path, i));
   const name = info.name;
   switch (info.arg) {
     case 'policy':
@@ -233,49 +255,61 @@ function parseCommand(
       if (!isSmallUint(arg) || arg > MAX_POLICY) {
         throw invalid(
           `${name}: reporting policy must be a uint 0..${MAX_POLICY}, found ${describe(arg)} ${String(arg)}`,
-          argPath,
+          ix(path, i + 1),
         );
       }
       return { op: 'policy', code, policy: arg };
     case 'index':
-      return parseIndexArg(arg, argPath);
+      return parseIndexArg(arg, path, i + 1);
     case 'try-each':
-      return parseTryEach(arg, argPath, depth, state);
+      return parseTryEach(arg, ix(path, i + 1), depth, state);
     case 'params':
-      return { op: 'params', code: code === 19 ? 19 : 20, params: parseParameters(arg, argPath) };
+      return { op: 'params', code: code === 19 ? 19 : 20, params: parseParameters(arg, path, i + 1) };
     case 'sequence':
       // MF §8.4.10.6: SUIT_Directive_Run_Sequence = bstr .cbor SUIT_Command_Sequence
-      if (!(arg instanceof Uint8Array))
-        throw invalid(`${name}: argument must be a bstr-wrapped sequence, found ${describe(arg)}`, argPath);
+      if (!(arg instanceof Uint8Array)) {
+        throw invalid(
+          `${name}: argument must be a bstr-wrapped sequence, found ${describe(arg)}`,
+          ix(path, i + 1),
+        );
+      }
       return {
         op: 'run-sequence',
         code: 32,
-        sequence: parseSequenceBytes(arg, `${argPath}.cbor`, depth + 1, state),
+        sequence: parseSequenceBytes(arg, `${ix(path, i + 1)}.cbor`, depth + 1, state),
       };
     case 'override-multiple':
-      return parseOverrideMultiple(arg, argPath);
+      return parseOverrideMultiple(arg, ix(path, i + 1));
     case 'copy-params':
-      return parseCopyParams(arg, argPath);
+      return parseCopyParams(arg, ix(path, i + 1));
   }
 }
 
-function parseIndexArg(arg: unknown, path: string): SuitCommand {
-  // MF §8.4.10.1: IndexArg /= uint, IndexArg /= true, IndexArg /= [+uint]
+function parseIndexArg(arg: unknown, seqPath: string, i: number): SuitCommand {
+  // MF §8.4.10.1: IndexArg /= uint, IndexArg /= true, IndexArg /= [+uint]. The argument is at seqPath[i].
   if (arg === true) return { op: 'set-component-index', code: 12, index: true };
   if (isSmallUint(arg)) return { op: 'set-component-index', code: 12, index: [arg] };
   if (Array.isArray(arg)) {
     const list = arg as unknown[];
-    if (list.length === 0) throw invalid('set-component-index: index array must not be empty', path);
+    if (list.length === 0)
+      throw invalid('set-component-index: index array must not be empty', ix(seqPath, i));
     const index = list.map((v, j) => {
-      if (!isSmallUint(v))
-        throw invalid(`set-component-index: index must be a uint, found ${describe(v)}`, `${path}[${j}]`);
+      if (!isSmallUint(v)) {
+        throw invalid(
+          `set-component-index: index must be a uint, found ${describe(v)}`,
+          ix(ix(seqPath, i), j),
+        );
+      }
       return v;
     });
     return index.length === 1
       ? { op: 'set-component-index', code: 12, index, asArray: true }
       : { op: 'set-component-index', code: 12, index };
   }
-  throw invalid(`set-component-index: argument must be uint, true or [+uint], found ${describe(arg)}`, path);
+  throw invalid(
+    `set-component-index: argument must be uint, true or [+uint], found ${describe(arg)}`,
+    ix(seqPath, i),
+  );
 }
 
 function parseTryEach(arg: unknown, path: string, depth: number, state: ParseState): SuitCommand {
@@ -305,7 +339,7 @@ function parseOverrideMultiple(arg: unknown, path: string): SuitCommand {
   for (const [k, v] of arg.entries) {
     if (!isSmallUint(k))
       throw invalid(`override-multiple: key must be a component index (uint), found ${describe(k)}`, path);
-    perComponent.set(k, parseParameters(v, `${path}{${k}}`));
+    perComponent.set(k, parseParameters(v, `${path}{${k}}`, undefined));
   }
   return { op: 'override-multiple', code: 34, perComponent };
 }
@@ -336,20 +370,33 @@ function parseCopyParams(arg: unknown, path: string): SuitCommand {
   return { op: 'copy-params', code: 35, copies };
 }
 
-/** Validates a `{ + SUIT_Parameters }` map (MF §8.4.8). */
-function parseParameters(arg: unknown, path: string): SuitParameters {
-  if (!(arg instanceof CborMap)) throw invalid(`parameters must be a map, found ${describe(arg)}`, path);
-  if (arg.size === 0) throw invalid('parameters map must not be empty', path);
+/** Validates a `{ + SUIT_Parameters }` map (MF §8.4.8) at `path`, or at `path[index]` when index is given. */
+function parseParameters(arg: unknown, path: string, index: number | undefined): SuitParameters {
+  if (!(arg instanceof CborMap))
+    throw invalid(`parameters must be a map, found ${describe(arg)}`, at(path, index));
+  if (arg.size === 0) throw invalid('parameters map must not be empty', at(path, index));
   const out = new Map<number, ParamValue>();
-  for (const [k, v] of arg.entries) {
+  const entries = arg.entries;
+  for (let j = 0; j < entries.length; j++) {
+    const [k, v] = entries[j]!;
     if (typeof k !== 'number' || !Number.isSafeInteger(k)) {
       if (typeof k === 'bigint')
-        throw new SuitError('SUIT_PARAMETER_UNSUPPORTED', `unknown parameter ${k}`, path);
-      throw paramInvalid(`parameter key must be an int, found ${describe(k)}`, path);
+        throw new SuitError('SUIT_PARAMETER_UNSUPPORTED', `unknown parameter ${k}`, at(path, index));
+      throw paramInvalid(`parameter key must be an int, found ${describe(k)}`, at(path, index));
     }
-    out.set(k, parseParameterValue(k, v, `${path}{${k}}`));
+    // The value's bytes as received equal its deterministic encoding (strict decode), when they were recorded.
+    out.set(k, parameterValue(k, v, path, index, arg.valueBytes(j)));
   }
   return out;
+}
+
+function at(path: string, index: number | undefined): string {
+  return index === undefined ? path : ix(path, index);
+}
+
+/** The path of parameter `code` in the map at `path` / `path[index]` (or `path` itself when code is undefined). */
+function paramPath(path: string, index: number | undefined, code: number | undefined): string {
+  return code === undefined ? path : `${at(path, index)}{${code}}`;
 }
 
 /**
@@ -357,6 +404,22 @@ function parseParameters(arg: unknown, path: string): SuitParameters {
  * typed value with its deterministic encoding. Used by the parser and by builders that construct parameters.
  */
 export function parseParameterValue(code: number, value: unknown, path: string): ParamValue {
+  return parameterValue(code, value, path, undefined, undefined, true);
+}
+
+/**
+ * parseParameterValue with a lazily formatted path (see paramPath; `whole` = `path` is the parameter's own path)
+ * and, when known, the value's encoding as received (`raw`, else it is encoded here).
+ */
+function parameterValue(
+  code: number,
+  value: unknown,
+  base: string,
+  index: number | undefined,
+  received: Uint8Array | undefined,
+  whole = false,
+): ParamValue {
+  const pc = whole ? undefined : code;
   const info = PARAMETERS.get(code);
   if (info === undefined) {
     if (code < CUSTOM_LIMIT) {
@@ -370,45 +433,69 @@ export function parseParameterValue(code: number, value: unknown, path: string):
       if (!ok)
         throw paramInvalid(
           `custom parameter must be int, bool, tstr or bstr, found ${describe(value)}`,
-          path,
+          paramPath(base, index, pc),
         );
-      return { type: 'custom', value, raw: encode(value) };
+      return { type: 'custom', value, raw: received ?? encode(value) };
     }
-    throw new SuitError('SUIT_PARAMETER_UNSUPPORTED', `unknown parameter ${code}`, path);
+    throw new SuitError(
+      'SUIT_PARAMETER_UNSUPPORTED',
+      `unknown parameter ${code}`,
+      paramPath(base, index, pc),
+    );
   }
-  return parseTyped(info.type, info.name, value, path);
+  return parseTyped(info.type, info.name, value, base, index, pc, received);
 }
 
-function expectBytes(name: string, value: unknown, path: string): Uint8Array {
+function expectBytes(
+  name: string,
+  value: unknown,
+  base: string,
+  index: number | undefined,
+  code: number | undefined,
+): Uint8Array {
   if (!(value instanceof Uint8Array))
-    throw paramInvalid(`${name} must be a bstr, found ${describe(value)}`, path);
+    throw paramInvalid(`${name} must be a bstr, found ${describe(value)}`, paramPath(base, index, code));
   return value;
 }
 
-function parseTyped(type: ParamType, name: string, value: unknown, path: string): ParamValue {
-  const raw = (): Uint8Array => encode(value);
+function parseTyped(
+  type: ParamType,
+  name: string,
+  value: unknown,
+  base: string,
+  index: number | undefined,
+  code: number | undefined,
+  received: Uint8Array | undefined,
+): ParamValue {
+  // The parameter's path is paramPath(base, index, code), formatted only when needed.
   switch (type) {
     case 'vendor-id': {
       // MF §8.4.8.3: vendor-identifier => RFC4122_UUID / cbor-pen (#6.112(bstr))
       if (value instanceof CborTag) {
         if (value.tag !== Tag.pen || !(value.value instanceof Uint8Array) || value.value.length === 0) {
-          throw paramInvalid(`${name} must be a 16-byte UUID or tag 112 (PEN) around a non-empty bstr`, path);
+          throw paramInvalid(
+            `${name} must be a 16-byte UUID or tag 112 (PEN) around a non-empty bstr`,
+            paramPath(base, index, code),
+          );
         }
-        return { type: 'vendor-id', bytes: value.value, pen: true, raw: raw() };
+        return { type: 'vendor-id', bytes: value.value, pen: true, raw: received ?? encode(value) };
       }
-      const b = expectBytes(name, value, path);
-      if (b.length !== 16) throw paramInvalid(`${name} UUID must be 16 bytes, found ${b.length}`, path);
-      return { type: 'vendor-id', bytes: b, pen: false, raw: raw() };
+      const b = expectBytes(name, value, base, index, code);
+      if (b.length !== 16)
+        throw paramInvalid(`${name} UUID must be 16 bytes, found ${b.length}`, paramPath(base, index, code));
+      return { type: 'vendor-id', bytes: b, pen: false, raw: received ?? encode(value) };
     }
     case 'uuid': {
       // MF §8.4.8.4 / §8.4.8.5: RFC4122_UUID = bstr .size 16
-      const b = expectBytes(name, value, path);
-      if (b.length !== 16) throw paramInvalid(`${name} UUID must be 16 bytes, found ${b.length}`, path);
-      return { type: 'uuid', bytes: b, raw: raw() };
+      const b = expectBytes(name, value, base, index, code);
+      if (b.length !== 16)
+        throw paramInvalid(`${name} UUID must be 16 bytes, found ${b.length}`, paramPath(base, index, code));
+      return { type: 'uuid', bytes: b, raw: received ?? encode(value) };
     }
     case 'digest': {
+      const path = paramPath(base, index, code);
       // MF §8.4.8.6: image-digest => bstr .cbor SUIT_Digest; MF §8.3: SUIT_Digest = [alg, bstr, * ext]
-      const b = expectBytes(name, value, path);
+      const b = expectBytes(name, value, path, undefined, undefined);
       const d = decodeStrict(b, `${path}.cbor`, 'parameter');
       if (!Array.isArray(d) || d.length < 2)
         throw paramInvalid(`${name}: SUIT_Digest must be [algorithm-id, digest-bytes]`, `${path}.cbor`);
@@ -423,32 +510,41 @@ function parseTyped(type: ParamType, name: string, value: unknown, path: string)
           `${name}: digest bytes must be a bstr, found ${describe(bytes)}`,
           `${path}.cbor[1]`,
         );
-      return { type: 'digest', digest: { alg, bytes }, raw: raw() };
+      return { type: 'digest', digest: { alg, bytes }, raw: received ?? encode(value) };
     }
     case 'uint':
-      if (isSmallUint(value)) return { type: 'uint', value: BigInt(value), raw: raw() };
-      if (typeof value === 'bigint' && value >= 0n) return { type: 'uint', value, raw: raw() };
-      throw paramInvalid(`${name} must be a uint, found ${describe(value)} ${String(value)}`, path);
+      if (isSmallUint(value)) return { type: 'uint', value: BigInt(value), raw: received ?? encode(value) };
+      if (typeof value === 'bigint' && value >= 0n)
+        return { type: 'uint', value, raw: received ?? encode(value) };
+      throw paramInvalid(
+        `${name} must be a uint, found ${describe(value)} ${String(value)}`,
+        paramPath(base, index, code),
+      );
     case 'int':
       if (typeof value === 'number' && Number.isSafeInteger(value))
-        return { type: 'int', value: BigInt(value), raw: raw() };
-      if (typeof value === 'bigint') return { type: 'int', value, raw: raw() };
-      throw paramInvalid(`${name} must be an int, found ${describe(value)}`, path);
+        return { type: 'int', value: BigInt(value), raw: received ?? encode(value) };
+      if (typeof value === 'bigint') return { type: 'int', value, raw: received ?? encode(value) };
+      throw paramInvalid(`${name} must be an int, found ${describe(value)}`, paramPath(base, index, code));
     case 'bool':
       if (typeof value !== 'boolean')
-        throw paramInvalid(`${name} must be a bool, found ${describe(value)}`, path);
-      return { type: 'bool', value, raw: raw() };
+        throw paramInvalid(`${name} must be a bool, found ${describe(value)}`, paramPath(base, index, code));
+      return { type: 'bool', value, raw: received ?? encode(value) };
     case 'bstr':
-      return { type: 'bstr', bytes: expectBytes(name, value, path), raw: raw() };
+      return {
+        type: 'bstr',
+        bytes: expectBytes(name, value, base, index, code),
+        raw: received ?? encode(value),
+      };
     case 'tstr':
       if (typeof value !== 'string')
-        throw paramInvalid(`${name} must be a tstr, found ${describe(value)}`, path);
-      return { type: 'tstr', value, raw: raw() };
+        throw paramInvalid(`${name} must be a tstr, found ${describe(value)}`, paramPath(base, index, code));
+      return { type: 'tstr', value, raw: received ?? encode(value) };
     case 'encryption-info': {
+      const path = paramPath(base, index, code);
       // ENC §4: encryption-info => bstr .cbor SUIT_Encryption_Info; SUIT_Encryption_Info = COSE_Encrypt_Tagged /
       // COSE_Encrypt0_Tagged. Only the shape is checked here (peer COSE headers need not be canonical); the COSE
       // layer validates and decrypts later.
-      const b = expectBytes(name, value, path);
+      const b = expectBytes(name, value, path, undefined, undefined);
       const d = decodeStrict(b, `${path}.cbor`, 'parameter', { sortedKeys: false });
       const shapeOk =
         d instanceof CborTag &&
@@ -459,11 +555,12 @@ function parseTyped(type: ParamType, name: string, value: unknown, path: string)
           `${name} must wrap a tagged COSE_Encrypt (96, 4 items) or COSE_Encrypt0 (16, 3 items)`,
           `${path}.cbor`,
         );
-      return { type: 'encryption-info', bytes: b, raw: raw() };
+      return { type: 'encryption-info', bytes: b, raw: received ?? encode(value) };
     }
     case 'version': {
+      const path = paramPath(base, index, code);
       // UM: version => bstr .cbor SUIT_Parameter_Version_Match = [comparison-type 1..5, [+int]]
-      const b = expectBytes(name, value, path);
+      const b = expectBytes(name, value, path, undefined, undefined);
       const vp = `${path}.cbor`;
       const d = decodeStrict(b, vp, 'parameter');
       if (!Array.isArray(d) || d.length !== 2)
@@ -478,11 +575,12 @@ function parseTyped(type: ParamType, name: string, value: unknown, path: string)
           throw paramInvalid(`${name}: version part must be an int`, `${vp}[1][${j}]`);
         return x;
       });
-      return { type: 'version', comparison: cmp, parts: ints, raw: raw() };
+      return { type: 'version', comparison: cmp, parts: ints, raw: received ?? encode(value) };
     }
     case 'wait-info': {
+      const path = paramPath(base, index, code);
       // UM: wait-info => bstr .cbor SUIT_Wait_Event = { + SUIT_Wait_Events }
-      const b = expectBytes(name, value, path);
+      const b = expectBytes(name, value, path, undefined, undefined);
       const vp = `${path}.cbor`;
       const d = decodeStrict(b, vp, 'parameter');
       if (!(d instanceof CborMap) || d.size === 0)
@@ -494,11 +592,12 @@ function parseTyped(type: ParamType, name: string, value: unknown, path: string)
         checkWaitEvent(k, v, `${vp}{${k}}`);
         events.set(k, v);
       }
-      return { type: 'wait-info', events, raw: raw() };
+      return { type: 'wait-info', events, raw: received ?? encode(value) };
     }
     case 'component-metadata': {
+      const path = paramPath(base, index, code);
       // UM: component-metadata => bstr .cbor SUIT_Component_Metadata (a map with int keys)
-      const b = expectBytes(name, value, path);
+      const b = expectBytes(name, value, path, undefined, undefined);
       const d = decodeStrict(b, `${path}.cbor`, 'parameter');
       if (!(d instanceof CborMap))
         throw paramInvalid(`${name} must wrap a map, found ${describe(d)}`, `${path}.cbor`);
@@ -506,7 +605,7 @@ function parseTyped(type: ParamType, name: string, value: unknown, path: string)
         if (typeof k !== 'number')
           throw paramInvalid(`${name}: metadata keys must be ints, found ${describe(k)}`, `${path}.cbor`);
       }
-      return { type: 'component-metadata', bytes: b, raw: raw() };
+      return { type: 'component-metadata', bytes: b, raw: received ?? encode(value) };
     }
   }
 }

@@ -14,11 +14,12 @@
  *
  * Every failure is a SuitError (the CBOR error, if any, is its `cause`).
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, hash, timingSafeEqual } from 'node:crypto';
 import { CborMap, CborTag, bstrHead, decode } from '@rotor/cose';
 import { parseCommandSequence, type ParseLimits, type SuitCommand } from './commands.ts';
 import { EnvelopeKey, ManifestKey, SEVERABLE_KEYS } from './codes.ts';
 import { SuitError, type SuitErrorCode } from './errors.ts';
+import { isOwned, ownedCopy } from './owned.ts';
 import type {
   ComponentId,
   Severable,
@@ -111,8 +112,23 @@ export function digestBstr(alg: number, content: Uint8Array, path = 'digest'): U
   const info = DIGEST_ALGS.get(alg);
   if (info === undefined)
     throw new SuitError('SUIT_DIGEST_ALG_UNSUPPORTED', `digest algorithm ${alg} is not supported`, path);
-  const h = info.xof ? createHash(info.hash, { outputLength: info.length }) : createHash(info.hash);
-  return h.update(byteStringHead(content.length)).update(content).digest();
+  const head = byteStringHead(content.length);
+  if (info.xof)
+    return createHash(info.hash, { outputLength: info.length }).update(head).update(content).digest();
+  // One-shot over head ‖ content. When the content is a view whose preceding bytes are its head (a bstr inside
+  // a decoded buffer), that span is hashed in place; otherwise the two are joined first.
+  const hl = head.length;
+  const off = content.byteOffset;
+  if (off >= hl) {
+    const span = new Uint8Array(content.buffer, off - hl, hl + content.length);
+    let same = true;
+    for (let i = 0; i < hl; i++) if (span[i] !== head[i]) same = false;
+    if (same) return hash(info.hash, span, 'buffer');
+  }
+  const joined = new Uint8Array(hl + content.length);
+  joined.set(head, 0);
+  joined.set(content, hl);
+  return hash(info.hash, joined, 'buffer');
 }
 
 /** The preferred-encoding head of a bstr of `n` bytes (RFC 8949 §3.1, §4.2.1); same bytes as cose's bstrHead. */
@@ -143,9 +159,14 @@ export function checkBstrDigest(
 // ---------------------------------------------------------------------------------------------------------
 // Small typed readers that fail with a SuitError code and a path.
 
+const STRICT = {};
+const SHARED = { shareBytes: true };
+
 function decodeCbor(bytes: Uint8Array, code: SuitErrorCode, path: string, maxSize?: number): unknown {
   try {
-    return decode(bytes, maxSize === undefined ? {} : { maxSize });
+    // Input inside a private copy (owned.ts) is decoded into views of it rather than fresh copies.
+    const share = isOwned(bytes);
+    return decode(bytes, maxSize === undefined ? (share ? SHARED : STRICT) : { maxSize, shareBytes: share });
   } catch (e) {
     throw new SuitError(code, `malformed CBOR (${e instanceof Error ? e.message : String(e)})`, path, {
       cause: e,
@@ -194,18 +215,33 @@ function smallInt(v: unknown, code: SuitErrorCode, path: string): number {
 export function parseDigest(v: unknown, code: SuitErrorCode, path: string): SuitDigest {
   const a = arrayOf(v, code, path);
   if (a.length !== 2) throw new SuitError(code, `SUIT_Digest has ${a.length} elements, expected 2`, path);
-  const alg = smallInt(a[0], code, `${path}[0]`);
-  const bytes = bytesOf(a[1], code, `${path}[1]`);
+  const alg = a[0];
+  const bytes = a[1];
+  if (typeof alg !== 'number') bad(code, 'int', alg, `${path}[0]`);
+  if (!(bytes instanceof Uint8Array)) bad(code, 'bstr', bytes, `${path}[1]`);
   return { alg, bytes };
 }
 
 /** SUIT_Component_Identifier = [* bstr] (MF §8.4.5.1). */
-function parseComponentId(v: unknown, maxLen: number, path: string): ComponentId {
-  const a = arrayOf(v, 'SUIT_MANIFEST_INVALID', path);
-  if (a.length > maxLen)
-    throw new SuitError('SUIT_MANIFEST_INVALID', `component identifier longer than ${maxLen}`, path);
-  for (let i = 0; i < a.length; i++) bytesOf(a[i], 'SUIT_MANIFEST_INVALID', `${path}[${i}]`);
+function parseComponentId(v: unknown, maxLen: number, path: string, index?: number): ComponentId {
+  // The path is `path`, or `path[index]` (formatted only on failure).
+  if (!Array.isArray(v)) bad('SUIT_MANIFEST_INVALID', 'array', v, at(path, index));
+  const a = v as unknown[];
+  if (a.length > maxLen) {
+    throw new SuitError(
+      'SUIT_MANIFEST_INVALID',
+      `component identifier longer than ${maxLen}`,
+      at(path, index),
+    );
+  }
+  for (let i = 0; i < a.length; i++) {
+    if (!(a[i] instanceof Uint8Array)) bad('SUIT_MANIFEST_INVALID', 'bstr', a[i], `${at(path, index)}[${i}]`);
+  }
   return a as Uint8Array[];
+}
+
+function at(path: string, index: number | undefined): string {
+  return index === undefined ? path : `${path}[${index}]`;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -221,7 +257,9 @@ export function parseEnvelopeOuter(bytes: Uint8Array, opts: DecodeEnvelopeOption
   const maxSize = opts.maxSize ?? DEFAULTS.maxSize;
   if (bytes.length > maxSize)
     throw new SuitError(E, `envelope of ${bytes.length} bytes exceeds ${maxSize}`, P);
-  let top = decodeCbor(bytes, E, P, maxSize);
+  // Everything below is decoded from one private copy, so no caller can change the bytes between the digest
+  // check, the signature check and the parse (MF §6.2), and nested items need no copies of their own.
+  let top = decodeCbor(ownedCopy(bytes), E, P, maxSize);
   // SUIT_Envelope_Tagged = #6.107(SUIT_Envelope) (MF §8.2); the untagged form is accepted unless required.
   let tagged = false;
   if (top instanceof CborTag) {
@@ -245,12 +283,12 @@ export function parseEnvelopeOuter(bytes: Uint8Array, opts: DecodeEnvelopeOption
         throw new SuitError(E, `more than ${maxIntegrated} integrated payloads`, P);
       integrated.set(k, bytesOf(v, E, `${P}[${JSON.stringify(k)}]`));
     } else if (k === EnvelopeKey.authenticationWrapper) {
-      authWrapper = bytesOf(v, E, `${P}.authentication-wrapper`);
+      authWrapper = bytesOf(v, E, 'envelope.authentication-wrapper');
     } else if (k === EnvelopeKey.manifest) {
-      manifestBytes = bytesOf(v, E, `${P}.manifest`);
+      manifestBytes = bytesOf(v, E, 'envelope.manifest');
     } else if (typeof k === 'number' && SEVERABLE_KEYS.has(k)) {
       // Severable members: bstr in the envelope, SUIT_Digest in the manifest (MF §8.4.6, TD §5, UM §5).
-      members.set(k, bytesOf(v, E, `${P}[${k}]`));
+      members.set(k, v instanceof Uint8Array ? v : bad(E, 'bstr', v, `${P}[${k}]`));
     } else if (k === EnvelopeKey.delegation) {
       // Delegation chains were removed from draft-ietf-suit-trust-domains in 2025; the label is only reserved.
       throw new SuitError(
@@ -266,16 +304,20 @@ export function parseEnvelopeOuter(bytes: Uint8Array, opts: DecodeEnvelopeOption
   if (manifestBytes === undefined) throw new SuitError(E, 'missing manifest (key 3)', P);
 
   // SUIT_Authentication = [ bstr .cbor SUIT_Digest, * bstr .cbor SUIT_Authentication_Block ] (MF §8.3).
-  const AP = `${P}.authentication-wrapper`;
+  const AP = 'envelope.authentication-wrapper';
   const auth = arrayOf(decodeCbor(authWrapper, E, AP), E, AP);
   if (auth.length < 1) throw new SuitError(E, 'SUIT_Authentication holds no SUIT_Digest', AP);
   const maxAuthBlocks = opts.maxAuthBlocks ?? DEFAULTS.maxAuthBlocks;
   if (auth.length - 1 > maxAuthBlocks)
     throw new SuitError(E, `more than ${maxAuthBlocks} authentication blocks`, AP);
-  const digestBytes = bytesOf(auth[0], E, `${AP}[0]`);
-  const digest = parseDigest(decodeCbor(digestBytes, E, `${AP}[0]`), E, `${AP}[0]`);
+  const AP0 = 'envelope.authentication-wrapper[0]';
+  const digestBytes = bytesOf(auth[0], E, AP0);
+  const digest = parseDigest(decodeCbor(digestBytes, E, AP0), E, AP0);
   const authBlocks: Uint8Array[] = [];
-  for (let i = 1; i < auth.length; i++) authBlocks.push(bytesOf(auth[i], E, `${AP}[${i}]`));
+  for (let i = 1; i < auth.length; i++) {
+    const b = auth[i];
+    authBlocks.push(b instanceof Uint8Array ? b : bad(E, 'bstr', b, `${AP}[${i}]`));
+  }
 
   // The digest covers the manifest bstr as encoded, head included (MF §8.3); compared in constant time.
   if (opts.verifyDigest !== false) {
@@ -283,10 +325,10 @@ export function parseEnvelopeOuter(bytes: Uint8Array, opts: DecodeEnvelopeOption
       throw new SuitError(
         'SUIT_DIGEST_ALG_UNSUPPORTED',
         `digest algorithm ${digest.alg} is not supported`,
-        `${AP}[0]`,
+        AP0,
       );
     }
-    checkBstrDigest(digest, manifestBytes, 'SUIT_DIGEST_MISMATCH', `${P}.manifest`);
+    checkBstrDigest(digest, manifestBytes, 'SUIT_DIGEST_MISMATCH', 'envelope.manifest');
   }
   return { bytes, tagged, digest, digestBytes, authBlocks, manifestBytes, members, integrated };
 }
@@ -337,7 +379,10 @@ function parseCommon(bytes: Uint8Array, path: string, lim: Limits): SuitCommon {
           `${path}.components`,
         );
       }
-      components = a.map((c, i) => parseComponentId(c, lim.maxComponentIdLength, `${path}.components[${i}]`));
+      const cp = `${path}.components`;
+      components = [];
+      for (let i = 0; i < a.length; i++)
+        components.push(parseComponentId(a[i], lim.maxComponentIdLength, cp, i));
     } else if (k === 4) {
       // suit-shared-sequence = bstr .cbor SUIT_Shared_Sequence (MF §8.4.5).
       sharedSequence = sequence(bytesOf(v, M, `${path}.shared-sequence`), `${path}.shared-sequence`, lim);
