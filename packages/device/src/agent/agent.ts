@@ -18,10 +18,19 @@ import {
   encodeReport,
   processEnvelope,
   SuitError,
+  type ComponentId,
+  type ProcessResult,
   type SuitEnvelope,
   type SuitReport,
 } from '@rotor/suit';
 import { boot, FIRMWARE_KEY, RECOVERY_KEY, trustPolicyOf, type BootResult } from '../boot/boot.ts';
+import {
+  authenticateUpdate,
+  checkAuthorImages,
+  dependencyComponents,
+  hasIdentityChecks,
+  type AuthenticatedUpdate,
+} from '../boot/chain.ts';
 import { DeviceError } from '../errors.ts';
 import { componentKey, Flash, otherBank } from '../flash/flash.ts';
 import {
@@ -122,6 +131,16 @@ function deviceCodeOf(e: unknown): string {
   return 'MANIFEST_REJECTED';
 }
 
+/** An update procedure's outcome with what the bank record needs (module comment of boot/chain.ts). */
+interface Processed {
+  readonly res: ProcessResult;
+  /** A refusal found after the processor succeeded (TD §5/§6 chain checks). */
+  readonly error: SuitError | undefined;
+  readonly rollbackKey: ComponentId;
+  readonly sequence: bigint;
+  readonly dependencies: { component: ComponentId; envelope: Uint8Array }[];
+}
+
 function refusal(e: unknown, report?: SuitReport): UpdateOutcome {
   if (isPowerCut(e)) throw new DeviceError('POWER_CUT', 'power cut', { cause: e });
   return {
@@ -202,30 +221,28 @@ export class DeviceAgent {
       ['r', p.recovery],
       ['a', p.firmware],
     ] as const) {
-      const env = await this.#authenticate(bytes);
-      const key = env.manifest.componentId ?? (bank === 'r' ? RECOVERY_KEY : FIRMWARE_KEY);
+      const chain = await this.#authenticate(bytes);
+      const env = chain.envelope;
       const platform = this.#platform(p.identity, bank, env);
-      const res = await processEnvelope(env, 'update', {
-        platform,
-        manifestKey: key,
-        requireIdentityChecks: true,
-      });
-      if (!res.ok) {
-        if (isPowerCut(res.error)) throw new DeviceError('POWER_CUT', 'power cut', { cause: res.error });
-        throw new DeviceError('MANIFEST_REJECTED', `provisioning ${bank}: ${res.error?.message ?? ''}`, {
-          cause: res.error,
+      const out = await this.#process(chain, platform, bank === 'r' ? RECOVERY_KEY : FIRMWARE_KEY);
+      const error = out.res.ok ? out.error : out.res.error;
+      if (error !== undefined || !out.res.ok) {
+        if (isPowerCut(error)) throw new DeviceError('POWER_CUT', 'power cut', { cause: error });
+        throw new DeviceError('MANIFEST_REJECTED', `provisioning ${bank}: ${error?.message ?? ''}`, {
+          cause: error,
         });
       }
       await nv.store.put(
         bankName(bank),
         encodeBank({
           envelope: bytes,
-          sequence: env.manifest.sequenceNumber,
-          rollbackKey: key,
+          sequence: out.sequence,
+          rollbackKey: out.rollbackKey,
           images: platform.written,
+          dependencies: out.dependencies,
         }),
       );
-      counters.set(componentKey(key), env.manifest.sequenceNumber);
+      counters.set(componentKey(out.rollbackKey), out.sequence);
     }
     const scratch = [...(await nv.bankScratch('a')), ...(await nv.bankScratch('r'))];
     const state: BootState = { active: 'a', trial: undefined, event: 'none', bootCount: 0 };
@@ -324,14 +341,78 @@ export class DeviceAgent {
 
   // ---- update --------------------------------------------------------------------------------------------
 
-  async #authenticate(bytes: Uint8Array): Promise<SuitEnvelope> {
+  async #authenticate(bytes: Uint8Array): Promise<AuthenticatedUpdate> {
     if (bytes.length > MAX_ENVELOPE)
       throw new DeviceError('MANIFEST_REJECTED', `envelope of ${bytes.length} bytes exceeds ${MAX_ENVELOPE}`);
     const identity = await this.nv.identity();
     if (identity === undefined) throw new DeviceError('NOT_PROVISIONED', 'no identity');
-    // MF §6.2 / §8.3: authenticate before anything else is parsed or executed.
-    return (await authenticateEnvelope(bytes, trustPolicyOf(await this.nv.anchors(), identity.requiredRoles)))
-      .envelope;
+    // MF §6.2 / §8.3: authenticate before anything else is parsed or executed; the required roles may be met
+    // across a dependency chain (TD §5, boot/chain.ts).
+    return authenticateUpdate(bytes, trustPolicyOf(await this.nv.anchors(), identity.requiredRoles));
+  }
+
+  /**
+   * The SUIT update procedure over `platform`, dependencies authenticated under the chain's dependency policy
+   * (TD §5.6.3), then the chain checks of boot/chain.ts. `defaultKey`: the anti-rollback key of manifests
+   * without manifest-component-id.
+   */
+  async #process(
+    chain: AuthenticatedUpdate,
+    platform: DevicePlatform,
+    defaultKey: ComponentId,
+  ): Promise<Processed> {
+    const env = chain.envelope;
+    const key = env.manifest.componentId ?? defaultKey;
+    const dependent = env.manifest.common.dependencies.length > 0;
+    const deps: SuitEnvelope[] = [];
+    const res = await processEnvelope(env, 'update', {
+      platform,
+      manifestKey: key,
+      // MF §6.2: vendor and class checks — in the manifest, or for a dependent in each dependency (TD §5: the
+      // operator's dependent overrides parameters only; the author's manifest identifies the device).
+      requireIdentityChecks: !dependent,
+      authenticateDependency: async (bytes) => {
+        const d = (await authenticateEnvelope(bytes, chain.dependencyPolicy)).envelope;
+        if (!hasIdentityChecks(d.manifest))
+          throw new SuitError(
+            'SUIT_COMMAND_INVALID',
+            "the dependency's shared sequence must check vendor and class identifiers (MF §6.2)",
+          );
+        if (chain.authorFromDependency) {
+          // MF §8.4.2 / RFC 9124 REQ.SEC.SEQUENCE: the author's firmware version must rise.
+          const k = d.manifest.componentId ?? defaultKey;
+          const counter = await this.nv.counter(k);
+          if (counter !== undefined && d.manifest.sequenceNumber <= counter)
+            throw new SuitError(
+              'SUIT_ROLLBACK',
+              `dependency sequence number ${d.manifest.sequenceNumber} is not greater than the installed ${counter} for ${componentKey(k)} (MF §8.4.2)`,
+            );
+        }
+        if (!deps.some((x) => Buffer.compare(x.digestBytes, d.digestBytes) === 0)) deps.push(d);
+        return d;
+      },
+    });
+    let error: SuitError | undefined;
+    let rollbackKey = key;
+    let sequence = env.manifest.sequenceNumber;
+    if (res.ok && chain.authorFromDependency) {
+      const author = deps.length === 1 ? deps[0] : undefined;
+      if (author === undefined)
+        error = new SuitError(
+          'SUIT_DEPENDENCY_INVALID',
+          `an operator-signed dependent must process exactly one author-signed dependency (TD §5), not ${deps.length}`,
+        );
+      else {
+        try {
+          checkAuthorImages(author, platform.written);
+          rollbackKey = author.manifest.componentId ?? defaultKey;
+          sequence = author.manifest.sequenceNumber;
+        } catch (e) {
+          error = e instanceof SuitError ? e : new SuitError('SUIT_SIGNER_UNAUTHORIZED', String(e));
+        }
+      }
+    }
+    return { res, error, rollbackKey, sequence, dependencies: platform.dependencyEnvelopes };
   }
 
   #platform(identity: IdentityRecord, bank: 'a' | 'b' | 'r', env: SuitEnvelope): DevicePlatform {
@@ -345,6 +426,7 @@ export class DeviceAgent {
       bank,
       manifestDigest: env.digest.bytes,
       stats: this.stats,
+      dependencies: dependencyComponents(env.manifest),
       ...(this.fetchPolicy === undefined ? {} : { fetch: this.fetchPolicy }),
       ...(c.keys === undefined ? {} : { keys: c.keys }),
       ...(c.batteryMwh === undefined ? {} : { batteryMwh: c.batteryMwh }),
@@ -380,9 +462,9 @@ export class DeviceAgent {
     const nv = this.nv;
     const booted = this.#booted!;
     const identity = (await nv.identity())!;
-    let env: SuitEnvelope;
+    let chain: AuthenticatedUpdate;
     try {
-      env = await this.#authenticate(bytes);
+      chain = await this.#authenticate(bytes);
     } catch (e) {
       const out = refusal(e);
       if (resuming) await this.#abandon(undefined);
@@ -392,6 +474,7 @@ export class DeviceAgent {
       });
       return out;
     }
+    const env = chain.envelope;
     const state = (await nv.boot())!;
     const target = booted.bank === 'r' ? state.active : otherBank(booted.bank);
     if (!resuming) {
@@ -408,15 +491,12 @@ export class DeviceAgent {
       await this.flash.eraseBank('s');
     }
     await this.#emit('downloading', undefined, { envelope: env });
-    const key = env.manifest.componentId ?? FIRMWARE_KEY;
     const platform = this.#platform(identity, target, env);
-    const res = await processEnvelope(env, 'update', {
-      platform,
-      manifestKey: key,
-      requireIdentityChecks: true,
-    });
-    if (!res.ok) {
-      const out = refusal(res.error, res.report);
+    const processed = await this.#process(chain, platform, FIRMWARE_KEY);
+    const { res } = processed;
+    const error = res.ok ? processed.error : res.error;
+    if (!res.ok || error !== undefined) {
+      const out = refusal(error, res.report);
       await this.#abandon(target);
       await this.#emit('failed', undefined, {
         envelope: env,
@@ -436,9 +516,10 @@ export class DeviceAgent {
           bankName(target),
           encodeBank({
             envelope: bytes,
-            sequence: env.manifest.sequenceNumber,
-            rollbackKey: key,
+            sequence: processed.sequence,
+            rollbackKey: processed.rollbackKey,
             images: platform.written,
+            dependencies: processed.dependencies,
           }),
         ],
         [BOOT, encodeBoot({ ...state, trial: { bank: target, attemptsLeft: this.config.trialBoots ?? 3 } })],
@@ -452,7 +533,7 @@ export class DeviceAgent {
     return {
       ok: true,
       bank: target,
-      sequence: env.manifest.sequenceNumber,
+      sequence: processed.sequence,
       confirmed: after.bank === target && !after.trial,
     };
   }

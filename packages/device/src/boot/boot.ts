@@ -4,13 +4,16 @@
  * On every boot it chooses a bank, and before invoking it verifies, from flash, against the trust anchors in
  * non-volatile state:
  *  1. the stored envelope's authentication (draft-ietf-suit-manifest-34 §6.2, §8.3; the device's required roles,
- *     RFC 9019 §4 author + operator);
+ *     RFC 9019 §4 author + operator) — for an operator-signed dependent, also its stored dependency: author-signed,
+ *     bound to the dependent's image-digest, and the bank's images the author's (draft-ietf-suit-trust-domains
+ *     §5, §6; boot/chain.ts), exactly as at install;
  *  2. anti-rollback: the manifest's sequence number is not below the component's counter (MF §8.4.2, RFC 9124
  *     REQ.SEC.SEQUENCE) — the processor checks it, and so does this stage;
  *  3. the invoke procedure (MF §8.4.6: validate → load → invoke) over a platform bound to that bank: every
  *     image-match hashes the slot *in flash now*; every firmware image of the bank must have been hashed by an
  *     image-match and must equal the digest recorded at install (constant-time); invoke of an unverified
- *     component is refused by the platform.
+ *     component is refused by the platform. A dependent without validate/load/invoke sections (the server's
+ *     install-only operator manifest) boots through its dependencies' invoke procedures (the author's image-match).
  * Bank choice: a pending trial bank first (its boot budget is decremented durably *before* it is invoked, so a
  * crash or hang during a trial counts against it); when the budget is spent the trial is abandoned and the
  * previous bank boots (revert). Then the active bank, then the other A/B bank (its counter check keeps a
@@ -22,10 +25,19 @@ import { decodeCoseKey, verifierFromCoseKey, Alg } from '@rotor/cose';
 import {
   authenticateEnvelope,
   processEnvelope,
+  SuitError,
   type ComponentId,
+  type ProcessResult,
   type SuitEnvelope,
   type TrustPolicy,
 } from '@rotor/suit';
+import {
+  authenticateStoredDependency,
+  authenticateUpdate,
+  checkAuthorImages,
+  dependencyComponents,
+  type AuthenticatedUpdate,
+} from './chain.ts';
 import { DeviceError } from '../errors.ts';
 import { componentKey, componentTag, type Flash } from '../flash/flash.ts';
 import {
@@ -94,9 +106,23 @@ export async function verifyBank(
 ): Promise<{ envelope: SuitEnvelope; record: BankRecord }> {
   const record = await o.nv.bank(bank);
   if (record === undefined) throw new DeviceError('NO_BOOTABLE_IMAGE', `bank ${bank} is empty`);
-  let envelope: SuitEnvelope;
+  const defaultKey = bank === 'r' ? RECOVERY_KEY : FIRMWARE_KEY;
+  let chain: AuthenticatedUpdate;
+  const deps: SuitEnvelope[] = [];
   try {
-    envelope = (await authenticateEnvelope(record.envelope, policy)).envelope;
+    chain = await authenticateUpdate(record.envelope, policy);
+    for (const d of record.dependencies ?? [])
+      deps.push(
+        await authenticateStoredDependency(chain.envelope, d.component, d.envelope, chain.dependencyPolicy),
+      );
+    if (chain.authorFromDependency) {
+      if (deps.length !== 1)
+        throw new SuitError(
+          'SUIT_DEPENDENCY_INVALID',
+          'an operator-signed dependent needs its author dependency (TD §5)',
+        );
+      checkAuthorImages(deps[0]!, record.images);
+    }
   } catch (e) {
     throw new DeviceError(
       'MANIFEST_REJECTED',
@@ -104,9 +130,12 @@ export async function verifyBank(
       { cause: e },
     );
   }
-  const key = envelope.manifest.componentId ?? (bank === 'r' ? RECOVERY_KEY : FIRMWARE_KEY);
+  const envelope = chain.envelope;
+  // The anti-rollback identity of the bank: the author's manifest when the author's authority is a dependency.
+  const versioned = chain.authorFromDependency ? deps[0]! : envelope;
+  const key = versioned.manifest.componentId ?? defaultKey;
   if (
-    envelope.manifest.sequenceNumber !== record.sequence ||
+    versioned.manifest.sequenceNumber !== record.sequence ||
     componentKey(key) !== componentKey(record.rollbackKey)
   )
     throw new DeviceError('RECORD_INVALID', `bank ${bank}: record disagrees with its manifest`);
@@ -124,13 +153,33 @@ export async function verifyBank(
     bank,
     manifestDigest: envelope.digest.bytes,
     images: record.images,
+    dependencies: dependencyComponents(envelope.manifest),
+    ...(record.dependencies === undefined ? {} : { dependencyEnvelopes: record.dependencies }),
   });
-  const result = await processEnvelope(envelope, 'invoke', { platform, manifestKey: key });
-  if (!result.ok)
+  const m = envelope.manifest;
+  let result: ProcessResult | undefined;
+  if (deps.length > 0 && m.validate === undefined && m.load === undefined && m.invoke === undefined) {
+    // An install-only dependent: the images are verified and invoked by its dependencies' own procedures.
+    for (const d of deps) {
+      result = await processEnvelope(d, 'invoke', {
+        platform,
+        manifestKey: d.manifest.componentId ?? defaultKey,
+      });
+      if (!result.ok) break;
+    }
+  } else {
+    result = await processEnvelope(envelope, 'invoke', {
+      platform,
+      manifestKey: envelope.manifest.componentId ?? defaultKey,
+      authenticateDependency: async (bytes) =>
+        (await authenticateEnvelope(bytes, chain.dependencyPolicy)).envelope,
+    });
+  }
+  if (result === undefined || !result.ok)
     throw new DeviceError(
       'MANIFEST_REJECTED',
-      `bank ${bank}: invoke procedure failed: ${result.error?.message ?? 'unknown'}`,
-      { cause: result.error },
+      `bank ${bank}: invoke procedure failed: ${result?.error?.message ?? 'unknown'}`,
+      { cause: result?.error },
     );
   // Every image of the bank was hashed from flash by an image-match and equals its install record.
   for (const img of record.images) {

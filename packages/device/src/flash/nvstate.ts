@@ -32,6 +32,11 @@ export interface BankRecord {
   /** The anti-rollback key of the manifest (manifest-component-id, else the device's default key). */
   readonly rollbackKey: ComponentId;
   readonly images: readonly ImageRecord[];
+  /**
+   * Dependency envelopes the manifest processed (TD §5: the author's envelope under an operator's dependent), by
+   * dependency component, kept so that the boot stage authenticates the same chain on every boot.
+   */
+  readonly dependencies?: readonly { readonly component: ComponentId; readonly envelope: Uint8Array }[];
 }
 
 export interface TrialState {
@@ -122,18 +127,32 @@ export function encodeBank(r: BankRecord): Uint8Array {
     r.sequence,
     [...r.rollbackKey],
     r.images.map((i) => [[...i.component], i.size, i.sha256, i.chunkSize]),
+    ...(r.dependencies === undefined || r.dependencies.length === 0
+      ? []
+      : [r.dependencies.map((d) => [[...d.component], d.envelope])]),
   ]);
 }
 
 export function decodeBank(bytes: Uint8Array): BankRecord {
   return decodeRecord('bank record', bytes, (v) => {
-    const a = asArray(v, 'bank', { min: 5, max: 5 });
+    const a = asArray(v, 'bank', { min: 5, max: 6 });
     if (asUint(a[0], 'bank[0]') !== 1) throw new Error('unknown version');
     return {
       envelope: asBytes(a[1], 'bank[1]', { max: MAX_ENVELOPE }),
       sequence: asUint64(a[2], 'bank[2]'),
       rollbackKey: asComponent(a[3], 'bank[3]'),
       images: asArray(a[4], 'bank[4]', { max: 64 }).map((x, i) => decodeImageValue(x, `bank[4][${i}]`)),
+      ...(a.length === 6
+        ? {
+            dependencies: asArray(a[5], 'bank[5]', { max: 4 }).map((x, i) => {
+              const e = asArray(x, `bank[5][${i}]`, { min: 2, max: 2 });
+              return {
+                component: asComponent(e[0], `bank[5][${i}][0]`),
+                envelope: asBytes(e[1], `bank[5][${i}][1]`, { max: MAX_ENVELOPE }),
+              };
+            }),
+          }
+        : {}),
     };
   });
 }

@@ -19,7 +19,7 @@
  * (@rotor/suit Platform.size). A reference that somehow reaches code that treats it as bytes is an empty array:
  * every digest or content check over it mismatches, so the failure mode is refusal, never installation.
  */
-import { timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { Alg, decodeEncrypt, unwrapContentKey, type KeyAgreement, type KeyUnwrapper } from '@rotor/cose';
 import type { ComponentId } from '@rotor/suit';
 import { DeviceError } from '../errors.ts';
@@ -28,6 +28,7 @@ import {
   downloadName,
   encodeImage,
   imageName,
+  MAX_ENVELOPE,
   type IdentityRecord,
   type ImageRecord,
   type NvState,
@@ -93,6 +94,16 @@ export interface DevicePlatformOptions {
   /** Installed version per component key (UM version condition). */
   readonly versions?: ReadonlyMap<string, readonly number[]>;
   readonly stats?: InstallStats;
+  /**
+   * Dependency components of the manifest (TD §5.1): they hold dependency envelopes (bounded by MAX_ENVELOPE, kept
+   * in memory, never flashed); the agent stores them with the bank record.
+   */
+  readonly dependencies?: readonly ComponentId[];
+  /** Dependency envelopes recorded with the bank (boot mode: what the dependency components hold). */
+  readonly dependencyEnvelopes?: readonly {
+    readonly component: ComponentId;
+    readonly envelope: Uint8Array;
+  }[];
 }
 
 function same(a: Uint8Array, b: Uint8Array): boolean {
@@ -113,10 +124,58 @@ export class DevicePlatform {
   readonly invoked: ComponentId[] = [];
   /** The sequence number the processor recorded at the end of a successful update (MF §8.4.2). */
   pendingSequence: { key: ComponentId; value: bigint } | undefined;
+  readonly #dependencyKeys: ReadonlySet<string>;
+  /** Dependency components' contents (dependency envelopes), by component tag. */
+  readonly #deps = new Map<string, { component: ComponentId; envelope: Uint8Array }>();
 
   constructor(o: DevicePlatformOptions) {
     this.#o = o;
     for (const r of o.images ?? []) this.#images.set(componentTag(r.component), { bank: o.bank, record: r });
+    this.#dependencyKeys = new Set((o.dependencies ?? []).map(componentTag));
+    for (const d of o.dependencyEnvelopes ?? [])
+      if (this.#dependencyKeys.has(componentTag(d.component))) this.#deps.set(componentTag(d.component), d);
+  }
+
+  /** The dependency envelopes the dependency components hold (for the install commit). */
+  get dependencyEnvelopes(): { component: ComponentId; envelope: Uint8Array }[] {
+    return [...this.#deps.values()];
+  }
+
+  #isDependency(c: ComponentId): boolean {
+    return this.#dependencyKeys.has(componentTag(c));
+  }
+
+  /** A dependency component's content: an integrated envelope (bytes) or a fetched one (read whole, bounded). */
+  async #dependencyBytes(data: Uint8Array): Promise<Uint8Array> {
+    const ref = this.#refs.get(data);
+    if (ref === undefined) {
+      if (data.length > MAX_ENVELOPE)
+        throw new DeviceError('MANIFEST_REJECTED', `dependency envelope exceeds ${MAX_ENVELOPE} bytes`);
+      return data.slice();
+    }
+    if (ref.decryption !== undefined || ref.input.kind !== 'fetch')
+      throw new DeviceError(
+        'MANIFEST_REJECTED',
+        'a dependency component holds a fetched or integrated envelope',
+      );
+    const policy = this.#o.fetch;
+    if (policy === undefined) throw new DeviceError('FETCH_FAILED', 'this platform has no payload source');
+    const ac = new AbortController();
+    const res = await policy.source.open(ref.input.uri, { offset: 0, etag: undefined, signal: ac.signal });
+    try {
+      const parts: Uint8Array[] = [];
+      let n = 0;
+      for await (const p of res.body) {
+        n += p.length;
+        if (n > MAX_ENVELOPE)
+          throw new DeviceError('MANIFEST_REJECTED', `dependency envelope exceeds ${MAX_ENVELOPE} bytes`);
+        parts.push(p.slice());
+      }
+      return Buffer.concat(parts);
+    } finally {
+      ac.abort();
+      res.close();
+    }
   }
 
   /** The images written to the target bank in this run (for the install commit). */
@@ -158,10 +217,11 @@ export class DevicePlatform {
   }
 
   supportsComponent(c: ComponentId): boolean {
-    return this.#isFirmware(c) || this.#isStaging(c);
+    return this.#isFirmware(c) || this.#isStaging(c) || this.#isDependency(c);
   }
 
   async read(c: ComponentId, slot?: number): Promise<Uint8Array | undefined> {
+    if (this.#isDependency(c)) return this.#deps.get(componentTag(c))?.envelope;
     const bank = this.#bankOf(c, slot);
     const tag = componentTag(c);
     const lazy = this.#lazy.get(tag);
@@ -175,8 +235,14 @@ export class DevicePlatform {
     return token;
   }
 
-  write(c: ComponentId, data: Uint8Array, slot?: number): Promise<void> {
-    return this.#store(c, data, slot, true);
+  async write(c: ComponentId, data: Uint8Array, slot?: number): Promise<void> {
+    if (this.#isDependency(c)) {
+      if (this.#o.mode !== 'update')
+        throw new DeviceError('MANIFEST_REJECTED', 'the boot stage writes nothing (invoke procedure)');
+      this.#deps.set(componentTag(c), { component: c, envelope: await this.#dependencyBytes(data) });
+      return;
+    }
+    await this.#store(c, data, slot, true);
   }
 
   /** write(); `lazy` = a fetched, unencrypted staging payload may stay a reference (not when materializing). */
@@ -228,6 +294,10 @@ export class DevicePlatform {
 
   async digest(c: ComponentId, alg: number, slot?: number): Promise<Uint8Array | undefined> {
     if (alg !== Alg.SHA256) return undefined;
+    if (this.#isDependency(c)) {
+      const d = this.#deps.get(componentTag(c));
+      return d === undefined ? undefined : new Uint8Array(createHash('sha256').update(d.envelope).digest());
+    }
     const bank = this.#bankOf(c, slot);
     await this.#materialize(c);
     const tag = componentTag(c);
@@ -248,6 +318,10 @@ export class DevicePlatform {
 
   /** Size of a component's image (MF §8.4.9.3 image-size) from its record: never reads the image. */
   async size(c: ComponentId, slot?: number): Promise<bigint | undefined> {
+    if (this.#isDependency(c)) {
+      const d = this.#deps.get(componentTag(c));
+      return d === undefined ? undefined : BigInt(d.envelope.length);
+    }
     this.#bankOf(c, slot);
     await this.#materialize(c);
     const img = this.#images.get(componentTag(c));
@@ -301,6 +375,7 @@ export class DevicePlatform {
   async unlink(c: ComponentId): Promise<void> {
     const tag = componentTag(c);
     this.#lazy.delete(tag);
+    this.#deps.delete(tag);
     const img = this.#images.get(tag);
     if (img === undefined) return;
     this.#images.delete(tag);
@@ -314,7 +389,7 @@ export class DevicePlatform {
   ): Promise<Uint8Array> {
     if (this.#o.mode !== 'update')
       return Promise.reject(new DeviceError('MANIFEST_REJECTED', 'the boot stage fetches nothing'));
-    this.#bankOf(request.component, undefined);
+    if (!this.#isDependency(request.component)) this.#bankOf(request.component, undefined);
     const token = new Uint8Array(0);
     this.#refs.set(token, {
       input: { kind: 'fetch', uri, expectedSize: request.expectedSize },

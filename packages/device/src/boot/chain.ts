@@ -1,0 +1,180 @@
+/**
+ * Two-party authorization across a dependency chain (draft-ietf-suit-trust-domains "TD" §5, §6; RFC 9019 §4
+ * author + operator).
+ *
+ * A device that requires both an author and an operator accepts either
+ *  - one envelope carrying both signatures (`rotor manifest sign` co-signing: the required roles on one manifest,
+ *    draft-ietf-suit-manifest-34 §8.3), or
+ *  - an operator-signed dependent whose dependency is author-signed (the fleet server's per-device envelopes,
+ *    TD §5): each manifest is authenticated under its own signer's authority. The dependent needs every required
+ *    role except author; each dependency it processes needs an author signature (TD §5.6.3
+ *    condition-dependency-integrity). The operator may only override parameters (uri, encryption-info, TD
+ *    §5.6.1); the images are the author's: every firmware image a dependent installs or boots must equal an
+ *    image-digest the author's manifest declares for that component (MF §8.4.8.6).
+ *
+ * The anti-rollback key and sequence number of a dependent's bank are the author's (the firmware's version is the
+ * author's, TD §5.2.1 leaves the dependent's own counter to the dependent's identifier).
+ */
+import {
+  authenticateDependency,
+  authenticateEnvelope,
+  SuitError,
+  type ComponentId,
+  type SuitCommand,
+  type SuitDigest,
+  type SuitEnvelope,
+  type SuitManifest,
+  type TrustPolicy,
+} from '@rotor/suit';
+import { componentKey } from '../flash/flash.ts';
+
+const AUTHOR = 'author';
+const OPERATOR = 'operator';
+const SHA256 = -16;
+
+export interface AuthenticatedUpdate {
+  readonly envelope: SuitEnvelope;
+  /** The policy each dependency of `envelope` must satisfy. */
+  readonly dependencyPolicy: TrustPolicy;
+  /**
+   * True when the author's authority comes from a dependency (the outer has no author signature): the dependent
+   * must process exactly one author-signed dependency, and the images must be that author's (module comment).
+   */
+  readonly authorFromDependency: boolean;
+}
+
+function withRoles(policy: TrustPolicy, roles: readonly string[]): TrustPolicy {
+  return {
+    anchors: policy.anchors,
+    allowedAlgs: policy.allowedAlgs,
+    ...(roles.length === 0 ? {} : { requiredRoles: roles }),
+  };
+}
+
+/**
+ * Authenticates an envelope under the device's required roles, as one co-signed envelope or as an operator-signed
+ * dependent of an author-signed dependency (module comment). `policy` carries the device's required roles.
+ */
+export async function authenticateUpdate(
+  bytes: Uint8Array,
+  policy: TrustPolicy,
+): Promise<AuthenticatedUpdate> {
+  const roles = policy.requiredRoles ?? [];
+  const dependencyPolicy = withRoles(policy, roles.includes(AUTHOR) ? [AUTHOR] : []);
+  try {
+    const { envelope } = await authenticateEnvelope(bytes, policy);
+    return { envelope, dependencyPolicy, authorFromDependency: false };
+  } catch (e) {
+    if (!(e instanceof SuitError) || e.code !== 'SUIT_MISSING_PARTY') throw e;
+    if (!roles.includes(AUTHOR) || !roles.includes(OPERATOR)) throw e;
+    // TD §5: the author's authority may come from a dependency; the outer must carry every other role.
+    const { envelope } = await authenticateEnvelope(
+      bytes,
+      withRoles(
+        policy,
+        roles.filter((r) => r !== AUTHOR),
+      ),
+    );
+    if (envelope.manifest.common.dependencies.length === 0) throw e;
+    return { envelope, dependencyPolicy, authorFromDependency: true };
+  }
+}
+
+/** Component identifiers of a manifest's dependencies, as the processor names them (TD §5.1). */
+export function dependencyComponents(m: SuitManifest): ComponentId[] {
+  return m.common.dependencies.map(
+    (d) => d.prefix ?? [new TextEncoder().encode('#suit-dependency'), Uint8Array.from([d.index])],
+  );
+}
+
+/** MF §6.2: the shared sequence checks vendor and class identifiers (as the processor's requireIdentityChecks). */
+export function hasIdentityChecks(m: SuitManifest): boolean {
+  const has = (cmds: readonly SuitCommand[], code: number): boolean =>
+    cmds.some(
+      (c) =>
+        c.code === code ||
+        (c.op === 'try-each' && c.alternatives.every((a) => has(a, code))) ||
+        (c.op === 'run-sequence' && has(c.sequence, code)),
+    );
+  const s = m.common.sharedSequence?.commands;
+  return s !== undefined && has(s, 1) && has(s, 2);
+}
+
+/**
+ * image-digest values (MF §8.4.8.6) a manifest sets, by component index, from its shared sequence and then the
+ * given sections, in order (later values win, as when the sequences run). try-each alternatives are not followed.
+ */
+export function declaredDigests(
+  m: SuitManifest,
+  sections: readonly ('install' | 'validate')[] = [],
+): Map<number, SuitDigest> {
+  const count = Math.max(m.common.components.length, ...m.common.dependencies.map((d) => d.index + 1));
+  const out = new Map<number, SuitDigest>();
+  const walk = (cmds: readonly SuitCommand[], current: readonly number[]): readonly number[] => {
+    let cur = current;
+    for (const c of cmds) {
+      if (c.op === 'set-component-index')
+        cur = c.index === true ? Array.from({ length: count }, (_, i) => i) : [...c.index];
+      else if (c.op === 'params') {
+        const v = c.params.get(3);
+        if (v?.type === 'digest') for (const i of cur) if (c.code === 20 || !out.has(i)) out.set(i, v.digest);
+      } else if (c.op === 'run-sequence') cur = walk(c.sequence, cur);
+    }
+    return cur;
+  };
+  if (m.common.sharedSequence !== undefined) walk(m.common.sharedSequence.commands, [0]);
+  for (const s of sections) {
+    const seq =
+      s === 'validate' ? m.validate : m.install?.state === 'severed-absent' ? undefined : m.install?.value;
+    if (seq !== undefined) walk(seq.commands, [0]);
+  }
+  return out;
+}
+
+/**
+ * TD §5/§6: the operator may only override parameters; every firmware image of a dependent's bank must equal the
+ * SHA-256 image-digest the author's manifest (`author`) declares for its component (SUIT_SIGNER_UNAUTHORIZED
+ * otherwise).
+ */
+export function checkAuthorImages(
+  author: SuitEnvelope,
+  images: readonly { component: ComponentId; sha256: Uint8Array }[],
+): void {
+  const declared = declaredDigests(author.manifest);
+  const byKey = new Map<string, SuitDigest>();
+  for (const [i, d] of declared) {
+    const c = author.manifest.common.components[i];
+    if (c !== undefined) byKey.set(componentKey(c), d);
+  }
+  for (const img of images) {
+    const d = byKey.get(componentKey(img.component));
+    if (d?.alg !== SHA256 || Buffer.compare(d.bytes, img.sha256) !== 0)
+      throw new SuitError(
+        'SUIT_SIGNER_UNAUTHORIZED',
+        `image ${componentKey(img.component)} is not the author's (TD §5.6.1: the operator may only override parameters, the image digest is the author's)`,
+      );
+  }
+}
+
+/**
+ * Authenticates a stored dependency at boot: its own author signature under `policy` and its manifest digest
+ * against the image-digest the (authenticated) dependent declares for it (TD §5.6.3, §6.2).
+ */
+export async function authenticateStoredDependency(
+  dependent: SuitEnvelope,
+  component: ComponentId,
+  bytes: Uint8Array,
+  policy: TrustPolicy,
+): Promise<SuitEnvelope> {
+  const m = dependent.manifest;
+  const key = componentKey(component);
+  const comps = dependencyComponents(m);
+  const at = comps.findIndex((c) => componentKey(c) === key);
+  const dep = m.common.dependencies[at];
+  if (dep === undefined)
+    throw new SuitError('SUIT_DEPENDENCY_INVALID', `${key} is not a dependency of the stored manifest`);
+  const expectedDigest = declaredDigests(m, ['install', 'validate']).get(dep.index);
+  if (expectedDigest === undefined)
+    throw new SuitError('SUIT_DEPENDENCY_INVALID', `the dependent declares no image-digest for ${key}`);
+  return (await authenticateDependency(bytes, policy, { expectedDigest })).envelope;
+}
