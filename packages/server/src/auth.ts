@@ -42,6 +42,18 @@ export const PERMISSIONS = {
   'rollout.cancel': ['operator'],
   'rollout.read': ['admin', 'operator', 'auditor'],
   'audit.read': ['admin', 'auditor'],
+  // Attestation, roots of trust, trust anchors, revocation and policy (issue 7; RFC 9334 verifier/relying party).
+  'attestation.request': ['admin', 'operator'],
+  'attestation.read': ['admin', 'operator', 'auditor'],
+  'attestation.reference': ['admin', 'operator'],
+  'attestation.revoked': ['admin', 'operator'],
+  'rot.rotate': ['admin', 'operator'],
+  'rot.read': ['admin', 'operator', 'auditor'],
+  'anchors.upload': ['admin'],
+  'revocation.upload': ['admin', 'operator'],
+  'policy.set': ['admin'],
+  'policy.read': ['admin', 'operator', 'auditor'],
+  'device.quarantine': ['admin', 'operator'],
 } as const satisfies Record<string, readonly Role[]>;
 
 export type OperatorAction = keyof typeof PERMISSIONS;

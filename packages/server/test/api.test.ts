@@ -235,6 +235,64 @@ describe.each(BACKENDS)('fleet server API on %s', (backend) => {
         roles: ['admin', 'operator', 'auditor'],
         call: (c) => c.get('/v1/devices/missing/events'),
       },
+      // Attestation, roots of trust, trust anchors, revocation, policy (issue 7).
+      {
+        name: 'GET /v1/attestation/verifier-key',
+        roles: ['admin', 'author', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/attestation/verifier-key'),
+      },
+      {
+        name: 'POST /v1/devices/:id/attestation',
+        roles: ['admin', 'operator'],
+        call: (c) => c.post('/v1/devices/missing/attestation'),
+      },
+      {
+        name: 'GET /v1/devices/:id/attestation/results',
+        roles: ['admin', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/devices/missing/attestation/results'),
+      },
+      {
+        name: 'POST /v1/devices/:id/rot/rotate',
+        roles: ['admin', 'operator'],
+        call: (c) => c.post('/v1/devices/missing/rot/rotate'),
+      },
+      {
+        name: 'GET /v1/devices/:id/rot',
+        roles: ['admin', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/devices/missing/rot'),
+      },
+      {
+        name: 'POST /v1/attestation/reference-values',
+        roles: ['admin', 'operator'],
+        call: (c) => c.post('/v1/attestation/reference-values', { sha256: 'a'.repeat(64), label: 'x' }),
+      },
+      {
+        name: 'POST /v1/attestation/revoked-digests',
+        roles: ['admin', 'operator'],
+        call: (c) => c.post('/v1/attestation/revoked-digests', { sha256: 'b'.repeat(64), label: 'x' }),
+      },
+      {
+        name: 'PUT /v1/trust-anchors',
+        roles: ['admin'],
+        call: (c) => c.put('/v1/trust-anchors', new Uint8Array([0xa0]), 'application/octet-stream'),
+      },
+      {
+        name: 'PUT /v1/revocation-list',
+        roles: ['admin', 'operator'],
+        call: (c) => c.put('/v1/revocation-list', new Uint8Array([0xa0]), 'application/octet-stream'),
+      },
+      { name: 'PUT /v1/policy', roles: ['admin'], call: (c) => c.put('/v1/policy', { rules: [] }) },
+      { name: 'GET /v1/policy', roles: ['admin', 'operator', 'auditor'], call: (c) => c.get('/v1/policy') },
+      {
+        name: 'GET /v1/devices/:id/policy-state',
+        roles: ['admin', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/devices/missing/policy-state'),
+      },
+      {
+        name: 'PUT /v1/devices/:id/quarantine',
+        roles: ['admin', 'operator'],
+        call: (c) => c.put('/v1/devices/missing/quarantine', { quarantined: true, reason: 'test' }),
+      },
       { name: 'GET /v1/audit', roles: ['admin', 'auditor'], call: (c) => c.get('/v1/audit') },
       { name: 'GET /v1/audit/verify', roles: ['admin', 'auditor'], call: (c) => c.get('/v1/audit/verify') },
     ];

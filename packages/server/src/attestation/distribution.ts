@@ -19,7 +19,7 @@ import {
   verifyTrustRevocationList,
   type AnchorSet,
 } from '@rotor/trust';
-import { actorOf, type Principal, type Role } from '../auth.ts';
+import { actorOf, authorize, type Principal } from '../auth.ts';
 import type { Db } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { OCTET_STREAM } from '../http.ts';
@@ -32,15 +32,6 @@ const MAX_LIST = 8 * 1024 * 1024;
 const MAX_VERSIONS_PER_FETCH = 64;
 
 const u8 = (b: Uint8Array): Uint8Array => (b instanceof Buffer ? new Uint8Array(b) : b);
-
-function requireRole(p: Principal, roles: readonly Role[], action: string): void {
-  if (p.kind === 'system') return;
-  if (p.kind !== 'operator' || !roles.includes(p.role))
-    throw new ServerError(
-      'FORBIDDEN',
-      `${p.kind === 'operator' ? `role '${p.role}'` : p.kind} may not ${action}`,
-    );
-}
 
 function trustFailure(e: unknown, what: string): never {
   if (isTrustError(e))
@@ -62,7 +53,7 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
 
   return {
     async uploadAnchors(p: Principal, bytes: Uint8Array): Promise<{ version: number }> {
-      requireRole(p, ['admin'], 'anchors.upload');
+      authorize(p, 'anchors.upload');
       return audited(p, 'anchors.upload', async (tx) => {
         await tx.query('LOCK TABLE trust_anchor_statements IN EXCLUSIVE MODE');
         const prev = (
@@ -107,7 +98,7 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
     },
 
     async uploadRevocationList(p: Principal, bytes: Uint8Array): Promise<{ version: number }> {
-      requireRole(p, ['admin', 'operator'], 'revocation.upload');
+      authorize(p, 'revocation.upload');
       const anchors = await latestAnchors();
       if (anchors === undefined)
         throw new ServerError('CONFLICT', 'no trust anchors uploaded: the revocation authority is unknown');

@@ -20,7 +20,7 @@
  */
 import type { ArStatus, ClaimAppraisal } from '@rotor/trust';
 import { appendAudit } from '../audit.ts';
-import type { Principal, Role } from '../auth.ts';
+import { authorize, type Principal } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { auditedTransaction } from '../tx.ts';
@@ -275,15 +275,6 @@ export async function periodicAttestationDue(q: Queryable, deviceId: string, t: 
   return last[0] === undefined || Number(last[0].created_at_ms) < t - every;
 }
 
-function requireRole(p: Principal, roles: readonly Role[], action: string): void {
-  if (p.kind === 'system') return;
-  if (p.kind !== 'operator' || !roles.includes(p.role))
-    throw new ServerError(
-      'FORBIDDEN',
-      `${p.kind === 'operator' ? `role '${p.role}'` : p.kind} may not ${action}`,
-    );
-}
-
 export type PolicyService = ReturnType<typeof createPolicyService>;
 
 export function createPolicyService(db: Db, now: () => number = Date.now) {
@@ -291,7 +282,7 @@ export function createPolicyService(db: Db, now: () => number = Date.now) {
   return {
     /** Stores a new policy version (the previous ones are kept: versioned, audited). */
     async set(p: Principal, doc: PolicyDocument): Promise<{ version: number }> {
-      requireRole(p, ['admin'], 'policy.set');
+      authorize(p, 'policy.set');
       const seen = new Set<string>();
       for (const r of doc.rules) {
         if (seen.has(r.id)) throw new ServerError('REQUEST_INVALID', `rule id ${r.id} used twice`);
@@ -313,7 +304,7 @@ export function createPolicyService(db: Db, now: () => number = Date.now) {
       });
     },
     async get(p: Principal): Promise<{ version: number; policy: PolicyDocument }> {
-      requireRole(p, ['admin', 'operator', 'auditor'], 'policy.read');
+      authorize(p, 'policy.read');
       const pol = await currentPolicy(db);
       if (pol === undefined) throw new ServerError('NOT_FOUND', 'no policy set');
       return { version: pol.version, policy: pol.doc };
@@ -322,7 +313,7 @@ export function createPolicyService(db: Db, now: () => number = Date.now) {
       p: Principal,
       deviceId: string,
     ): Promise<{ quarantined: boolean; reason: string | null; ruleId: string | null }> {
-      requireRole(p, ['admin', 'operator', 'auditor'], 'policy.read');
+      authorize(p, 'policy.read');
       const r = await db.query<{ quarantined: boolean; reason: string | null; rule_id: string | null }>(
         'SELECT quarantined, reason, rule_id FROM device_policy_state WHERE device_id = $1',
         [deviceId],
@@ -339,7 +330,7 @@ export function createPolicyService(db: Db, now: () => number = Date.now) {
       deviceId: string,
       body: { quarantined: boolean; reason: string },
     ): Promise<{ quarantined: boolean }> {
-      requireRole(p, ['admin', 'operator'], 'device.quarantine');
+      authorize(p, 'device.quarantine');
       return audited(p, body.quarantined ? 'device.quarantine' : 'device.quarantine.lift', async (tx) => {
         const d = await tx.query('SELECT 1 FROM devices WHERE id = $1', [deviceId]);
         if (d.length === 0) throw new ServerError('NOT_FOUND', 'no such device');

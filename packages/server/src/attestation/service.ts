@@ -37,7 +37,7 @@ import {
   type ClaimAppraisal,
   type ParsedEvidence,
 } from '@rotor/trust';
-import { actorOf, type Principal, type Role } from '../auth.ts';
+import { actorOf, authorize, type Principal } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { auditedTransaction } from '../tx.ts';
@@ -81,16 +81,6 @@ interface RotRow {
 
 const sha256 = (b: Uint8Array): Uint8Array => new Uint8Array(createHash('sha256').update(b).digest());
 const u8 = (b: Uint8Array): Uint8Array => (b instanceof Buffer ? new Uint8Array(b) : b);
-
-function requireRole(p: Principal, roles: readonly Role[], action: string): void {
-  if (p.kind === 'system') return;
-  if (p.kind !== 'operator' || !roles.includes(p.role)) {
-    throw new ServerError(
-      'FORBIDDEN',
-      `${p.kind === 'operator' ? `role '${p.role}'` : p.kind} may not ${action}`,
-    );
-  }
-}
 
 function requireDevice(p: Principal): string {
   if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device listener');
@@ -438,7 +428,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
   }
 
   async function requestAttestation(p: Principal, deviceId: string): Promise<{ requested: true }> {
-    requireRole(p, ['operator', 'admin'], 'attestation.request');
+    authorize(p, 'attestation.request');
     return audited(p, 'device.attestation.request', async (tx) => {
       const r = await tx.query(
         'UPDATE device_rot SET attest_requested = true WHERE device_id = $1 RETURNING 1',
@@ -451,7 +441,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
 
   /** Seed 001 DRoT step 1: "Receive DRoT Rotation Request for Device X". */
   async function requestRotation(p: Principal, deviceId: string): Promise<{ requested: true }> {
-    requireRole(p, ['operator', 'admin'], 'rot.rotate');
+    authorize(p, 'rot.rotate');
     return audited(p, 'device.rot.rotate', async (tx) => {
       const r = await tx.query(
         'UPDATE device_rot SET rotate_requested = true WHERE device_id = $1 RETURNING 1',
@@ -466,7 +456,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     p: Principal,
     deviceId: string,
   ): Promise<{ index: number; kid: string; rotateRequested: boolean; revokedKids: string[] }> {
-    requireRole(p, ['operator', 'admin', 'auditor'], 'rot.read');
+    authorize(p, 'rot.read');
     const row = await rotRow(db, deviceId);
     if (row === undefined) throw new ServerError('NOT_FOUND', 'device has no recorded RoT chain');
     const chain = chainOf(row);
@@ -495,7 +485,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
       createdAtMs: number;
     }[]
   > {
-    requireRole(p, ['operator', 'admin', 'auditor'], 'attestation.read');
+    authorize(p, 'attestation.read');
     const rows = await db.query<{
       id: number;
       status: ArStatus;
@@ -521,7 +511,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     table: 'reference' | 'revoked',
     body: { sha256: string; label: string },
   ): Promise<{ sha256: string }> {
-    requireRole(p, ['operator', 'admin'], `attestation.${table}`);
+    authorize(p, table === 'reference' ? 'attestation.reference' : 'attestation.revoked');
     if (!/^[0-9a-f]{64}$/.test(body.sha256))
       throw new ServerError('REQUEST_INVALID', 'sha256 must be 64 hex');
     const d = new Uint8Array(Buffer.from(body.sha256, 'hex'));
