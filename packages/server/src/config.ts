@@ -47,6 +47,8 @@ export interface ServerConfig {
   readonly mqttTopicPrefix: string;
   /** How often each instance re-evaluates active rollouts (phase timeouts, thresholds). */
   readonly rolloutTickMs: number;
+  /** Poll interval devices are told in every check-in response (checkinIntervalS, whole seconds). */
+  readonly checkinIntervalS: number;
   /** PEM private key of the operator (signs approvals and per-device manifests); unset: approval refused. */
   readonly operatorKeyPem: string | undefined;
   /** 64 hex digits: the content-key vault's AES-256 KEK; unset: approval and device KEKs refused. */
@@ -68,6 +70,7 @@ options (environment variable in brackets; flags win):
   --log-level LEVEL       ${LOG_LEVELS.join('|')}  [ROTOR_LOG_LEVEL, default info]
   --shutdown-grace-ms N   drain time on SIGTERM/SIGINT    [ROTOR_SHUTDOWN_GRACE_MS, default 10000]
   --rollout-tick-ms N     rollout re-evaluation period    [ROTOR_ROLLOUT_TICK_MS, default 5000]
+  --checkin-interval-s N  device poll interval (seconds)  [ROTOR_CHECKIN_INTERVAL_S, default 300]
   --mqtt-host ADDR        embedded MQTT broker (TLS)      [ROTOR_MQTT_HOST, default 127.0.0.1]
   --mqtt-port N           embedded MQTT broker port       [ROTOR_MQTT_PORT, default 8883]
   --mqtt-topic-prefix P   notify topic prefix             [ROTOR_MQTT_TOPIC_PREFIX, default rotor/v1]
@@ -94,6 +97,7 @@ const FLAGS = {
   'log-level': { type: 'string' },
   'shutdown-grace-ms': { type: 'string' },
   'rollout-tick-ms': { type: 'string' },
+  'checkin-interval-s': { type: 'string' },
   'mqtt-host': { type: 'string' },
   'mqtt-port': { type: 'string' },
   'mqtt-topic-prefix': { type: 'string' },
@@ -216,6 +220,7 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
     shutdownGraceMs: int('shutdown-grace-ms', 'ROTOR_SHUTDOWN_GRACE_MS', 10_000, 0, 600_000),
     mqttUrl,
     rolloutTickMs: int('rollout-tick-ms', 'ROTOR_ROLLOUT_TICK_MS', 5000, 100, 3_600_000),
+    checkinIntervalS: int('checkin-interval-s', 'ROTOR_CHECKIN_INTERVAL_S', 300, 1, 86_400),
     operatorKeyPem,
     contentKekHex,
     mqttHost: host('mqtt-host', 'ROTOR_MQTT_HOST'),

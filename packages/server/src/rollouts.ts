@@ -108,6 +108,20 @@ const emptyCounts = (): StateCounts => ({
   cancelled: 0,
 });
 
+/**
+ * Rotor extension members of a device's SUIT_Report (packages/device/src/tracker/report.ts; draft-ietf-suit-report
+ * §4 allows extensions): -257 the transition, -258 the reason code, -259 a detail. Only the outcome transitions end
+ * a device's part in a rollout; progress transitions are history.
+ */
+const REPORT_TRANSITION = -257;
+const REPORT_REASON = -258;
+const REPORT_DETAIL = -259;
+const OUTCOMES: ReadonlyMap<string, DeviceRolloutState> = new Map([
+  ['confirmed', 'succeeded'],
+  ['failed', 'failed'],
+  ['rolled-back', 'failed'],
+]);
+
 /** Largest SUIT report accepted from a device. */
 export const MAX_REPORT_BYTES = 64 * 1024;
 
@@ -522,12 +536,20 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
         rep = decodeReport(bytes);
       }
       const digest = rep.reference.digest.bytes;
+      const ext = (k: number): string | undefined => {
+        const v = rep.extensions?.get(k);
+        return typeof v === 'string' ? v : undefined;
+      };
+      const transition = ext(REPORT_TRANSITION);
+      // A progress transition (downloading … rebooting) is history only; without -257 the result is the outcome.
+      const progress = transition !== undefined && !OUTCOMES.has(transition);
       const target = (
-        await db.query<{ rollout_id: string }>(
-          `SELECT rd.rollout_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id JOIN releases rel ON rel.id = r.release_id
-           WHERE rd.device_id = $1 AND rd.active AND (rel.manifest_digest = $2 OR EXISTS (
-             SELECT 1 FROM device_envelopes de WHERE de.release_id = r.release_id AND de.device_id = $1 AND de.manifest_digest = $2))`,
-          [p.deviceId, digest],
+        await db.query<{ rollout_id: string; state: DeviceRolloutState }>(
+          `SELECT rd.rollout_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id JOIN releases rel ON rel.id = r.release_id
+           WHERE rd.device_id = $1 AND (rd.active OR $3) AND (rel.manifest_digest = $2 OR EXISTS (
+             SELECT 1 FROM device_envelopes de WHERE de.release_id = r.release_id AND de.device_id = $1 AND de.manifest_digest = $2))
+           ORDER BY rd.active DESC, rd.updated_at_ms DESC`,
+          [p.deviceId, digest, progress],
         )
       )[0];
       if (target === undefined)
@@ -535,12 +557,28 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
           'CONFLICT',
           'no active rollout of this device references the reported manifest',
         );
-      const state: DeviceRolloutState = rep.result === true ? 'succeeded' : 'failed';
-      const details =
-        rep.result === true
+      const state: DeviceRolloutState =
+        transition !== undefined
+          ? (OUTCOMES.get(transition) ?? target.state)
+          : rep.result === true
+            ? 'succeeded'
+            : 'failed';
+      const details = {
+        ...(rep.result === true
           ? { result: 'success' }
-          : { result: 'failure', code: rep.result.code, reason: rep.result.reason };
+          : { result: 'failure', code: rep.result.code, reason: rep.result.reason }),
+        ...(transition === undefined ? {} : { transition }),
+        ...(ext(REPORT_REASON) === undefined ? {} : { reasonCode: ext(REPORT_REASON) }),
+        ...(ext(REPORT_DETAIL) === undefined ? {} : { detail: ext(REPORT_DETAIL)?.slice(0, 256) }),
+      };
       const t = now();
+      if (progress) {
+        await db.query(
+          "INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details) VALUES ($1, $2, $3, 'report', $4::jsonb)",
+          [p.deviceId, target.rollout_id, t, JSON.stringify({ ...details, manifestDigest: hex(digest) })],
+        );
+        return { rolloutId: target.rollout_id, state };
+      }
       return db
         .transaction(async (tx) => {
           const r = await lockRollout(tx, target.rollout_id); // lock order: rollout → device rows

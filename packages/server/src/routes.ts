@@ -387,7 +387,11 @@ export function registerOperatorRoutes(
   );
 }
 
-export function registerDeviceRoutes(app: FastifyInstance, services: Services): void {
+export function registerDeviceRoutes(
+  app: FastifyInstance,
+  services: Services,
+  opts: { readonly checkinIntervalS: number },
+): void {
   const s = services;
   const self = (req: FastifyRequest): string => {
     const p = principal(req);
@@ -416,7 +420,10 @@ export function registerDeviceRoutes(app: FastifyInstance, services: Services): 
       config: { auth: 'device', summary: 'Poll: what should this device do next (RFC 9019 §3)' },
       schema: { response: { 200: S.checkinResult } },
     },
-    async (req) => s.rollouts.checkin(principal(req)),
+    async (req) => ({
+      ...(await s.rollouts.checkin(principal(req))),
+      checkinIntervalS: opts.checkinIntervalS,
+    }),
   );
   app.get<{ Params: { id: string } }>(
     '/d/v1/rollouts/:id/envelope',

@@ -362,6 +362,8 @@ export const checkinResult = {
     releaseId: { type: 'string' },
     envelopeUrl: { type: 'string' },
     payloadUrls: { type: 'array', items: { type: 'string' } },
+    /** The server's poll interval: seconds until the device should check in again. */
+    checkinIntervalS: { type: 'integer', minimum: 1 },
   },
 } as const;
 export const reportResult = {

@@ -139,7 +139,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     });
     if (dev !== undefined) {
       registerCommonRoutes(dev.app, state, ping);
-      registerDeviceRoutes(dev.app, services);
+      registerDeviceRoutes(dev.app, services, { checkinIntervalS: config.checkinIntervalS });
     }
     registerAttestationRoutes(
       op.app,
