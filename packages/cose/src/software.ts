@@ -81,7 +81,6 @@ export function softwareVerifier(publicKey: KeyObject, alg: number, kid?: Uint8A
   const info = checkSignatureKey(pub, alg);
   const sigLen = info.outputLength!;
   const hash = info.hash ?? null;
-  const keyArg = hash === null ? pub : { key: pub, dsaEncoding: 'ieee-p1363' as const };
   return {
     alg,
     kid,
@@ -89,12 +88,42 @@ export function softwareVerifier(publicKey: KeyObject, alg: number, kid?: Uint8A
       // RFC 9053 §2.1 / §2.2: ECDSA P-256 and Ed25519 signatures are exactly 64 bytes.
       if (signature.length !== sigLen) return false;
       try {
-        return cryptoVerify(hash, toBeSigned, keyArg, signature);
+        // ECDSA: COSE's r‖s (RFC 9053 §2.1) is re-encoded as the DER Ecdsa-Sig-Value (RFC 3279 §2.2.3) and the
+        // bare KeyObject is passed: node's options-object path ({ key, dsaEncoding }) costs ~30% of a P-256 verify.
+        return cryptoVerify(hash, toBeSigned, pub, hash === null ? signature : p1363ToDer(signature));
       } catch {
         return false;
       }
     },
   };
+}
+
+/**
+ * Converts a fixed-size ECDSA signature r‖s (IEEE P1363, as COSE carries it) into the DER SEQUENCE of two INTEGERs
+ * (RFC 3279 §2.2.3): minimal big-endian integers, a 0x00 prefix where the top bit is set. Lengths stay below 128
+ * for P-256/P-384, so every length is one byte.
+ */
+export function p1363ToDer(sig: Uint8Array): Uint8Array {
+  const half = sig.length >> 1;
+  let rs = 0;
+  while (rs < half - 1 && sig[rs] === 0) rs++;
+  let ss = half;
+  while (ss < sig.length - 1 && sig[ss] === 0) ss++;
+  const rPad = sig[rs]! & 0x80 ? 1 : 0;
+  const sPad = sig[ss]! & 0x80 ? 1 : 0;
+  const rLen = half - rs + rPad;
+  const sLen = sig.length - ss + sPad;
+  const out = new Uint8Array(6 + rLen + sLen);
+  out[0] = 0x30;
+  out[1] = 4 + rLen + sLen;
+  out[2] = 0x02;
+  out[3] = rLen;
+  out.set(sig.subarray(rs, half), 4 + rPad);
+  const o = 4 + rLen;
+  out[o] = 0x02;
+  out[o + 1] = sLen;
+  out.set(sig.subarray(ss), o + 2 + sPad);
+  return out;
 }
 
 /**
