@@ -40,7 +40,11 @@ process.exitCode = await deviceCommand.run(process.argv.slice(1));`;
       let stderr = '';
       child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
       child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-      const exited = new Promise<number | null>((r) => child.on('exit', (code) => { r(code); }));
+      const exited = new Promise<number | null>((r) =>
+        child.on('exit', (code) => {
+          r(code);
+        }),
+      );
       await until(
         () => stdout.includes('checkin (start): none') || child.exitCode !== null,
         'the first check-in',
