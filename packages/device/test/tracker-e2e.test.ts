@@ -7,8 +7,9 @@
  *
  * These run the failure path on purpose: the device is registered with a key-agreement key it does not hold, so
  * the content key wrapped for it cannot be unwrapped (RFC 9019 §3 confidentiality: one device's wrap is useless to
- * another) — the outcome stays a refusal whatever else the agent learns. The success path (download over the Range
- * endpoint, install, reboot, confirm) runs against a scripted server in tracker-protocol.test.ts.
+ * another) — the outcome stays a refusal whatever else the agent learns. Every transition is reported (the server
+ * counts only confirmed / failed / rolled-back). The success path (download over the Range endpoint, install,
+ * reboot, confirm) runs against the same server in tracker-e2e-success.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateAgreementKey } from '@rotor/cose';
@@ -23,13 +24,6 @@ import {
   trackerFor,
   type Fleet,
 } from './tracker-fixture.ts';
-
-/**
- * The server ends a device's part in a rollout at the first report it accepts (result true → succeeded), so
- * progress reports would count a failing device as a success: against this server only outcomes are sent. When
- * it reads the rotor-transition member (-257, tracker/report.ts), drop this and send everything.
- */
-const OUTCOMES = 'outcomes' as const;
 
 describe('status tracker against the fleet server', () => {
   let fleet: Fleet;
@@ -52,7 +46,7 @@ describe('status tracker against the fleet server', () => {
     });
     const d = await provision(dev);
     const events: TrackerEvent[] = [];
-    const t = trackerFor(fleet, d.agent, dev, { events, transitions: OUTCOMES });
+    const t = trackerFor(fleet, d.agent, dev, { events });
     try {
       await d.agent.powerOn();
       const idle = await t.cycle();
@@ -102,7 +96,6 @@ describe('status tracker against the fleet server', () => {
     // The server becomes unreachable the moment the first transition is about to be sent.
     let t = trackerFor(fleet, d.agent, dev, {
       url: relay.url,
-      transitions: OUTCOMES,
       progressFlushMs: 3_600_000,
       onEvent: (e) => {
         events.push(e);
@@ -125,14 +118,14 @@ describe('status tracker against the fleet server', () => {
       const agent = d.restart();
       await agent.powerOn();
       expect((await agent.outbox.pending()).map((r) => r.state)).toEqual(kept);
-      const down = trackerFor(fleet, agent, dev, { url: relay.url, transitions: OUTCOMES });
+      const down = trackerFor(fleet, agent, dev, { url: relay.url });
       const still = await down.cycle();
       expect(still.error?.code).toBe('TRACKER_UNREACHABLE');
       expect(still.pending).toBe(kept.length);
       await down.stop();
 
       await relay.up();
-      t = trackerFor(fleet, agent, dev, { url: relay.url, events, transitions: OUTCOMES });
+      t = trackerFor(fleet, agent, dev, { url: relay.url, events });
       const back = await t.cycle();
       expect(back.error).toBeUndefined();
       expect(back.pending).toBe(0);
