@@ -5,8 +5,9 @@
 import { CborMap, CborTag } from './cbor.ts';
 import { CoseError, type CoseErrorCode } from './errors.ts';
 
-function typeName(v: unknown): string {
-  if (v === null) return 'null';
+/** The CBOR/CDDL name of a decoded value's type, for error messages (`bstr`, `tstr`, `int`, `map`, `nil`, …). */
+export function cborTypeName(v: unknown): string {
+  if (v === null) return 'nil';
   if (v instanceof Uint8Array) return 'bstr';
   if (Array.isArray(v)) return 'array';
   if (v instanceof CborMap) return 'map';
@@ -22,7 +23,7 @@ export function typeError(
   path: string,
   code: CoseErrorCode = 'CBOR_TYPE',
 ): CoseError {
-  return new CoseError(code, `expected ${expected}, found ${typeName(v)}`, path);
+  return new CoseError(code, `expected ${expected}, found ${cborTypeName(v)}`, path);
 }
 
 /** A non-negative integer that fits a JS number (uint up to 2^53-1). */

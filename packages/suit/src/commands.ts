@@ -10,7 +10,7 @@
  * manifest), every argument and every parameter is validated by its type, and nesting / command counts are bounded.
  * Because the input is deterministic CBOR, `encodeCommandSequence(parseCommandSequence(b))` reproduces `b` exactly.
  */
-import { CborMap, CborRaw, CborTag, CoseError, decode, encode } from '@rotor/cose';
+import { CborMap, CborRaw, CborTag, CoseError, cborTypeName, decode, encode } from '@rotor/cose';
 import { COMMANDS, PARAMETERS, type ParamType, Tag, commandName } from './codes.ts';
 import { SuitError } from './errors.ts';
 import type { SuitDigest } from './model.ts';
@@ -111,17 +111,6 @@ function paramInvalid(message: string, path: string, cause?: unknown): SuitError
   return new SuitError('SUIT_PARAMETER_INVALID', message, path, cause === undefined ? undefined : { cause });
 }
 
-function describe(v: unknown): string {
-  if (v === null) return 'nil';
-  if (v instanceof Uint8Array) return 'bstr';
-  if (Array.isArray(v)) return 'array';
-  if (v instanceof CborMap) return 'map';
-  if (v instanceof CborTag) return `tag ${v.tag}`;
-  if (typeof v === 'string') return 'tstr';
-  if (typeof v === 'number' || typeof v === 'bigint') return 'int';
-  return typeof v;
-}
-
 function isSmallUint(v: unknown): v is number {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 }
@@ -199,7 +188,8 @@ function parseSequenceBytes(
 
 function parseSequenceValue(seq: unknown, path: string, depth: number, state: ParseState): SuitCommand[] {
   // MF §8.4.7: SUIT_Command_Sequence = [ + ( SUIT_Condition // SUIT_Directive // SUIT_Command_Custom ) ]
-  if (!Array.isArray(seq)) throw invalid(`command sequence must be an array, found ${describe(seq)}`, path);
+  if (!Array.isArray(seq))
+    throw invalid(`command sequence must be an array, found ${cborTypeName(seq)}`, path);
   const items = seq as unknown[];
   if (items.length === 0) throw invalid('command sequence is empty (at least one command required)', path);
   if (items.length % 2 !== 0)
@@ -227,7 +217,7 @@ function parseCommand(
   if (typeof code !== 'number' || !Number.isSafeInteger(code)) {
     if (typeof code === 'bigint')
       throw new SuitError('SUIT_COMMAND_UNSUPPORTED', `unknown command ${code}`, ix(path, i));
-    throw invalid(`command code must be an int, found ${describe(code)}`, ix(path, i));
+    throw invalid(`command code must be an int, found ${cborTypeName(code)}`, ix(path, i));
   }
   if (code < CUSTOM_LIMIT) {
     // MF §8.4.7: SUIT_Command_Custom = (suit-command-custom, bstr/tstr/int/nil)
@@ -239,7 +229,7 @@ function parseCommand(
       typeof arg === 'bigint';
     if (!ok)
       throw invalid(
-        `custom command argument must be bstr, tstr, int or nil, found ${describe(arg)}`,
+        `custom command argument must be bstr, tstr, int or nil, found ${cborTypeName(arg)}`,
         ix(path, i + 1),
       );
     return { op: 'custom', code, arg };
@@ -254,7 +244,7 @@ function parseCommand(
       // MF §8.4.7: SUIT_Rep_Policy = uint .bits suit-reporting-bits (4 bits)
       if (!isSmallUint(arg) || arg > MAX_POLICY) {
         throw invalid(
-          `${name}: reporting policy must be a uint 0..${MAX_POLICY}, found ${describe(arg)} ${String(arg)}`,
+          `${name}: reporting policy must be a uint 0..${MAX_POLICY}, found ${cborTypeName(arg)} ${String(arg)}`,
           ix(path, i + 1),
         );
       }
@@ -269,7 +259,7 @@ function parseCommand(
       // MF §8.4.10.6: SUIT_Directive_Run_Sequence = bstr .cbor SUIT_Command_Sequence
       if (!(arg instanceof Uint8Array)) {
         throw invalid(
-          `${name}: argument must be a bstr-wrapped sequence, found ${describe(arg)}`,
+          `${name}: argument must be a bstr-wrapped sequence, found ${cborTypeName(arg)}`,
           ix(path, i + 1),
         );
       }
@@ -296,7 +286,7 @@ function parseIndexArg(arg: unknown, seqPath: string, i: number): SuitCommand {
     const index = list.map((v, j) => {
       if (!isSmallUint(v)) {
         throw invalid(
-          `set-component-index: index must be a uint, found ${describe(v)}`,
+          `set-component-index: index must be a uint, found ${cborTypeName(v)}`,
           ix(ix(seqPath, i), j),
         );
       }
@@ -307,14 +297,15 @@ function parseIndexArg(arg: unknown, seqPath: string, i: number): SuitCommand {
       : { op: 'set-component-index', code: 12, index };
   }
   throw invalid(
-    `set-component-index: argument must be uint, true or [+uint], found ${describe(arg)}`,
+    `set-component-index: argument must be uint, true or [+uint], found ${cborTypeName(arg)}`,
     ix(seqPath, i),
   );
 }
 
 function parseTryEach(arg: unknown, path: string, depth: number, state: ParseState): SuitCommand {
   // MF §8.4.10.2: SUIT_Directive_Try_Each_Argument = [ 2* bstr .cbor SUIT_Command_Sequence, ?nil ]
-  if (!Array.isArray(arg)) throw invalid(`try-each: argument must be an array, found ${describe(arg)}`, path);
+  if (!Array.isArray(arg))
+    throw invalid(`try-each: argument must be an array, found ${cborTypeName(arg)}`, path);
   const list = arg as unknown[];
   const trailingNil = list.length > 0 && list[list.length - 1] === null;
   const seqs = trailingNil ? list.slice(0, -1) : list;
@@ -323,7 +314,7 @@ function parseTryEach(arg: unknown, path: string, depth: number, state: ParseSta
   const alternatives = seqs.map((s, j) => {
     if (!(s instanceof Uint8Array))
       throw invalid(
-        `try-each: alternative must be a bstr-wrapped sequence, found ${describe(s)}`,
+        `try-each: alternative must be a bstr-wrapped sequence, found ${cborTypeName(s)}`,
         `${path}[${j}]`,
       );
     return parseSequenceBytes(s, `${path}[${j}].cbor`, depth + 1, state);
@@ -334,11 +325,14 @@ function parseTryEach(arg: unknown, path: string, depth: number, state: ParseSta
 function parseOverrideMultiple(arg: unknown, path: string): SuitCommand {
   // UM: SUIT_Override_Mult_Arg = { + uint => { + $$SUIT_Parameters } }
   if (!(arg instanceof CborMap) || arg.size === 0)
-    throw invalid(`override-multiple: argument must be a non-empty map, found ${describe(arg)}`, path);
+    throw invalid(`override-multiple: argument must be a non-empty map, found ${cborTypeName(arg)}`, path);
   const perComponent = new Map<number, SuitParameters>();
   for (const [k, v] of arg.entries) {
     if (!isSmallUint(k))
-      throw invalid(`override-multiple: key must be a component index (uint), found ${describe(k)}`, path);
+      throw invalid(
+        `override-multiple: key must be a component index (uint), found ${cborTypeName(k)}`,
+        path,
+      );
     perComponent.set(k, parseParameters(v, `${path}{${k}}`, undefined));
   }
   return { op: 'override-multiple', code: 34, perComponent };
@@ -347,20 +341,23 @@ function parseOverrideMultiple(arg: unknown, path: string): SuitCommand {
 function parseCopyParams(arg: unknown, path: string): SuitCommand {
   // UM: SUIT_Directive_Copy_Params = { + uint => [ + int ] }
   if (!(arg instanceof CborMap) || arg.size === 0)
-    throw invalid(`copy-params: argument must be a non-empty map, found ${describe(arg)}`, path);
+    throw invalid(`copy-params: argument must be a non-empty map, found ${cborTypeName(arg)}`, path);
   const copies = new Map<number, readonly number[]>();
   for (const [k, v] of arg.entries) {
     if (!isSmallUint(k))
-      throw invalid(`copy-params: key must be a source component index (uint), found ${describe(k)}`, path);
+      throw invalid(
+        `copy-params: key must be a source component index (uint), found ${cborTypeName(k)}`,
+        path,
+      );
     const p = `${path}{${k}}`;
     if (!Array.isArray(v) || v.length === 0)
       throw invalid(
-        `copy-params: value must be a non-empty array of parameter codes, found ${describe(v)}`,
+        `copy-params: value must be a non-empty array of parameter codes, found ${cborTypeName(v)}`,
         p,
       );
     const codes = (v as unknown[]).map((c, j) => {
       if (typeof c !== 'number' || !Number.isSafeInteger(c))
-        throw invalid(`copy-params: parameter code must be an int, found ${describe(c)}`, `${p}[${j}]`);
+        throw invalid(`copy-params: parameter code must be an int, found ${cborTypeName(c)}`, `${p}[${j}]`);
       if (c >= CUSTOM_LIMIT && !PARAMETERS.has(c))
         throw new SuitError('SUIT_PARAMETER_UNSUPPORTED', `unknown parameter ${c}`, `${p}[${j}]`);
       return c;
@@ -373,7 +370,7 @@ function parseCopyParams(arg: unknown, path: string): SuitCommand {
 /** Validates a `{ + SUIT_Parameters }` map (MF §8.4.8) at `path`, or at `path[index]` when index is given. */
 function parseParameters(arg: unknown, path: string, index: number | undefined): SuitParameters {
   if (!(arg instanceof CborMap))
-    throw invalid(`parameters must be a map, found ${describe(arg)}`, at(path, index));
+    throw invalid(`parameters must be a map, found ${cborTypeName(arg)}`, at(path, index));
   if (arg.size === 0) throw invalid('parameters map must not be empty', at(path, index));
   const out = new Map<number, ParamValue>();
   const entries = arg.entries;
@@ -382,7 +379,7 @@ function parseParameters(arg: unknown, path: string, index: number | undefined):
     if (typeof k !== 'number' || !Number.isSafeInteger(k)) {
       if (typeof k === 'bigint')
         throw new SuitError('SUIT_PARAMETER_UNSUPPORTED', `unknown parameter ${k}`, at(path, index));
-      throw paramInvalid(`parameter key must be an int, found ${describe(k)}`, at(path, index));
+      throw paramInvalid(`parameter key must be an int, found ${cborTypeName(k)}`, at(path, index));
     }
     // The value's bytes as received equal its deterministic encoding (strict decode), when they were recorded.
     out.set(k, parameterValue(k, v, path, index, arg.valueBytes(j)));
@@ -432,7 +429,7 @@ function parameterValue(
         typeof value === 'bigint';
       if (!ok)
         throw paramInvalid(
-          `custom parameter must be int, bool, tstr or bstr, found ${describe(value)}`,
+          `custom parameter must be int, bool, tstr or bstr, found ${cborTypeName(value)}`,
           paramPath(base, index, pc),
         );
       return { type: 'custom', value, raw: received ?? encode(value) };
@@ -454,7 +451,7 @@ function expectBytes(
   code: number | undefined,
 ): Uint8Array {
   if (!(value instanceof Uint8Array))
-    throw paramInvalid(`${name} must be a bstr, found ${describe(value)}`, paramPath(base, index, code));
+    throw paramInvalid(`${name} must be a bstr, found ${cborTypeName(value)}`, paramPath(base, index, code));
   return value;
 }
 
@@ -502,12 +499,12 @@ function parseTyped(
       const [alg, bytes] = d as unknown[];
       if (typeof alg !== 'number' || !Number.isSafeInteger(alg))
         throw paramInvalid(
-          `${name}: digest algorithm must be an int, found ${describe(alg)}`,
+          `${name}: digest algorithm must be an int, found ${cborTypeName(alg)}`,
           `${path}.cbor[0]`,
         );
       if (!(bytes instanceof Uint8Array))
         throw paramInvalid(
-          `${name}: digest bytes must be a bstr, found ${describe(bytes)}`,
+          `${name}: digest bytes must be a bstr, found ${cborTypeName(bytes)}`,
           `${path}.cbor[1]`,
         );
       return { type: 'digest', digest: { alg, bytes }, raw: received ?? encode(value) };
@@ -517,17 +514,23 @@ function parseTyped(
       if (typeof value === 'bigint' && value >= 0n)
         return { type: 'uint', value, raw: received ?? encode(value) };
       throw paramInvalid(
-        `${name} must be a uint, found ${describe(value)} ${String(value)}`,
+        `${name} must be a uint, found ${cborTypeName(value)} ${String(value)}`,
         paramPath(base, index, code),
       );
     case 'int':
       if (typeof value === 'number' && Number.isSafeInteger(value))
         return { type: 'int', value: BigInt(value), raw: received ?? encode(value) };
       if (typeof value === 'bigint') return { type: 'int', value, raw: received ?? encode(value) };
-      throw paramInvalid(`${name} must be an int, found ${describe(value)}`, paramPath(base, index, code));
+      throw paramInvalid(
+        `${name} must be an int, found ${cborTypeName(value)}`,
+        paramPath(base, index, code),
+      );
     case 'bool':
       if (typeof value !== 'boolean')
-        throw paramInvalid(`${name} must be a bool, found ${describe(value)}`, paramPath(base, index, code));
+        throw paramInvalid(
+          `${name} must be a bool, found ${cborTypeName(value)}`,
+          paramPath(base, index, code),
+        );
       return { type: 'bool', value, raw: received ?? encode(value) };
     case 'bstr':
       return {
@@ -537,7 +540,10 @@ function parseTyped(
       };
     case 'tstr':
       if (typeof value !== 'string')
-        throw paramInvalid(`${name} must be a tstr, found ${describe(value)}`, paramPath(base, index, code));
+        throw paramInvalid(
+          `${name} must be a tstr, found ${cborTypeName(value)}`,
+          paramPath(base, index, code),
+        );
       return { type: 'tstr', value, raw: received ?? encode(value) };
     case 'encryption-info': {
       const path = paramPath(base, index, code);
@@ -588,7 +594,7 @@ function parseTyped(
       const events = new Map<number, unknown>();
       for (const [k, v] of d.entries) {
         if (typeof k !== 'number' || !Number.isSafeInteger(k))
-          throw paramInvalid(`${name}: wait event must be an int, found ${describe(k)}`, vp);
+          throw paramInvalid(`${name}: wait event must be an int, found ${cborTypeName(k)}`, vp);
         checkWaitEvent(k, v, `${vp}{${k}}`);
         events.set(k, v);
       }
@@ -600,10 +606,10 @@ function parseTyped(
       const b = expectBytes(name, value, path, undefined, undefined);
       const d = decodeStrict(b, `${path}.cbor`, 'parameter');
       if (!(d instanceof CborMap))
-        throw paramInvalid(`${name} must wrap a map, found ${describe(d)}`, `${path}.cbor`);
+        throw paramInvalid(`${name} must wrap a map, found ${cborTypeName(d)}`, `${path}.cbor`);
       for (const k of d.keys()) {
         if (typeof k !== 'number')
-          throw paramInvalid(`${name}: metadata keys must be ints, found ${describe(k)}`, `${path}.cbor`);
+          throw paramInvalid(`${name}: metadata keys must be ints, found ${cborTypeName(k)}`, `${path}.cbor`);
       }
       return { type: 'component-metadata', bytes: b, raw: received ?? encode(value) };
     }

@@ -15,7 +15,7 @@
  * Every failure is a SuitError (the CBOR error, if any, is its `cause`).
  */
 import { createHash, hash, timingSafeEqual } from 'node:crypto';
-import { CborMap, CborTag, bstrHead, decode } from '@rotor/cose';
+import { CborMap, CborTag, bstrHead, cborTypeName, decode } from '@rotor/cose';
 import { parseCommandSequence, type ParseLimits, type SuitCommand } from './commands.ts';
 import { EnvelopeKey, ManifestKey, SEVERABLE_KEYS } from './codes.ts';
 import { SuitError, type SuitErrorCode } from './errors.ts';
@@ -174,19 +174,8 @@ function decodeCbor(bytes: Uint8Array, code: SuitErrorCode, path: string, maxSiz
   }
 }
 
-function kind(v: unknown): string {
-  if (v === null) return 'null';
-  if (v instanceof Uint8Array) return 'bstr';
-  if (Array.isArray(v)) return 'array';
-  if (v instanceof CborMap) return 'map';
-  if (v instanceof CborTag) return `tag ${v.tag}`;
-  if (typeof v === 'string') return 'tstr';
-  if (typeof v === 'number' || typeof v === 'bigint') return 'int';
-  return typeof v;
-}
-
 function bad(code: SuitErrorCode, expected: string, v: unknown, path: string): never {
-  throw new SuitError(code, `expected ${expected}, found ${kind(v)}`, path);
+  throw new SuitError(code, `expected ${expected}, found ${cborTypeName(v)}`, path);
 }
 
 function bytesOf(v: unknown, code: SuitErrorCode, path: string): Uint8Array {
@@ -450,7 +439,7 @@ export function parseText(bytes: Uint8Array, path: string, opts: DecodeEnvelopeO
         }
         components.push({ component, fields });
       } else {
-        throw new SuitError(M, `unexpected text key of type ${kind(k)}`, lp);
+        throw new SuitError(M, `unexpected text key of type ${cborTypeName(k)}`, lp);
       }
     }
     out.set(lang, { manifest, components });
@@ -495,7 +484,7 @@ export function parseManifest(
     if (typeof k !== 'number' || !MANIFEST_KEYS.has(k)) {
       throw new SuitError(
         M,
-        `unknown manifest member ${typeof k === 'string' ? JSON.stringify(k) : kind(k) === 'int' ? String(k) : kind(k)}`,
+        `unknown manifest member ${typeof k === 'string' ? JSON.stringify(k) : cborTypeName(k) === 'int' ? String(k) : cborTypeName(k)}`,
         P,
       );
     }
@@ -518,7 +507,7 @@ export function parseManifest(
   if (version !== 1)
     throw new SuitError(
       'SUIT_MANIFEST_VERSION',
-      `manifest-version ${typeof version === 'number' || typeof version === 'bigint' ? String(version) : kind(version)} is not 1`,
+      `manifest-version ${typeof version === 'number' || typeof version === 'bigint' ? String(version) : cborTypeName(version)} is not 1`,
       `${P}.manifest-version`,
     );
   // manifest-sequence-number: uint (64 bits) (MF §8.4.2).
