@@ -7,6 +7,5 @@ export * from './capability-manifest.ts';
 export * from './capability-revocation.ts';
 export * from './capability-envelope.ts';
 export * from './eat.ts';
-export * from './eat.ts';
 export * from './anchors.ts';
 export * from './revocation.ts';
