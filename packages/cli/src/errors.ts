@@ -66,6 +66,9 @@ export function exitCodeFor(code: string | undefined): number {
   if (code === 'CLI_USAGE') return ExitCode.usage;
   if (code === 'CLI_IO') return ExitCode.io;
   if (REJECTED.has(code)) return ExitCode.rejected;
+  // A key store (PKCS#11 token) that is missing, locked, refuses the PIN or lacks the key: like an unreadable file.
+  if (code.startsWith('FACTORY_TOKEN_') || code === 'FACTORY_KEY_NOT_FOUND' || code.startsWith('PKCS11_'))
+    return ExitCode.io;
   if (UNSUPPORTED.has(code)) return ExitCode.unsupported;
   if (DECRYPT.has(code)) return ExitCode.decrypt;
   if (

@@ -26,6 +26,7 @@ import {
   type Signer,
   type Verifier,
 } from '@rotor/cose';
+import { isPkcs11Uri, openPkcs11SigningKey } from '@rotor/server';
 import { CliError } from './errors.ts';
 
 /** Key files are small; anything larger is not a key. */
@@ -102,6 +103,56 @@ export function loadSigner(path: string, alg?: number, kid?: Uint8Array): Signer
     alg ?? (k.kind === 'cose' ? k.key.alg : undefined) ?? defaultSigAlg(ko, path),
     keyKid,
   );
+}
+
+/** A signing key with the session it holds open (token keys); `close` is a no-op for files. */
+export interface OpenSigner {
+  readonly signer: Signer;
+  close(): Promise<void>;
+}
+
+/** Signature algorithms a key type can sign with (same bytes: ECDSA r‖s over SHA-256, or PureEdDSA). */
+const TOKEN_ALGS = {
+  'P-256': [Alg.ESP256, Alg.ES256],
+  Ed25519: [Alg.Ed25519, Alg.EdDSA],
+} as const;
+
+/**
+ * A signing key from a file, or from a PKCS#11 token when `ref` is an RFC 7512 URI (`pkcs11:token=…;object=…`,
+ * PIN from its pin-source / pin-value query attribute, RFC 7512 §2.3, else ROTOR_PKCS11_PIN; module from its
+ * module-path, else ROTOR_PKCS11_MODULE, else the Debian SoftHSM2 module). Token keys sign inside the token; the
+ * default algorithm matches file keys (ESP256 for P-256, Ed25519 for Ed25519). Token failures stay typed
+ * ServerErrors (FACTORY_TOKEN_*, FACTORY_KEY_NOT_FOUND, PKCS11_*), exit code 6.
+ */
+export async function openSigner(ref: string, alg?: number): Promise<OpenSigner> {
+  if (!isPkcs11Uri(ref)) return { signer: loadSigner(ref, alg), close: () => Promise.resolve() };
+  const env = process.env;
+  const k = await openPkcs11SigningKey(ref, {
+    ...(env.ROTOR_PKCS11_MODULE ? { module: env.ROTOR_PKCS11_MODULE } : {}),
+    ...(env.ROTOR_PKCS11_PIN ? { pinFallback: env.ROTOR_PKCS11_PIN } : {}),
+  });
+  const allowed: readonly number[] = TOKEN_ALGS[k.type];
+  const a = alg ?? allowed[0]!;
+  if (!allowed.includes(a)) {
+    await k.close();
+    throw new CliError('CLI_USAGE', `--alg ${a} does not fit the ${k.type} key in the token`);
+  }
+  return { signer: { alg: a, kid: undefined, sign: (tbs) => k.signer.sign(tbs) }, close: () => k.close() };
+}
+
+/** Runs `f` with the signers opened, closing every token session afterwards. */
+export async function withSigners<T>(
+  refs: readonly string[],
+  alg: number | undefined,
+  f: (signers: Signer[]) => Promise<T>,
+): Promise<T> {
+  const open: OpenSigner[] = [];
+  try {
+    for (const r of refs) open.push(await openSigner(r, alg));
+    return await f(open.map((o) => o.signer));
+  } finally {
+    for (const o of open) await o.close().catch(() => undefined);
+  }
 }
 
 /** A decryption key: a symmetric KEK (AES-KW) or a private EC/OKP key (ECDH-ES). */

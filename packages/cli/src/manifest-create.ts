@@ -39,7 +39,7 @@ import {
 import { addSignature, buildEnvelope, buildUpdateManifest, type UpdateComponent } from '@rotor/suit';
 import type { Subcommand } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
-import { loadSigner, readInput } from './keys.ts';
+import { readInput, withSigners } from './keys.ts';
 import { json, MAX_ENVELOPE, out, writeAtomic } from './io.ts';
 
 /** Largest image the CLI reads into memory for an integrated or encrypted payload. */
@@ -240,8 +240,9 @@ export async function createFromDescription(
     ...(d['sever-text'] === true ? { severText: true } : {}),
     ...(operatorDelivery ? { operatorDelivery: true } : {}),
   });
-  const signers = keyPaths.map((k) => loadSigner(k, alg));
-  const envelope = await buildEnvelope(manifest, { signers, integrated });
+  const envelope = await withSigners(keyPaths, alg, (signers) =>
+    buildEnvelope(manifest, { signers, integrated }),
+  );
   return { envelope, sidecars };
 }
 
@@ -253,7 +254,7 @@ function sigAlg(v: unknown): number | undefined {
 export const createSubcommand: Subcommand = {
   name: 'create',
   summary: 'build and sign an envelope from a description (JSON or YAML) and image files',
-  usage: `create <description.json|yaml> --key <signing key> [-o <out.suit>] [--alg ESP256|ES256|Ed25519|EdDSA] [--json]
+  usage: `create <description.json|yaml> --key <signing key file|pkcs11: URI> [-o <out.suit>] [--alg ESP256|ES256|Ed25519|EdDSA] [--json]
 
 Builds a standard update manifest (vendor/class ids as UUIDv5 of their names, image digests and sizes computed,
 uri or integrated payload, optional per-recipient encryption) and signs it with each --key (PEM or COSE_Key).
@@ -299,7 +300,7 @@ See the header of packages/cli/src/manifest-create.ts for the description format
 export const signSubcommand: Subcommand = {
   name: 'sign',
   summary: "add a second party's signature (e.g. the operator's approval) to an envelope",
-  usage: `sign <envelope> --key <signing key> [-o <out.suit>] [--alg ESP256|ES256|Ed25519|EdDSA]
+  usage: `sign <envelope> --key <signing key file|pkcs11: URI> [-o <out.suit>] [--alg ESP256|ES256|Ed25519|EdDSA]
 
 Appends a COSE_Sign1 authentication block over the envelope's SUIT_Digest after checking the digest against the
 manifest; every other byte of the envelope is kept. Writes in place unless -o is given.`,
@@ -309,7 +310,10 @@ manifest; every other byte of the envelope is kept. Writes in place unless -o is
     const key = values.key as string | undefined;
     if (key === undefined) throw new CliError('CLI_USAGE', '--key is required');
     const path = positionals[0]!;
-    const signed = await addSignature(readInput(path, MAX_ENVELOPE), loadSigner(key, sigAlg(values.alg)));
+    const envelope = readInput(path, MAX_ENVELOPE);
+    const signed = await withSigners([key], sigAlg(values.alg), ([signer]) =>
+      addSignature(envelope, signer!),
+    );
     const output = (values.output as string | undefined) ?? path;
     writeAtomic(output, signed);
     out(`wrote ${output} (${signed.length} bytes)`);

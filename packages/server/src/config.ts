@@ -8,6 +8,8 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ServerError } from './errors.ts';
+import { isPkcs11Uri } from './factory/pkcs11-key.ts';
+import { parsePkcs11Uri } from './factory/pkcs11-uri.ts';
 import { operatorKeyFromPem, vaultFromHex } from './keys.ts';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -51,6 +53,10 @@ export interface ServerConfig {
   readonly checkinIntervalS: number;
   /** PEM private key of the operator (signs approvals and per-device manifests); unset: approval refused. */
   readonly operatorKeyPem: string | undefined;
+  /** RFC 7512 URI of the operator key in a PKCS#11 token (`--operator-key pkcs11:…`); exclusive with the PEM. */
+  readonly operatorKeyUri?: string | undefined;
+  /** PKCS#11 module for `operatorKeyUri` without module-path (unset: the Debian SoftHSM2 module if present). */
+  readonly pkcs11Module?: string | undefined;
   /** 64 hex digits: the content-key vault's AES-256 KEK; unset: approval and device KEKs refused. */
   readonly contentKekHex: string | undefined;
 }
@@ -74,7 +80,9 @@ options (environment variable in brackets; flags win):
   --mqtt-host ADDR        embedded MQTT broker (TLS)      [ROTOR_MQTT_HOST, default 127.0.0.1]
   --mqtt-port N           embedded MQTT broker port       [ROTOR_MQTT_PORT, default 8883]
   --mqtt-topic-prefix P   notify topic prefix             [ROTOR_MQTT_TOPIC_PREFIX, default rotor/v1]
-  --operator-key FILE     operator signing key (PEM, P-256 or Ed25519)  [ROTOR_OPERATOR_KEY_FILE]
+  --operator-key FILE|URI operator signing key (PEM, P-256 or Ed25519) or an RFC 7512 PKCS#11 URI
+                          pkcs11:token=…;object=…?pin-source=file:…  [ROTOR_OPERATOR_KEY_FILE]
+  --pkcs11-module PATH    PKCS#11 module for a pkcs11: key  [ROTOR_PKCS11_MODULE, default Debian SoftHSM2]
   --content-kek FILE      content-key vault KEK (64 hex digits, mode 0600) [ROTOR_CONTENT_KEK_FILE]
                           without both, release approval is refused (OPERATOR_KEY_UNAVAILABLE)
 environment only (secrets):
@@ -102,6 +110,7 @@ const FLAGS = {
   'mqtt-port': { type: 'string' },
   'mqtt-topic-prefix': { type: 'string' },
   'operator-key': { type: 'string' },
+  'pkcs11-module': { type: 'string' },
   'content-kek': { type: 'string' },
 } as const;
 
@@ -187,7 +196,19 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
   // MQTT 3.1.1 §4.7: no wildcards in a topic name; no empty levels.
   if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(mqttTopicPrefix) || mqttTopicPrefix.length > 100)
     problems.push('--mqtt-topic-prefix: 1..100 characters of [A-Za-z0-9_.-] in /-separated levels');
-  const operatorKeyPem = file('operator-key', 'ROTOR_OPERATOR_KEY_FILE');
+  const operatorKeyRef = pick('operator-key', 'ROTOR_OPERATOR_KEY_FILE');
+  const operatorKeyUri =
+    operatorKeyRef !== undefined && isPkcs11Uri(operatorKeyRef) ? operatorKeyRef : undefined;
+  if (operatorKeyUri !== undefined) {
+    try {
+      parsePkcs11Uri(operatorKeyUri);
+    } catch (e) {
+      problems.push(`--operator-key: ${e instanceof Error ? e.message : String(e)}`); // the URI may hold a PIN
+    }
+  }
+  const pkcs11Module = pick('pkcs11-module', 'ROTOR_PKCS11_MODULE');
+  const operatorKeyPem =
+    operatorKeyUri === undefined ? file('operator-key', 'ROTOR_OPERATOR_KEY_FILE') : undefined;
   if (operatorKeyPem !== undefined) {
     try {
       operatorKeyFromPem(operatorKeyPem);
@@ -222,6 +243,8 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
     rolloutTickMs: int('rollout-tick-ms', 'ROTOR_ROLLOUT_TICK_MS', 5000, 100, 3_600_000),
     checkinIntervalS: int('checkin-interval-s', 'ROTOR_CHECKIN_INTERVAL_S', 300, 1, 86_400),
     operatorKeyPem,
+    operatorKeyUri,
+    pkcs11Module,
     contentKekHex,
     mqttHost: host('mqtt-host', 'ROTOR_MQTT_HOST'),
     mqttPort: int('mqtt-port', 'ROTOR_MQTT_PORT', 8883, 0, 65535),

@@ -18,6 +18,7 @@ import {
 } from '@rotor/cose';
 import { sha256 } from './auth.ts';
 import { ServerError } from './errors.ts';
+import { openPkcs11SigningKey, publicKeyObjectOf } from './factory/pkcs11-key.ts';
 
 /** The operator's approval key: signs the per-device manifests (RFC 9019 §4 device operator). */
 export interface OperatorKey {
@@ -62,6 +63,26 @@ export function operatorKeyFrom(priv: KeyObject): OperatorKey {
   const pub = createPublicKey(priv);
   const kid = keyIdOf(pub);
   return { signer: softwareSigner(priv, alg, kid), verifier: softwareVerifier(pub, alg, kid), kid };
+}
+
+/**
+ * An operator key in a PKCS#11 token, named by an RFC 7512 URI (`--operator-key pkcs11:token=…;object=…?pin-source=…`).
+ * The private key stays in the token; `close` ends the token session when the server stops.
+ */
+export async function operatorKeyFromPkcs11(
+  uri: string,
+  opts: { module?: string; pinFallback?: string } = {},
+): Promise<OperatorKey & { close(): Promise<void> }> {
+  const k = await openPkcs11SigningKey(uri, opts);
+  const pub = publicKeyObjectOf(k.spki);
+  const kid = keyIdOf(pub);
+  const alg = k.signer.alg;
+  return {
+    signer: { alg, kid, sign: (tbs) => k.signer.sign(tbs) },
+    verifier: softwareVerifier(pub, alg, kid),
+    kid,
+    close: () => k.close(),
+  };
 }
 
 /**

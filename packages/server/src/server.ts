@@ -22,7 +22,7 @@ import {
 } from './routes.ts';
 import { suitAuthenticator } from './suit-auth.ts';
 import { createServices, type ReleaseAuthenticator, type ServerKeys, type Services } from './services.ts';
-import { operatorKeyFromPem, vaultFromHex } from './keys.ts';
+import { operatorKeyFromPem, operatorKeyFromPkcs11, vaultFromHex } from './keys.ts';
 import { connectExternalBroker, notifyRollout, startEmbeddedBroker, type Notifier } from './push.ts';
 import { createAttestationService } from './attestation/service.ts';
 import { registerAttestationRoutes } from './attestation/routes.ts';
@@ -84,9 +84,13 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
   let operatorApp: FastifyInstance | undefined;
   let deviceApp: FastifyInstance | undefined;
   let notifier: Notifier | undefined;
+  let tokenKey: Awaited<ReturnType<typeof operatorKeyFromPkcs11>> | undefined;
   try {
     await migrate(db);
+    if (opts.keys === undefined && config.operatorKeyUri !== undefined)
+      tokenKey = await operatorKeyFromPkcs11(config.operatorKeyUri, { module: config.pkcs11Module });
     const keys: ServerKeys = opts.keys ?? {
+      ...(tokenKey !== undefined ? { operator: tokenKey } : {}),
       ...(config.operatorKeyPem === undefined ? {} : { operator: operatorKeyFromPem(config.operatorKeyPem) }),
       ...(config.contentKekHex === undefined ? {} : { vault: vaultFromHex(config.contentKekHex) }),
     };
@@ -223,6 +227,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
           await notifier?.close();
         } finally {
           clearTimeout(timer);
+          await tokenKey?.close().catch(() => undefined);
           if (ownDb) await db.close();
         }
       })());
@@ -248,6 +253,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     await operatorApp?.close().catch(() => undefined);
     await deviceApp?.close().catch(() => undefined);
     await notifier?.close().catch(() => undefined);
+    await tokenKey?.close().catch(() => undefined);
     if (ownDb) await db.close().catch(() => undefined);
     throw e;
   }

@@ -31,8 +31,12 @@ function bad(msg: string): ServerError {
   return new ServerError('PKCS11_URI_INVALID', `PKCS#11 URI: ${msg}`);
 }
 
-/** RFC 7512 §2.3: values are percent-encoded (RFC 3986 §2.1); `id` is arbitrary bytes. */
-function pctBytes(v: string): Uint8Array {
+/**
+ * RFC 7512 §2.3: values are percent-encoded (RFC 3986 §2.1); `id` is arbitrary bytes. Path values may not hold
+ * '/', '?', ';' (pk11-pchar); query values may hold '/', '?', ';' and '|' unencoded (pk11-qchar), so that
+ * `pin-source=file:/run/pin` is written as is.
+ */
+function pctBytes(v: string, query = false): Uint8Array {
   const out: number[] = [];
   for (let i = 0; i < v.length; i++) {
     const c = v.charCodeAt(i);
@@ -41,7 +45,7 @@ function pctBytes(v: string): Uint8Array {
       if (!/^[0-9A-Fa-f]{2}$/.test(h)) throw bad('bad percent-encoding');
       out.push(parseInt(h, 16));
       i += 2;
-    } else if (c < 0x21 || c > 0x7e || '/?#;&='.includes(v[i]!)) {
+    } else if (c < 0x21 || c > 0x7e || (query ? '#&=' : '/?#;&=').includes(v[i]!)) {
       throw bad('character must be percent-encoded');
     } else {
       out.push(c);
@@ -50,9 +54,9 @@ function pctBytes(v: string): Uint8Array {
   return new Uint8Array(out);
 }
 
-function pctText(v: string): string {
+function pctText(v: string, query = false): string {
   try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(pctBytes(v));
+    return new TextDecoder('utf-8', { fatal: true }).decode(pctBytes(v, query));
   } catch (e) {
     if (e instanceof ServerError) throw e;
     throw bad('value is not UTF-8');
@@ -96,7 +100,7 @@ export function parsePkcs11Uri(uri: string): Pkcs11Uri {
     if (!QUERY_ATTRS.has(k)) throw bad(`unsupported query attribute '${k}'`);
     if (seen.has(k)) throw bad(`duplicate attribute '${k}'`);
     seen.add(k);
-    const v = pctText(part.slice(eq + 1));
+    const v = pctText(part.slice(eq + 1), true);
     if (k === 'module-path') r.modulePath = v;
     else if (k === 'pin-source') r.pinSource = v;
     else r.pinValue = v;
