@@ -52,6 +52,7 @@ export const SERVER_ERROR_CODES = [
   'PKCS11_URI_INVALID', // not an RFC 7512 PKCS#11 URI we accept
   'PKCS11_ERROR', // any other token failure
   'PKCS11_PIN_UNAVAILABLE', // a key URI's PIN cannot be read (RFC 7512 §2.3 pin-source unreadable, or no PIN given)
+  'CERT_SERIAL_DUPLICATE', // a certificate serial is already registered (RFC 5280 §4.1.2.2: unique per issuer)
   'CSR_INVALID', // a PKCS#10 request that does not parse, is oversized, or whose signature does not verify
   'CSR_KEY_TYPE', // a CSR key that is not the profile's identity key type
   'CSR_DEVICE_ID_MISMATCH', // the CSR names another device than the one being provisioned
@@ -105,6 +106,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   PKCS11_URI_INVALID: 400,
   PKCS11_ERROR: 502,
   PKCS11_PIN_UNAVAILABLE: 503,
+  CERT_SERIAL_DUPLICATE: 409,
   CSR_INVALID: 400,
   CSR_KEY_TYPE: 422,
   CSR_DEVICE_ID_MISMATCH: 422,

@@ -203,6 +203,18 @@ CREATE INDEX device_envelopes_digest ON device_envelopes (manifest_digest);
     name: 'trust-anchor statements, revocation lists, device policy state',
     sql: TRUST_DISTRIBUTION_MIGRATION_SQL,
   },
+  {
+    version: 8,
+    name: 'issued device certificate serials are unique',
+    // RFC 5280 §4.1.2.2: a CA MUST assign a unique serial to each certificate it issues. All device certificates
+    // come from the factory issuing CA, so the serial (hex, recorded in the device row at registration) is unique
+    // across the registry; this index is the backstop behind the registration's own check (a race, a second
+    // factory station sharing the database, or a broken serial source).
+    sql: `
+CREATE UNIQUE INDEX devices_cert_serial ON devices (lower(attributes->>'serial'))
+  WHERE attributes->>'serial' IS NOT NULL;
+`,
+  },
 ];
 
 function checksum(m: Migration): string {

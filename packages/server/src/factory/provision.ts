@@ -112,6 +112,16 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
     const found = existing[0];
     // Rolled forward after a crash: already recorded and registered.
     if (found !== undefined) return { id: found.id, created: false };
+    // RFC 5280 §4.1.2.2: one serial, one certificate (migration 8's unique index is the backstop for races).
+    const clash = await tx.query<{ id: string }>(
+      `SELECT id FROM devices WHERE lower(attributes->>'serial') = lower($1)`,
+      [r.certificate.serial],
+    );
+    if (clash.length > 0)
+      throw new ServerError(
+        'CERT_SERIAL_DUPLICATE',
+        `certificate serial ${r.certificate.serial} is already registered (RFC 5280 §4.1.2.2)`,
+      );
     const id = randomUUID();
     await tx.query(
       `INSERT INTO devices (id, name, cert_sha256, device_group, tags, attributes, created_at_ms)
