@@ -54,12 +54,23 @@ export const PERMISSIONS = {
   'policy.set': ['admin'],
   'policy.read': ['admin', 'operator', 'auditor'],
   'device.quarantine': ['admin', 'operator'],
+  // Capability modules (issue 8; seed 000 §1): authors upload, operators revoke and authorize (manifests).
+  'capability.upload': ['author', 'admin'],
+  'capability.read': ['admin', 'author', 'operator', 'auditor'],
+  'capability.revoke': ['admin', 'operator'],
+  'capability.manifest': ['admin', 'operator'],
 } as const satisfies Record<string, readonly Role[]>;
 
 export type OperatorAction = keyof typeof PERMISSIONS;
 
 /** What a device may do: only ever on its own resources (the service checks the device id). */
-export const DEVICE_ACTIONS = ['device.self', 'device.checkin', 'device.report', 'payload.download'] as const;
+export const DEVICE_ACTIONS = [
+  'device.self',
+  'device.checkin',
+  'device.report',
+  'payload.download',
+  'capability.query',
+] as const;
 export type DeviceAction = (typeof DEVICE_ACTIONS)[number];
 
 export type Action = OperatorAction | DeviceAction;

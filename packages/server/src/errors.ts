@@ -57,6 +57,15 @@ export const SERVER_ERROR_CODES = [
   'CSR_KEY_TYPE', // a CSR key that is not the profile's identity key type
   'CSR_DEVICE_ID_MISMATCH', // the CSR names another device than the one being provisioned
   'FACTORY_STATE_INVALID', // the factory directory, profile or journal is missing or corrupt
+  // Capability modules (issue 8)
+  'CAP_MODULE_INVALID', // an uploaded module or its metadata is refused (not WebAssembly, undeclared import, bad metadata)
+  'CAP_KEYS_UNAVAILABLE', // the capability-signing / authority keys or the content-key vault are not configured
+  'CAP_NOT_FOUND', // no module of the requested capability in the catalog
+  'CAP_NOT_AUTHORIZED', // the device's capability manifest does not authorize the capability (seed 000 §1)
+  'CAP_INCOMPATIBLE', // no module for the device's class and firmware version
+  'CAP_DEPENDENCY_UNSATISFIED', // every compatible module has a dependency nothing satisfies
+  'CAP_REVOKED', // every module in range is revoked (seed 000 step 7)
+  'CAP_MANIFEST_MISSING', // no capability manifest issued for the device's group or the default
   // Service
   'NOT_READY', // readiness false (starting, migrations, shutting down)
   'RESPONSE_INVALID', // a response failed its schema: a server bug, reported as 500
@@ -111,6 +120,14 @@ const STATUS: Record<ServerErrorCode, number> = {
   CSR_KEY_TYPE: 422,
   CSR_DEVICE_ID_MISMATCH: 422,
   FACTORY_STATE_INVALID: 500,
+  CAP_MODULE_INVALID: 422,
+  CAP_KEYS_UNAVAILABLE: 503,
+  CAP_NOT_FOUND: 404,
+  CAP_NOT_AUTHORIZED: 403,
+  CAP_INCOMPATIBLE: 422,
+  CAP_DEPENDENCY_UNSATISFIED: 422,
+  CAP_REVOKED: 410,
+  CAP_MANIFEST_MISSING: 404,
   NOT_READY: 503,
   RESPONSE_INVALID: 500,
   AUDIT_CHAIN_BROKEN: 500,

@@ -17,3 +17,4 @@ export * from './encryption.ts';
 export * from './delivery.ts';
 export * from './factory/index.ts';
 export * from './push.ts';
+export * from './capabilities/index.ts';

@@ -28,6 +28,11 @@ import { createAttestationService } from './attestation/service.ts';
 import { registerAttestationRoutes } from './attestation/routes.ts';
 import { createDistributionService, registerDistributionRoutes } from './attestation/distribution.ts';
 import { createPolicyService } from './attestation/policy.ts';
+import {
+  createCapabilityService,
+  registerCapabilityRoutes,
+  type CapabilityKeys,
+} from './capabilities/index.ts';
 
 export interface RotorServer {
   readonly config: ServerConfig;
@@ -59,6 +64,8 @@ export interface StartOptions {
   readonly now?: () => number;
   /** Server keys (e.g. a PKCS#11 operator signer); default: from the configured files. */
   readonly keys?: ServerKeys;
+  /** Capability-signing and capability-authority keys (issue 8); without them the capability server refuses. */
+  readonly capabilityKeys?: CapabilityKeys;
 }
 
 function deviceCertificate(req: FastifyRequest, caConfigured: boolean): Uint8Array {
@@ -155,6 +162,15 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       dev?.app,
       createDistributionService(db, opts.now),
       createPolicyService(db, opts.now),
+    );
+    registerCapabilityRoutes(
+      op.app,
+      dev?.app,
+      createCapabilityService(db, {
+        ...(opts.capabilityKeys === undefined ? {} : { keys: opts.capabilityKeys }),
+        ...(keys.vault === undefined ? {} : { vault: keys.vault }),
+        ...(opts.now === undefined ? {} : { now: opts.now }),
+      }),
     );
     await op.app.ready();
     if (dev !== undefined) await dev.app.ready();

@@ -293,6 +293,42 @@ describe.each(BACKENDS)('fleet server API on %s', (backend) => {
         roles: ['admin', 'operator'],
         call: (c) => c.put('/v1/devices/missing/quarantine', { quarantined: true, reason: 'test' }),
       },
+      // Capability modules (issue 8)
+      {
+        name: 'POST /v1/capabilities/modules',
+        roles: ['author', 'admin'],
+        call: (c) => c.post('/v1/capabilities/modules', new Uint8Array([0x80]), 'application/octet-stream'),
+      },
+      {
+        name: 'GET /v1/capabilities/modules',
+        roles: ['admin', 'author', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/capabilities/modules'),
+      },
+      {
+        name: 'GET /v1/capabilities/modules/:id',
+        roles: ['admin', 'author', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/capabilities/modules/missing'),
+      },
+      {
+        name: 'POST /v1/capabilities/modules/:id/revoke',
+        roles: ['admin', 'operator'],
+        call: (c) => c.post('/v1/capabilities/modules/missing/revoke', { reason: 'test' }),
+      },
+      {
+        name: 'POST /v1/capabilities/manifests',
+        roles: ['admin', 'operator'],
+        call: (c) => c.post('/v1/capabilities/manifests', { group: null, modules: [] }),
+      },
+      {
+        name: 'GET /v1/capabilities/manifests',
+        roles: ['admin', 'author', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/capabilities/manifests'),
+      },
+      {
+        name: 'GET /v1/capabilities/keys',
+        roles: ['admin', 'author', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/capabilities/keys'),
+      },
       { name: 'GET /v1/audit', roles: ['admin', 'auditor'], call: (c) => c.get('/v1/audit') },
       { name: 'GET /v1/audit/verify', roles: ['admin', 'auditor'], call: (c) => c.get('/v1/audit/verify') },
     ];

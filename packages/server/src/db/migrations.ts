@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { ServerError } from '../errors.ts';
 import type { Db } from './db.ts';
 import { ATTESTATION_MIGRATION_SQL, TRUST_DISTRIBUTION_MIGRATION_SQL } from '../attestation/schema.ts';
+import { CAPABILITY_MIGRATION_SQL } from '../capabilities/schema.ts';
 
 export interface Migration {
   readonly version: number;
@@ -202,6 +203,11 @@ CREATE INDEX device_envelopes_digest ON device_envelopes (manifest_digest);
     version: 6,
     name: 'trust-anchor statements, revocation lists, device policy state',
     sql: TRUST_DISTRIBUTION_MIGRATION_SQL,
+  },
+  {
+    version: 7,
+    name: 'capability modules: catalog, capability manifests, module revocation lists',
+    sql: CAPABILITY_MIGRATION_SQL,
   },
   {
     version: 8,

@@ -1,0 +1,803 @@
+/**
+ * The capability server (issue 8; seed 000 §1 "Remote Capability Server", §2 steps 3–4 and 7).
+ *
+ * Catalog: an author uploads a module (WebAssembly bytes + metadata). The server validates both, encrypts the
+ * plaintext once (fresh content key, A128GCM), stores the ciphertext as a content-addressed blob and the content
+ * key only wrapped under the content-key vault, like release payloads. The plaintext is not kept.
+ *
+ * Query (seed 000 steps 3–4): a device (identified by its mTLS certificate) names the capability it needs; the
+ * server picks the newest module that is compatible (device class, firmware range), authorized by the device's
+ * capability manifest, not revoked and whose dependencies are satisfiable, wraps the content key for that device
+ * alone (ECDH-ES+A128KW to its registered key-agreement key, or A128KW under its KEK; ENC §4) and signs the
+ * per-device module envelope with the capability-signing key. The ciphertext is fetched over the same mTLS channel.
+ *
+ * Capability manifests (per device group) and the module revocation list are signed by the capability-authority key.
+ */
+import { createPublicKey, randomUUID } from 'node:crypto';
+import {
+  Alg,
+  asArray,
+  asBytes,
+  decode,
+  decodeEncrypt,
+  decryptContent,
+  encode,
+  encodeEncrypt,
+} from '@rotor/cose';
+import {
+  buildModuleEnvelope,
+  capabilityAuthorization,
+  compareModuleVersion,
+  createCapabilityManifest,
+  createRevocationList,
+  decodeModuleMetadata,
+  encryptModule,
+  formatModuleVersion,
+  isCapabilityName,
+  isTrustError,
+  MODULE_METADATA_MAX_BYTES,
+  sha256,
+  verifyCapabilityManifest,
+  versionInRange,
+  type AuthorizedModule,
+  type CapabilityManifestFields,
+  type ModuleMetadata,
+  type ModuleVersion,
+} from '@rotor/trust';
+import type { Json } from '../audit.ts';
+import { actorOf, authorize, type Principal } from '../auth.ts';
+import { one, type Db, type Queryable } from '../db/db.ts';
+import { wrapForDevice, type DeviceRecipient } from '../encryption.ts';
+import { ServerError } from '../errors.ts';
+import type { ContentKeyVault } from '../keys.ts';
+import { auditedTransaction, hex } from '../tx.ts';
+import type { CapabilityKeys } from './keys.ts';
+
+/** Largest module binary the catalog accepts (the device applies its own, usually smaller, policy). */
+export const MAX_MODULE_BYTES = 4 * 1024 * 1024;
+/** Upload body: CBOR [metadata: bstr, wasm: bstr]. */
+export const MAX_MODULE_UPLOAD_BYTES = MAX_MODULE_BYTES + MODULE_METADATA_MAX_BYTES + 64;
+export const MODULE_CONTENT_ALG = Alg.A128GCM;
+/** Vendor domain of module envelopes (vendor-id = UUIDv5(DNS, it); devices check it, MF §8.4.8.1). */
+export const DEFAULT_VENDOR_DOMAIN = 'rotor.example';
+/** Validity of a published module revocation list; a list past half of it is re-issued when served. */
+export const REVOCATION_VALIDITY_S = 7 * 86_400;
+const MAX_DEPENDENCY_DEPTH = 8;
+const MAX_CANDIDATES = 1000;
+
+const u8 = (b: Uint8Array): Uint8Array => (b instanceof Buffer ? new Uint8Array(b) : b);
+
+// The server compiles against lib es2024 without WebAssembly declarations; Node provides the global.
+interface WasmApi {
+  validate(bytes: Uint8Array): boolean;
+  Module: (new (bytes: Uint8Array) => object) & {
+    imports(m: object): { module: string; name: string; kind: string }[];
+  };
+}
+const wasmApi = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+export interface ModuleInfo {
+  id: string;
+  name: string;
+  version: string;
+  sequenceNumber: number;
+  moduleSha256: string;
+  moduleSize: number;
+  ciphertextSha256: string;
+  deviceClasses: string[];
+  firmware: { min: string; max: string | null };
+  dependencies: { name: string; min: string; max: string | null }[];
+  imports: string[];
+  revoked: boolean;
+  revokeReason: string | null;
+  uploadedBy: string;
+  createdAtMs: number;
+}
+
+interface ModuleRow {
+  id: string;
+  name: string;
+  version: string;
+  sequence_number: number;
+  metadata: Uint8Array;
+  module_sha256: Uint8Array;
+  module_size: number;
+  ciphertext_sha256: Uint8Array;
+  content_alg: number;
+  enc_protected: Uint8Array;
+  enc_unprotected: Uint8Array;
+  cek_wrapped: Uint8Array;
+  uploaded_by: string;
+  created_at_ms: number | string;
+  revoked_at_ms: number | string | null;
+  revoke_reason: string | null;
+}
+
+const fmt = formatModuleVersion;
+
+function moduleInfo(r: ModuleRow): ModuleInfo {
+  const md = decodeModuleMetadata(u8(r.metadata));
+  return {
+    id: r.id,
+    name: r.name,
+    version: r.version,
+    sequenceNumber: r.sequence_number,
+    moduleSha256: hex(r.module_sha256),
+    moduleSize: r.module_size,
+    ciphertextSha256: hex(r.ciphertext_sha256),
+    deviceClasses: [...md.deviceClasses],
+    firmware: { min: fmt(md.firmware.min), max: md.firmware.max === undefined ? null : fmt(md.firmware.max) },
+    dependencies: md.dependencies.map((d) => ({
+      name: d.name,
+      min: fmt(d.min),
+      max: d.max === undefined ? null : fmt(d.max),
+    })),
+    imports: md.imports.map((i) => `${i.module}.${i.name}`),
+    revoked: r.revoked_at_ms !== null,
+    revokeReason: r.revoke_reason,
+    uploadedBy: r.uploaded_by,
+    createdAtMs: Number(r.created_at_ms),
+  };
+}
+
+/** Parses "1.2.3" (request bodies). */
+export function parseVersionText(s: string, what: string): ModuleVersion {
+  const m = /^(\d{1,10})\.(\d{1,10})\.(\d{1,10})$/.exec(s);
+  const v = m === null ? undefined : ([Number(m[1]), Number(m[2]), Number(m[3])] as const);
+  if (v === undefined || v.some((x) => x > 0xffff_ffff))
+    throw new ServerError('REQUEST_INVALID', `${what}: a version major.minor.patch is required`);
+  return v;
+}
+
+function trustRefusal(e: unknown, code: 'CAP_MODULE_INVALID', what: string): never {
+  if (isTrustError(e)) throw new ServerError(code, `${what}: ${e.code}: ${e.message}`, { cause: e });
+  throw e;
+}
+
+/**
+ * Static checks of an uploaded module (issue 8 "Bad input"): a valid WebAssembly binary whose imports are all
+ * functions its metadata declares (the metadata's imports are its permissions, seed 000 §1). The device repeats
+ * every check (it trusts no server); refusing here keeps unusable modules out of the catalog.
+ */
+function checkModule(wasm: Uint8Array, md: ModuleMetadata): void {
+  if (wasm.length === 0 || wasm.length > MAX_MODULE_BYTES)
+    throw new ServerError(
+      'CAP_MODULE_INVALID',
+      `module size ${wasm.length} is outside (0, ${MAX_MODULE_BYTES}]`,
+    );
+  if (!wasmApi.validate(wasm)) throw new ServerError('CAP_MODULE_INVALID', 'not a valid WebAssembly binary');
+  const declared = new Set(md.imports.map((i) => `${i.module}\u0000${i.name}`));
+  for (const imp of wasmApi.Module.imports(new wasmApi.Module(wasm))) {
+    if (imp.kind !== 'function')
+      throw new ServerError(
+        'CAP_MODULE_INVALID',
+        `import ${imp.module}.${imp.name} is a ${imp.kind}, not a function`,
+      );
+    if (!declared.has(`${imp.module}\u0000${imp.name}`))
+      throw new ServerError(
+        'CAP_MODULE_INVALID',
+        `import ${imp.module}.${imp.name} is not declared in the module's metadata`,
+      );
+  }
+}
+
+/** Decodes the upload body CBOR [metadata bstr, wasm bstr] (bounded). */
+export function decodeModuleUpload(body: Uint8Array): { metadataBytes: Uint8Array; wasm: Uint8Array } {
+  try {
+    const a = asArray(decode(body, { maxSize: MAX_MODULE_UPLOAD_BYTES, maxDepth: 2 }), 'upload', {
+      min: 2,
+      max: 2,
+    });
+    return {
+      metadataBytes: asBytes(a[0], 'upload.metadata', { min: 1, max: MODULE_METADATA_MAX_BYTES }),
+      wasm: asBytes(a[1], 'upload.wasm', { min: 1, max: MAX_MODULE_BYTES }),
+    };
+  } catch (e) {
+    throw new ServerError('CAP_MODULE_INVALID', 'upload body must be CBOR [metadata: bstr, wasm: bstr]', {
+      cause: e,
+    });
+  }
+}
+
+export interface QueryInput {
+  capability: string;
+  firmwareVersion?: string;
+  deviceClass?: string;
+  /** Modules the device already runs (satisfy dependencies). */
+  installed?: { name: string; version: string }[];
+}
+
+export interface QueryAnswer {
+  moduleId: string;
+  name: string;
+  version: string;
+  sequenceNumber: number;
+  moduleSha256: string;
+  /** The per-device module envelope (SUIT, base64). */
+  envelope: string;
+  /** The ciphertext: the envelope's uri; fetch it over the same mutual-TLS channel. */
+  payloadUrl: string;
+  /** Dependencies the device must also install (name and the version the server would pick). */
+  requires: { name: string; version: string }[];
+}
+
+export interface ManifestIssueInput {
+  group: string | null;
+  modules: { name: string; minVersion?: string; maxVersion?: string; digests?: string[] }[];
+}
+
+export interface CapabilityServiceOptions {
+  readonly keys?: CapabilityKeys;
+  readonly vault?: ContentKeyVault;
+  readonly now?: () => number;
+  readonly vendorDomain?: string;
+}
+
+export type CapabilityService = ReturnType<typeof createCapabilityService>;
+
+export function createCapabilityService(db: Db, opts: CapabilityServiceOptions = {}) {
+  const now = opts.now ?? Date.now;
+  const audited = auditedTransaction(db, now);
+  const vendorDomain = opts.vendorDomain ?? DEFAULT_VENDOR_DOMAIN;
+
+  function required(): { keys: CapabilityKeys; vault: ContentKeyVault } {
+    if (opts.keys === undefined || opts.vault === undefined)
+      throw new ServerError(
+        'CAP_KEYS_UNAVAILABLE',
+        'the capability server needs its capability-signing and authority keys and the content-key vault',
+      );
+    return { keys: opts.keys, vault: opts.vault };
+  }
+
+  const payloadUrl = (ciphertextSha: Uint8Array): string =>
+    `/d/v1/capabilities/payloads/${hex(ciphertextSha)}`;
+
+  async function moduleRows(q: Queryable, name: string): Promise<ModuleRow[]> {
+    return q.query<ModuleRow>(
+      'SELECT * FROM capability_modules WHERE name = $1 ORDER BY created_at_ms LIMIT $2',
+      [name, MAX_CANDIDATES],
+    );
+  }
+
+  /** The capability manifest a device holds: its group's newest, else the default (group NULL) one. */
+  async function manifestFor(q: Queryable, group: string | null): Promise<Uint8Array | undefined> {
+    const r = await q.query<{ document: Uint8Array }>(
+      `SELECT document FROM capability_manifests WHERE device_group = $1 OR device_group IS NULL
+       ORDER BY (device_group IS NULL), version DESC LIMIT 1`,
+      [group],
+    );
+    return r[0] === undefined ? undefined : u8(r[0].document);
+  }
+
+  /** Issues a new signed revocation list from the revoked rows (called inside a transaction). */
+  async function publishRevocations(tx: Queryable, keys: CapabilityKeys): Promise<number> {
+    await tx.query('LOCK TABLE capability_revocation_lists IN EXCLUSIVE MODE');
+    const cur = await tx.query<{ v: number | null }>(
+      'SELECT max(version) AS v FROM capability_revocation_lists',
+    );
+    const version = (cur[0]?.v ?? 0) + 1;
+    const revoked = await tx.query<{ module_sha256: Uint8Array; revoke_reason: string | null }>(
+      'SELECT DISTINCT ON (module_sha256) module_sha256, revoke_reason FROM capability_modules WHERE revoked_at_ms IS NOT NULL ORDER BY module_sha256',
+    );
+    const issuedAt = Math.floor(now() / 1000);
+    const expiresAt = issuedAt + REVOCATION_VALIDITY_S;
+    const doc = await createRevocationList(
+      {
+        version,
+        issuedAt,
+        expiresAt,
+        entries: revoked.map((r) => ({
+          digest: u8(r.module_sha256),
+          ...(r.revoke_reason === null ? {} : { reason: r.revoke_reason.slice(0, 256) }),
+        })),
+      },
+      keys.authority.signer,
+    );
+    await tx.query(
+      'INSERT INTO capability_revocation_lists (version, document, expires_at, created_at_ms) VALUES ($1, $2, $3, $4)',
+      [version, doc, expiresAt, now()],
+    );
+    return version;
+  }
+
+  async function deviceRow(deviceId: string) {
+    return one(
+      await db.query<{
+        device_group: string | null;
+        attributes: Record<string, string>;
+        ka_spki: Uint8Array | null;
+        kek_wrapped: Uint8Array | null;
+      }>('SELECT device_group, attributes, ka_spki, kek_wrapped FROM devices WHERE id = $1', [deviceId]),
+      'device',
+    );
+  }
+
+  function selfOf(p: Principal): string {
+    authorize(p, 'capability.query');
+    if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device listener');
+    return p.deviceId;
+  }
+
+  return {
+    /** Catalog upload (author): validates, encrypts once, stores ciphertext and wrapped key; audited. */
+    async upload(p: Principal, body: Uint8Array): Promise<ModuleInfo> {
+      authorize(p, 'capability.upload');
+      const { vault } = required();
+      const { metadataBytes, wasm } = decodeModuleUpload(body);
+      let md: ModuleMetadata;
+      try {
+        md = decodeModuleMetadata(metadataBytes);
+      } catch (e) {
+        trustRefusal(e, 'CAP_MODULE_INVALID', 'metadata refused');
+      }
+      checkModule(wasm, md);
+      const digest = sha256(wasm);
+      const enc = encryptModule(wasm, MODULE_CONTENT_ALG);
+      let cekWrapped: Uint8Array;
+      try {
+        cekWrapped = await vault.wrap(enc.cek);
+      } finally {
+        enc.cek.fill(0);
+      }
+      const ctSha = sha256(enc.ciphertext);
+      const id = randomUUID();
+      return audited(p, 'capability.upload', async (tx) => {
+        await tx.query('LOCK TABLE capability_modules IN EXCLUSIVE MODE');
+        const dup = await tx.query<{ id: string }>(
+          'SELECT id FROM capability_modules WHERE name = $1 AND module_sha256 = $2',
+          [md.name, digest],
+        );
+        if (dup[0] !== undefined)
+          throw new ServerError('ALREADY_EXISTS', `this module binary is already module ${dup[0].id}`);
+        const seq = await tx.query<{ n: number | null }>(
+          'SELECT max(sequence_number) AS n FROM capability_modules WHERE name = $1',
+          [md.name],
+        );
+        const sequenceNumber = (seq[0]?.n ?? 0) + 1;
+        await tx.query(
+          'INSERT INTO blobs (sha256, size, data, created_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (sha256) DO NOTHING',
+          [ctSha, enc.ciphertext.length, enc.ciphertext, now()],
+        );
+        const rows = await tx.query<ModuleRow>(
+          `INSERT INTO capability_modules (id, name, version, sequence_number, metadata, module_sha256, module_size,
+             ciphertext_sha256, content_alg, enc_protected, enc_unprotected, cek_wrapped, uploaded_by, created_at_ms)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING *`,
+          [
+            id,
+            md.name,
+            fmt(md.version),
+            sequenceNumber,
+            metadataBytes,
+            digest,
+            wasm.length,
+            ctSha,
+            MODULE_CONTENT_ALG,
+            enc.protectedBytes,
+            encode(enc.unprotected),
+            cekWrapped,
+            actorOf(p),
+            now(),
+          ],
+        );
+        const info = moduleInfo(one(rows, 'module'));
+        return {
+          result: info,
+          subject: `capability-module:${id}`,
+          details: {
+            name: info.name,
+            version: info.version,
+            sequenceNumber,
+            moduleSha256: info.moduleSha256,
+            ciphertextSha256: info.ciphertextSha256,
+          },
+        };
+      });
+    },
+
+    async list(p: Principal, q: { name?: string; limit: number; after?: string }): Promise<ModuleInfo[]> {
+      authorize(p, 'capability.read');
+      const rows = await db.query<ModuleRow>(
+        `SELECT * FROM capability_modules WHERE ($1::text IS NULL OR name = $1) AND ($2::text IS NULL OR id > $2)
+         ORDER BY id LIMIT $3`,
+        [q.name ?? null, q.after ?? null, q.limit],
+      );
+      return rows.map(moduleInfo);
+    },
+
+    async get(p: Principal, id: string): Promise<ModuleInfo> {
+      authorize(p, 'capability.read');
+      return moduleInfo(
+        one(await db.query<ModuleRow>('SELECT * FROM capability_modules WHERE id = $1', [id]), 'module'),
+      );
+    },
+
+    /**
+     * Revokes a module (seed 000 step 7): it is never offered again and its digest goes on a newly signed module
+     * revocation list, published in the same transaction.
+     */
+    async revoke(
+      p: Principal,
+      id: string,
+      reason: string,
+    ): Promise<ModuleInfo & { revocationListVersion: number }> {
+      authorize(p, 'capability.revoke');
+      const { keys } = required();
+      return audited(p, 'capability.revoke', async (tx) => {
+        const rows = await tx.query<ModuleRow>(
+          'UPDATE capability_modules SET revoked_at_ms = $2, revoke_reason = $3 WHERE id = $1 AND revoked_at_ms IS NULL RETURNING *',
+          [id, now(), reason],
+        );
+        if (rows[0] === undefined) {
+          one(await tx.query('SELECT id FROM capability_modules WHERE id = $1', [id]), 'module');
+          throw new ServerError('CONFLICT', 'the module is already revoked');
+        }
+        // The same binary uploaded under another id is the same digest: revoke every row of it.
+        await tx.query(
+          'UPDATE capability_modules SET revoked_at_ms = $2, revoke_reason = $3 WHERE module_sha256 = $1 AND revoked_at_ms IS NULL',
+          [rows[0].module_sha256, now(), reason],
+        );
+        const version = await publishRevocations(tx, keys);
+        const info = moduleInfo(rows[0]);
+        return {
+          result: { ...info, revocationListVersion: version },
+          subject: `capability-module:${id}`,
+          details: { moduleSha256: info.moduleSha256, reason, revocationListVersion: version },
+        };
+      });
+    },
+
+    /**
+     * Issues a capability manifest for a device group (NULL: the default), signed by the capability-authority key,
+     * listing the server's capability-signing key for the listed capabilities (seed 000 §1).
+     */
+    async issueManifest(
+      p: Principal,
+      input: ManifestIssueInput,
+    ): Promise<{ version: number; group: string | null }> {
+      authorize(p, 'capability.manifest');
+      const { keys } = required();
+      const modules: AuthorizedModule[] = input.modules.map((m, i) => {
+        if (!isCapabilityName(m.name))
+          throw new ServerError('REQUEST_INVALID', `modules[${i}].name is not a capability name`);
+        const min =
+          m.minVersion === undefined ? undefined : parseVersionText(m.minVersion, `modules[${i}].minVersion`);
+        const max =
+          m.maxVersion === undefined ? undefined : parseVersionText(m.maxVersion, `modules[${i}].maxVersion`);
+        if (min !== undefined && max !== undefined && compareModuleVersion(min, max) > 0)
+          throw new ServerError('REQUEST_INVALID', `modules[${i}]: minVersion above maxVersion`);
+        return {
+          name: m.name,
+          ...(min === undefined ? {} : { minVersion: min }),
+          ...(max === undefined ? {} : { maxVersion: max }),
+          ...(m.digests === undefined
+            ? {}
+            : { digests: m.digests.map((d) => new Uint8Array(Buffer.from(d, 'hex'))) }),
+        };
+      });
+      if (new Set(modules.map((m) => m.name)).size !== modules.length)
+        throw new ServerError('REQUEST_INVALID', 'a capability is listed twice');
+      return audited(p, 'capability.manifest', async (tx) => {
+        await tx.query('LOCK TABLE capability_manifests IN EXCLUSIVE MODE');
+        const cur = await tx.query<{ v: number | null }>(
+          'SELECT max(version) AS v FROM capability_manifests',
+        );
+        const version = (cur[0]?.v ?? 0) + 1;
+        const fields: CapabilityManifestFields = {
+          version,
+          issuedAt: Math.floor(now() / 1000),
+          keys: [
+            {
+              key: keys.signing.coseKey,
+              kid: keys.signing.kid,
+              alg: keys.signing.alg,
+              names: modules.length === 0 ? ['*'] : modules.map((m) => m.name),
+            },
+          ],
+          modules,
+        };
+        let doc: Uint8Array;
+        try {
+          doc = await createCapabilityManifest(fields, keys.authority.signer);
+        } catch (e) {
+          if (isTrustError(e))
+            throw new ServerError('REQUEST_INVALID', `capability manifest refused: ${e.message}`, {
+              cause: e,
+            });
+          throw e;
+        }
+        await tx.query(
+          'INSERT INTO capability_manifests (version, device_group, document, issued_by, created_at_ms) VALUES ($1, $2, $3, $4, $5)',
+          [version, input.group, doc, actorOf(p), now()],
+        );
+        const details: { [k: string]: Json } = {
+          group: input.group,
+          modules: modules.map((m) => m.name),
+          sha256: hex(sha256(doc)),
+        };
+        return {
+          result: { version, group: input.group },
+          subject: `capability-manifest:${version}`,
+          details,
+        };
+      });
+    },
+
+    async listManifests(
+      p: Principal,
+    ): Promise<
+      { version: number; group: string | null; issuedBy: string; createdAtMs: number; sha256: string }[]
+    > {
+      authorize(p, 'capability.read');
+      const rows = await db.query<{
+        version: number;
+        device_group: string | null;
+        issued_by: string;
+        created_at_ms: number | string;
+        document: Uint8Array;
+      }>('SELECT * FROM capability_manifests ORDER BY version DESC LIMIT 1000');
+      return rows.map((r) => ({
+        version: r.version,
+        group: r.device_group,
+        issuedBy: r.issued_by,
+        createdAtMs: Number(r.created_at_ms),
+        sha256: hex(sha256(u8(r.document))),
+      }));
+    },
+
+    /** Public keys for provisioning devices (COSE_Key CBOR, base64). */
+    publicKeys(p: Principal): {
+      signing: { kid: string; spki: string };
+      authority: { kid: string; spki: string };
+    } {
+      authorize(p, 'capability.read');
+      const { keys } = required();
+      const k = (c: CapabilityKeys['signing']): { kid: string; spki: string } => ({
+        kid: hex(c.kid),
+        spki: Buffer.from(c.spki).toString('base64'),
+      });
+      return { signing: k(keys.signing), authority: k(keys.authority) };
+    },
+
+    // -------------------------------------------------------------------------------------------------------------
+    // Device side (mutual TLS)
+
+    /** The capability manifest of the calling device's group. */
+    async deviceManifest(p: Principal): Promise<Uint8Array> {
+      const dev = await deviceRow(selfOf(p));
+      const doc = await manifestFor(db, dev.device_group);
+      if (doc === undefined)
+        throw new ServerError('CAP_MANIFEST_MISSING', 'no capability manifest issued for this device');
+      return doc;
+    },
+
+    /** The newest module revocation list; re-issued when none exists or past half its validity (freshness). */
+    async revocationList(p: Principal): Promise<Uint8Array> {
+      selfOf(p);
+      const latest = async (q: Queryable) =>
+        (
+          await q.query<{ document: Uint8Array; expires_at: number | string }>(
+            'SELECT document, expires_at FROM capability_revocation_lists ORDER BY version DESC LIMIT 1',
+          )
+        )[0];
+      const fresh = (r: { expires_at: number | string } | undefined): boolean =>
+        r !== undefined && Number(r.expires_at) - Math.floor(now() / 1000) > REVOCATION_VALIDITY_S / 2;
+      const have = await latest(db);
+      if (have !== undefined && fresh(have)) return u8(have.document);
+      const { keys } = required();
+      return db.transaction(async (tx) => {
+        await tx.query('LOCK TABLE capability_revocation_lists IN EXCLUSIVE MODE');
+        const again = await latest(tx);
+        if (again !== undefined && fresh(again)) return u8(again.document);
+        await publishRevocations(tx, keys);
+        const made = await latest(tx);
+        return u8(one(made === undefined ? [] : [made], 'revocation list').document);
+      });
+    },
+
+    /**
+     * Seed 000 steps 3–4: picks the module for the calling device and returns its per-device envelope. Refusals are
+     * typed: CAP_NOT_FOUND (no such capability), CAP_NOT_AUTHORIZED (not in the device's capability manifest),
+     * CAP_INCOMPATIBLE (no module for its device class / firmware), CAP_DEPENDENCY_UNSATISFIED, CAP_MANIFEST_MISSING.
+     */
+    async query(p: Principal, input: QueryInput): Promise<QueryAnswer> {
+      const deviceId = selfOf(p);
+      const { keys, vault } = required();
+      const dev = await deviceRow(deviceId);
+      // The registry is authoritative for what it records (an operator set it); the body fills what it lacks.
+      const deviceClass = dev.attributes.deviceClass ?? input.deviceClass;
+      const fwText = dev.attributes.firmwareVersion ?? input.firmwareVersion;
+      if (deviceClass === undefined || fwText === undefined)
+        throw new ServerError(
+          'REQUEST_INVALID',
+          'the device class and firmware version are unknown: send them',
+        );
+      const firmware = parseVersionText(fwText, 'firmwareVersion');
+      const manifestDoc = await manifestFor(db, dev.device_group);
+      if (manifestDoc === undefined)
+        throw new ServerError('CAP_MANIFEST_MISSING', 'no capability manifest issued for this device');
+      const manifest = verifyCapabilityManifest(manifestDoc, {
+        verifiers: [keys.authority.verifier],
+        allowedAlgs: new Set([keys.authority.alg]),
+      });
+      const installed = new Map<string, ModuleVersion>();
+      for (const m of input.installed ?? [])
+        installed.set(m.name, parseVersionText(m.version, `installed ${m.name}`));
+
+      type Pick = { row: ModuleRow; md: ModuleMetadata };
+      const reasons = new Map<string, string>();
+      const pick = async (
+        name: string,
+        depth: number,
+        range?: { min: ModuleVersion; max?: ModuleVersion },
+      ) => {
+        const rows = await moduleRows(db, name);
+        if (rows.length === 0) throw new ServerError('CAP_NOT_FOUND', `no module for capability ${name}`);
+        const candidates: Pick[] = [];
+        let why: 'incompatible' | 'unauthorized' | 'dependency' | 'revoked' | undefined;
+        for (const row of rows) {
+          const md = decodeModuleMetadata(u8(row.metadata));
+          if (range !== undefined && !versionInRange(md.version, range.min, range.max)) continue;
+          if (row.revoked_at_ms !== null) {
+            why ??= 'revoked';
+            continue;
+          }
+          // issue 8 "compatible device classes and firmware versions"
+          if (
+            !md.deviceClasses.includes(deviceClass) ||
+            !versionInRange(firmware, md.firmware.min, md.firmware.max)
+          ) {
+            why = why === 'unauthorized' || why === 'dependency' ? why : 'incompatible';
+            continue;
+          }
+          // seed 000 §1: "a module whose key or name the manifest does not authorize is refused"
+          const refusal = capabilityAuthorization(manifest, name, md.version, u8(row.module_sha256));
+          if (refusal !== undefined) {
+            reasons.set(name, refusal);
+            why = why === 'dependency' ? why : 'unauthorized';
+            continue;
+          }
+          candidates.push({ row, md });
+        }
+        candidates.sort(
+          (a, b) =>
+            compareModuleVersion(b.md.version, a.md.version) || b.row.sequence_number - a.row.sequence_number,
+        );
+        for (const c of candidates) {
+          const deps = await satisfy(c.md, depth);
+          if (deps !== undefined) return { chosen: c, deps };
+          why = 'dependency';
+        }
+        const detail = reasons.get(name);
+        switch (why) {
+          case 'unauthorized':
+            throw new ServerError(
+              'CAP_NOT_AUTHORIZED',
+              detail ?? `capability ${name} is not authorized for this device`,
+            );
+          case 'dependency':
+            throw new ServerError(
+              'CAP_DEPENDENCY_UNSATISFIED',
+              `no module of ${name} has satisfiable dependencies`,
+            );
+          case 'revoked':
+            throw new ServerError('CAP_REVOKED', `every module of ${name} in range is revoked`);
+          default:
+            throw new ServerError(
+              'CAP_INCOMPATIBLE',
+              `no module of ${name} is compatible with device class ${deviceClass} and firmware ${fmt(firmware)}`,
+              { extra: { deviceClass, firmwareVersion: fmt(firmware) } },
+            );
+        }
+      };
+      // Dependencies: satisfied by an installed version in range, or by a module the server would pick.
+      const satisfy = async (
+        md: ModuleMetadata,
+        depth: number,
+      ): Promise<{ name: string; version: string }[] | undefined> => {
+        const out: { name: string; version: string }[] = [];
+        for (const d of md.dependencies) {
+          const have = installed.get(d.name);
+          if (have !== undefined && versionInRange(have, d.min, d.max)) continue;
+          if (depth >= MAX_DEPENDENCY_DEPTH) return undefined;
+          try {
+            const sub = await pick(d.name, depth + 1, {
+              min: d.min,
+              ...(d.max === undefined ? {} : { max: d.max }),
+            });
+            out.push(...sub.deps, { name: d.name, version: fmt(sub.chosen.md.version) });
+          } catch (e) {
+            if (e instanceof ServerError && e.code.startsWith('CAP_')) return undefined;
+            throw e;
+          }
+        }
+        return out;
+      };
+      if (!isCapabilityName(input.capability))
+        throw new ServerError('REQUEST_INVALID', 'capability is not a capability name');
+      const { chosen, deps } = await pick(input.capability, 0);
+
+      // Per-device key wrap (ENC §4; seed 000 step 4 "encrypts it using a device-specific key").
+      let recipient: DeviceRecipient;
+      let kek: Uint8Array | undefined;
+      if (dev.ka_spki !== null) {
+        recipient = {
+          kind: 'ecdh',
+          publicKey: createPublicKey({ key: Buffer.from(dev.ka_spki), format: 'der', type: 'spki' }),
+        };
+      } else if (dev.kek_wrapped !== null) {
+        kek = await vault.unwrap(u8(dev.kek_wrapped));
+        recipient = { kind: 'aes-kw', kek };
+      } else {
+        throw new ServerError(
+          'DEVICE_KEY_MISSING',
+          'the device has no key-agreement key or KEK: its module key cannot be wrapped',
+        );
+      }
+      const row = chosen.row;
+      const ciphertext = one(
+        await db.query<{ data: Uint8Array }>('SELECT data FROM blobs WHERE sha256 = $1', [
+          row.ciphertext_sha256,
+        ]),
+        'module ciphertext',
+      ).data;
+      const cek = await vault.unwrap(u8(row.cek_wrapped));
+      let envelope: Uint8Array;
+      try {
+        const unprotected = decode(u8(row.enc_unprotected)) as Map<number, unknown>;
+        const r = wrapForDevice(cek, recipient);
+        const wasm = decryptContent(
+          decodeEncrypt(
+            encodeEncrypt({
+              protectedBytes: u8(row.enc_protected),
+              unprotected,
+              ciphertext: null,
+              recipients: [r],
+            }),
+          ),
+          cek,
+          u8(ciphertext),
+          { allowedAlgs: new Set([MODULE_CONTENT_ALG]) },
+        );
+        // The stored ciphertext must still be the uploaded module before it is signed (GCM tag + digest).
+        if (Buffer.compare(sha256(wasm), u8(row.module_sha256)) !== 0)
+          throw new ServerError('INTERNAL', 'stored module does not match its digest');
+        envelope = await buildModuleEnvelope({
+          vendorDomain,
+          metadata: chosen.md,
+          wasm,
+          encrypted: { protectedBytes: u8(row.enc_protected), unprotected, ciphertext: u8(ciphertext) },
+          recipients: [r],
+          sequenceNumber: row.sequence_number,
+          signers: [keys.signing.signer],
+          uri: payloadUrl(u8(row.ciphertext_sha256)),
+        });
+        wasm.fill(0);
+      } finally {
+        cek.fill(0);
+        kek?.fill(0);
+      }
+      return {
+        moduleId: row.id,
+        name: row.name,
+        version: row.version,
+        sequenceNumber: row.sequence_number,
+        moduleSha256: hex(row.module_sha256),
+        envelope: Buffer.from(envelope).toString('base64'),
+        payloadUrl: payloadUrl(u8(row.ciphertext_sha256)),
+        requires: deps,
+      };
+    },
+
+    /** A module ciphertext, to a device only (it is useless without the device's wrapped key). */
+    async payload(p: Principal, sha256Hex: string): Promise<Uint8Array> {
+      selfOf(p);
+      const digest = new Uint8Array(Buffer.from(sha256Hex, 'hex'));
+      const r = await db.query<{ data: Uint8Array }>(
+        `SELECT b.data FROM blobs b WHERE b.sha256 = $1 AND EXISTS
+           (SELECT 1 FROM capability_modules m WHERE m.ciphertext_sha256 = b.sha256 AND m.revoked_at_ms IS NULL)`,
+        [digest],
+      );
+      return u8(one(r, 'module payload').data);
+    },
+  };
+}
