@@ -116,7 +116,11 @@ const init: Subcommand = {
 Generates in the PKCS#11 token (RFC 7512 URIs pkcs11:token=<label>;object=rotor-…): the root CA and issuing CA keys
 and, unless --file-keys (development only: PEM files in DIR), the author and operator signing keys. Keys are
 non-extractable. Writes root-ca.pem, issuing-ca.pem, device-ca.pem (for the server's --device-ca), the public keys
-and profile.json (trust anchors, initial firmware, anti-rollback values). The PIN: --pin-file or ROTOR_FACTORY_PIN.`,
+and profile.json (trust anchors, initial firmware, anti-rollback values). The PIN: --pin-file or ROTOR_FACTORY_PIN.
+--firmware: a SUIT envelope with its image integrated, signed by the author and the operator; provisioning installs
+it into each device's firmware bank (and recovery bank) through the device agent and sets the agent's anti-rollback
+counters to --anti-rollback (firmware=N and recovery=N name the default keys; N must not exceed the envelope's
+sequence number).`,
   options: {
     dir: { type: 'string' },
     token: { type: 'string' },
