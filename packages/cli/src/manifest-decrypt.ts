@@ -8,7 +8,7 @@
  * answers the vendor/class/device-id conditions with the identifiers the manifest itself names.
  */
 import {
-  Alg,
+  KEY_DISTRIBUTION_ALGS,
   decodeEncrypt,
   decodeEncrypt0,
   decryptContent,
@@ -32,15 +32,8 @@ import { componentIdText, type Tree } from './render.ts';
 
 const MAX_PAYLOAD = 512 * 1024 * 1024;
 
-/** Key-distribution and content algorithms accepted when decrypting (draft-ietf-suit-mti profiles). */
-const DECRYPT_ALGS: ReadonlySet<number> = new Set([
-  Alg.A128KW,
-  Alg.A192KW,
-  Alg.A256KW,
-  Alg.ECDH_ES_A128KW,
-  Alg.ECDH_ES_A192KW,
-  Alg.ECDH_ES_A256KW,
-]);
+/** Key-distribution algorithms accepted when decrypting (every one Rotor implements, RFC 9053 §6). */
+const DECRYPT_ALGS: ReadonlySet<number> = KEY_DISTRIBUTION_ALGS;
 
 function collectIdentity(
   cmds: readonly SuitCommand[],

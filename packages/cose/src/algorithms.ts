@@ -178,6 +178,26 @@ const TABLE: ReadonlyMap<number, AlgInfo> = new Map<number, AlgInfo>(
   ).map((a) => [a.id, Object.freeze(a)] as const),
 );
 
+/** Every key-distribution algorithm Rotor implements: AES-KW and ECDH-ES + AES-KW (RFC 9053 §6.2.1, §6.3). */
+export const KEY_DISTRIBUTION_ALGS: ReadonlySet<number> = new Set([
+  Alg.A128KW,
+  Alg.A192KW,
+  Alg.A256KW,
+  Alg.ECDH_ES_A128KW,
+  Alg.ECDH_ES_A192KW,
+  Alg.ECDH_ES_A256KW,
+]);
+
+/** Every content-encryption algorithm Rotor implements for firmware: AES-GCM and AES-CTR (RFC 9053 §4.1, RFC 9459). */
+export const FIRMWARE_CONTENT_ALGS: ReadonlySet<number> = new Set([
+  Alg.A128GCM,
+  Alg.A192GCM,
+  Alg.A256GCM,
+  Alg.A128CTR,
+  Alg.A192CTR,
+  Alg.A256CTR,
+]);
+
 /** The table entry of an algorithm id; COSE_ALG_UNKNOWN when the id is not in the table. */
 export function algInfo(id: number, path?: string): AlgInfo {
   const info = TABLE.get(id);

@@ -20,7 +20,15 @@
  * every digest or content check over it mismatches, so the failure mode is refusal, never installation.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { Alg, decodeEncrypt, unwrapContentKey, type KeyAgreement, type KeyUnwrapper } from '@rotor/cose';
+import {
+  Alg,
+  decodeEncrypt,
+  FIRMWARE_CONTENT_ALGS,
+  KEY_DISTRIBUTION_ALGS,
+  unwrapContentKey,
+  type KeyAgreement,
+  type KeyUnwrapper,
+} from '@rotor/cose';
 import type { ComponentId } from '@rotor/suit';
 import { DeviceError } from '../errors.ts';
 import { componentKey, componentTag, type BankId, type Flash } from '../flash/flash.ts';
@@ -46,23 +54,9 @@ const INLINE_READ = 64 * 1024;
 const MAX_ENCRYPTION_INFO = 64 * 1024;
 
 /** Content-encryption algorithms the device accepts (ENC §4: AES-GCM; RFC 9459 AES-CTR). */
-export const CONTENT_ALGS: ReadonlySet<number> = new Set([
-  Alg.A128GCM,
-  Alg.A192GCM,
-  Alg.A256GCM,
-  Alg.A128CTR,
-  Alg.A192CTR,
-  Alg.A256CTR,
-]);
+export const CONTENT_ALGS: ReadonlySet<number> = FIRMWARE_CONTENT_ALGS;
 /** Key-distribution algorithms the device accepts (AES-KW, ECDH-ES + AES-KW; RFC 9053 §6). */
-export const KEY_ALGS: ReadonlySet<number> = new Set([
-  Alg.A128KW,
-  Alg.A192KW,
-  Alg.A256KW,
-  Alg.ECDH_ES_A128KW,
-  Alg.ECDH_ES_A192KW,
-  Alg.ECDH_ES_A256KW,
-]);
+export const KEY_ALGS: ReadonlySet<number> = KEY_DISTRIBUTION_ALGS;
 
 interface PayloadRef {
   readonly input: PayloadInput;
