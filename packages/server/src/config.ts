@@ -11,6 +11,7 @@ import { ServerError } from './errors.ts';
 import { isPkcs11Uri } from './factory/pkcs11-key.ts';
 import { parsePkcs11Uri } from './factory/pkcs11-uri.ts';
 import { operatorKeyFromPem, vaultFromHex } from './keys.ts';
+import { capabilityKeyFromPem } from './capabilities/keys.ts';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -59,6 +60,9 @@ export interface ServerConfig {
   readonly pkcs11Module?: string | undefined;
   /** 64 hex digits: the content-key vault's AES-256 KEK; unset: approval and device KEKs refused. */
   readonly contentKekHex: string | undefined;
+  /** PEM private keys of the capability server (issue 8): module-envelope signing, manifest/revocation authority. */
+  readonly capabilitySigningKeyPem?: string | undefined;
+  readonly capabilityAuthorityKeyPem?: string | undefined;
 }
 
 export const CONFIG_HELP = `rotor server [options]
@@ -85,6 +89,10 @@ options (environment variable in brackets; flags win):
   --pkcs11-module PATH    PKCS#11 module for a pkcs11: key  [ROTOR_PKCS11_MODULE, default Debian SoftHSM2]
   --content-kek FILE      content-key vault KEK (64 hex digits, mode 0600) [ROTOR_CONTENT_KEK_FILE]
                           without both, release approval is refused (OPERATOR_KEY_UNAVAILABLE)
+  --capability-signing-key FILE    signs capability-module envelopes (PEM)  [ROTOR_CAPABILITY_SIGNING_KEY_FILE]
+  --capability-authority-key FILE  signs capability manifests and module revocation lists (PEM)
+                          [ROTOR_CAPABILITY_AUTHORITY_KEY_FILE]; without both (and the content KEK) the
+                          capability server refuses (CAP_KEYS_UNAVAILABLE)
 environment only (secrets):
   DATABASE_URL            PostgreSQL; unset: embedded PGlite in <data-dir>/pg
   ROTOR_ADMIN_TOKEN       admin bootstrap token (>= 32 chars); unset: generated once into
@@ -112,6 +120,8 @@ const FLAGS = {
   'operator-key': { type: 'string' },
   'pkcs11-module': { type: 'string' },
   'content-kek': { type: 'string' },
+  'capability-signing-key': { type: 'string' },
+  'capability-authority-key': { type: 'string' },
 } as const;
 
 export interface ConfigSource {
@@ -224,6 +234,19 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
       problems.push(`--content-kek: ${e instanceof Error ? e.message : String(e)}`); // the key itself is not echoed
     }
   }
+  const capabilitySigningKeyPem = file('capability-signing-key', 'ROTOR_CAPABILITY_SIGNING_KEY_FILE');
+  const capabilityAuthorityKeyPem = file('capability-authority-key', 'ROTOR_CAPABILITY_AUTHORITY_KEY_FILE');
+  for (const [flag, pem] of [
+    ['capability-signing-key', capabilitySigningKeyPem],
+    ['capability-authority-key', capabilityAuthorityKeyPem],
+  ] as const) {
+    if (pem === undefined) continue;
+    try {
+      capabilityKeyFromPem(pem, flag);
+    } catch (e) {
+      problems.push(`--${flag}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
 
   const config: ServerConfig = {
     host: host('host', 'ROTOR_HOST'),
@@ -246,6 +269,8 @@ export function loadConfig(src: ConfigSource = {}): ServerConfig {
     operatorKeyUri,
     pkcs11Module,
     contentKekHex,
+    capabilitySigningKeyPem,
+    capabilityAuthorityKeyPem,
     mqttHost: host('mqtt-host', 'ROTOR_MQTT_HOST'),
     mqttPort: int('mqtt-port', 'ROTOR_MQTT_PORT', 8883, 0, 65535),
     mqttTopicPrefix,

@@ -29,6 +29,7 @@ import { registerAttestationRoutes } from './attestation/routes.ts';
 import { createDistributionService, registerDistributionRoutes } from './attestation/distribution.ts';
 import { createPolicyService } from './attestation/policy.ts';
 import {
+  capabilityKeyFromPem,
   createCapabilityService,
   registerCapabilityRoutes,
   type CapabilityKeys,
@@ -163,11 +164,19 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       createDistributionService(db, opts.now),
       createPolicyService(db, opts.now),
     );
+    const capabilityKeys: CapabilityKeys | undefined =
+      opts.capabilityKeys ??
+      (config.capabilitySigningKeyPem !== undefined && config.capabilityAuthorityKeyPem !== undefined
+        ? {
+            signing: capabilityKeyFromPem(config.capabilitySigningKeyPem, 'capability signing key'),
+            authority: capabilityKeyFromPem(config.capabilityAuthorityKeyPem, 'capability authority key'),
+          }
+        : undefined);
     registerCapabilityRoutes(
       op.app,
       dev?.app,
       createCapabilityService(db, {
-        ...(opts.capabilityKeys === undefined ? {} : { keys: opts.capabilityKeys }),
+        ...(capabilityKeys === undefined ? {} : { keys: capabilityKeys }),
         ...(keys.vault === undefined ? {} : { vault: keys.vault }),
         ...(opts.now === undefined ? {} : { now: opts.now }),
       }),

@@ -4,12 +4,23 @@
  * and runs what it got; incompatible devices get typed problems; a revoked module is not offered and the signed
  * revocation list unloads it on the device; one device's envelope does not decrypt with another device's key.
  */
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encode, generateAgreementKey, generateSigningKey, softwareKeyAgreement } from '@rotor/cose';
+import {
+  encode,
+  generateAgreementKey,
+  generateSigningKey,
+  softwareKeyAgreement,
+  softwareVerifier,
+  type Verifier,
+} from '@rotor/cose';
 import { encodeModuleMetadata, MODULE_ABI, type ModuleMetadata, type ModuleVersion } from '@rotor/trust';
 import { CapabilityManager, DeviceError, SandboxPool, SimulatedFs } from '@rotor/device';
-import { capabilityKeyFromPrivate, ROLES, type CapabilityKeys, type Role } from '../src/index.ts';
+import { ROLES, type Role } from '../src/index.ts';
 import { buildModule } from '../../device/test/capability-modules/build.ts';
 import {
   BACKENDS,
@@ -56,7 +67,7 @@ interface Device {
 
 describe.each(BACKENDS)('capability server on %s', (backend) => {
   let f: Fixture;
-  let keys: CapabilityKeys;
+  let authority: Verifier;
   const tokens = {} as Record<Role, OperatorClient>;
   const devices: Record<'a' | 'b' | 'cam', Device> = {} as Record<'a' | 'b' | 'cam', Device>;
   const pool = new SandboxPool({ spare: 1 });
@@ -106,8 +117,8 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
       fs: new SimulatedFs(),
       device: { vendorDomain: VENDOR, deviceClass: CLASS, firmwareVersion: [2, 4, 0] },
       keys: { agreements: [softwareKeyAgreement(d.agreement.privateKey)] },
-      manifestAuthorities: [keys.authority.verifier],
-      revocationAuthorities: [keys.authority.verifier],
+      manifestAuthorities: [authority],
+      revocationAuthorities: [authority],
       initialCapabilityManifest: manifest,
       pool,
       now: () => Math.floor(Date.now() / 1000),
@@ -135,15 +146,34 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
   }
 
   beforeAll(async () => {
-    keys = {
-      signing: capabilityKeyFromPrivate(generateSigningKey(-7).privateKey),
-      authority: capabilityKeyFromPrivate(generateSigningKey(-7).privateKey),
-    };
-    f = await startFixture(backend, { capabilityKeys: keys });
+    // File keys (--capability-signing-key / --capability-authority-key), as a deployment configures them.
+    const dir = mkdtempSync(join(tmpdir(), 'rotor-cap-'));
+    const pemOf = (k: KeyObject): string => k.export({ type: 'pkcs8', format: 'pem' }).toString();
+    writeFileSync(join(dir, 'signing.pem'), pemOf(generateSigningKey(-7).privateKey), { mode: 0o600 });
+    writeFileSync(join(dir, 'authority.pem'), pemOf(generateSigningKey(-8).privateKey), { mode: 0o600 });
+    f = await startFixture(backend, {
+      env: {
+        ROTOR_CAPABILITY_SIGNING_KEY_FILE: join(dir, 'signing.pem'),
+        ROTOR_CAPABILITY_AUTHORITY_KEY_FILE: join(dir, 'authority.pem'),
+      },
+    });
     for (const role of ROLES) {
       const r = await f.admin.post('/v1/tokens', { name: `${role} token`, role });
       tokens[role] = operatorClient(f.server.operatorUrl, (r.json() as { token: string }).token);
     }
+    // Provisioning reads the authority's public key from the server (seed 000 step 1).
+    const pub = (await tokens.auditor.get('/v1/capabilities/keys')).json() as Record<
+      'signing' | 'authority',
+      { kid: string; alg: number; spki: string }
+    >;
+    const verifierOf = (k: { kid: string; alg: number; spki: string }): Verifier =>
+      softwareVerifier(
+        createPublicKey({ key: Buffer.from(k.spki, 'base64'), format: 'der', type: 'spki' }),
+        k.alg,
+        new Uint8Array(Buffer.from(k.kid, 'hex')),
+      );
+    authority = verifierOf(pub.authority);
+    expect(pub.authority.alg).toBe(-8);
     devices.a = await register('cap-a', { deviceClass: CLASS, firmwareVersion: '2.4.0' });
     devices.b = await register('cap-b', { deviceClass: CLASS, firmwareVersion: '2.4.0' });
     devices.cam = await register('cap-cam', { deviceClass: 'camera-v1', firmwareVersion: '2.4.0' });
@@ -354,8 +384,6 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
     ]);
     const ms = (await tokens.auditor.get('/v1/capabilities/manifests')).json() as { items: unknown[] };
     expect(ms.items.length).toBeGreaterThanOrEqual(2);
-    const k = (await tokens.auditor.get('/v1/capabilities/keys')).json() as { authority: { kid: string } };
-    expect(k.authority.kid).toBe(Buffer.from(keys.authority.kid).toString('hex'));
     const audit = (await tokens.auditor.get('/v1/audit?limit=1000')).body.toString();
     for (const a of ['capability.upload', 'capability.manifest', 'capability.revoke'])
       expect(audit).toContain(a);

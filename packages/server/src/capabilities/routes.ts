@@ -194,8 +194,12 @@ const queryAnswer = {
 const keyInfo = {
   type: 'object',
   additionalProperties: false,
-  required: ['kid', 'spki'],
-  properties: { kid: { type: 'string' }, spki: { type: 'string', contentEncoding: 'base64' } },
+  required: ['kid', 'alg', 'spki'],
+  properties: {
+    kid: { type: 'string' },
+    alg: { type: 'integer' },
+    spki: { type: 'string', contentEncoding: 'base64' },
+  },
 } as const;
 
 export function registerCapabilityRoutes(

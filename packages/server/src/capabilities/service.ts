@@ -199,6 +199,12 @@ export function decodeModuleUpload(body: Uint8Array): { metadataBytes: Uint8Arra
   }
 }
 
+export interface PublicKeyInfo {
+  kid: string;
+  alg: number;
+  spki: string;
+}
+
 export interface QueryInput {
   capability: string;
   firmwareVersion?: string;
@@ -544,15 +550,13 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       }));
     },
 
-    /** Public keys for provisioning devices (COSE_Key CBOR, base64). */
-    publicKeys(p: Principal): {
-      signing: { kid: string; spki: string };
-      authority: { kid: string; spki: string };
-    } {
+    /** Public keys for provisioning devices: kid (hex), COSE alg, SubjectPublicKeyInfo (DER, base64). */
+    publicKeys(p: Principal): { signing: PublicKeyInfo; authority: PublicKeyInfo } {
       authorize(p, 'capability.read');
       const { keys } = required();
-      const k = (c: CapabilityKeys['signing']): { kid: string; spki: string } => ({
+      const k = (c: CapabilityKeys['signing']): PublicKeyInfo => ({
         kid: hex(c.kid),
+        alg: c.alg,
         spki: Buffer.from(c.spki).toString('base64'),
       });
       return { signing: k(keys.signing), authority: k(keys.authority) };
