@@ -27,6 +27,7 @@ import { createRolloutService } from './rollouts.ts';
 import { createDeliveryService } from './delivery.ts';
 import { suitAuthenticator } from './suit-auth.ts';
 import { ServerError } from './errors.ts';
+import { createDeviceAuthCache, deviceStateChanged } from './device-auth.ts';
 import { parseDeviceKek, parseKeyAgreementKey, type ContentKeyVault, type OperatorKey } from './keys.ts';
 
 /** Keys the server holds (keys.ts); each is optional: features that need a missing one refuse with a typed error. */
@@ -479,6 +480,7 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
     },
   };
 
+  const authCache = createDeviceAuthCache();
   const devices = {
     async create(p: Principal, req: DeviceCreate): Promise<DeviceInfo> {
       authorize(p, 'device.create');
@@ -546,10 +548,13 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
     async update(p: Principal, id: string, req: DeviceUpdate): Promise<DeviceInfo> {
       authorize(p, 'device.update');
       const k = await deviceKeyColumns(req);
-      return audited(p, 'device.update', async (tx) => {
-        const row = one(
-          await tx.query<DeviceRow>(
-            `UPDATE devices SET
+      // Dropped cached device authentications before and after the change (device-auth.ts).
+      deviceStateChanged();
+      try {
+        return await audited(p, 'device.update', async (tx) => {
+          const row = one(
+            await tx.query<DeviceRow>(
+              `UPDATE devices SET
                enabled = COALESCE($2, enabled),
                device_group = CASE WHEN $3 THEN $4 ELSE device_group END,
                tags = COALESCE($5, tags),
@@ -559,49 +564,60 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
                report_key_spki = CASE WHEN $11 THEN $12 ELSE report_key_spki END,
                report_key_alg = CASE WHEN $11 THEN $13 ELSE report_key_alg END
              WHERE id = $1 RETURNING *`,
-            [
-              id,
-              req.enabled ?? null,
-              'group' in req,
-              req.group ?? null,
-              req.tags ?? null,
-              req.attributes === undefined ? null : JSON.stringify(req.attributes),
-              k.ka !== undefined,
-              k.ka ?? null,
-              k.kek !== undefined,
-              k.kek ?? null,
-              k.report !== undefined,
-              k.report?.spki ?? null,
-              k.report?.alg ?? null,
-            ],
-          ),
-          'device',
-        );
-        const plain: { [k: string]: Json } = {};
-        if (req.enabled !== undefined) plain.enabled = req.enabled;
-        if ('group' in req) plain.group = req.group ?? null;
-        if (req.tags !== undefined) plain.tags = req.tags;
-        if (req.attributes !== undefined) plain.attributes = req.attributes;
-        return {
-          result: deviceInfo(row),
-          subject: `device:${id}`,
-          details: { ...plain, ...keyAuditDetails(k) },
-        };
-      });
+              [
+                id,
+                req.enabled ?? null,
+                'group' in req,
+                req.group ?? null,
+                req.tags ?? null,
+                req.attributes === undefined ? null : JSON.stringify(req.attributes),
+                k.ka !== undefined,
+                k.ka ?? null,
+                k.kek !== undefined,
+                k.kek ?? null,
+                k.report !== undefined,
+                k.report?.spki ?? null,
+                k.report?.alg ?? null,
+              ],
+            ),
+            'device',
+          );
+          const plain: { [k: string]: Json } = {};
+          if (req.enabled !== undefined) plain.enabled = req.enabled;
+          if ('group' in req) plain.group = req.group ?? null;
+          if (req.tags !== undefined) plain.tags = req.tags;
+          if (req.attributes !== undefined) plain.attributes = req.attributes;
+          return {
+            result: deviceInfo(row),
+            subject: `device:${id}`,
+            details: { ...plain, ...keyAuditDetails(k) },
+          };
+        });
+      } finally {
+        deviceStateChanged();
+      }
     },
     /**
      * Identifies a device by its TLS client certificate (SHA-256 of the DER). Unknown and disabled devices are
-     * refused on every request (no cache), so disabling takes effect on the device's next request.
+     * refused on every request; a success is cached briefly (device-auth.ts) and dropped by any change of a
+     * device's standing in this process, so disabling takes effect on the device's next request.
      */
     async authenticate(certDer: Uint8Array): Promise<Principal> {
+      const fp = sha256(certDer);
+      const key = hex(fp);
+      const cached = authCache.get(key);
+      if (cached !== undefined) return cached;
+      const startEpoch = authCache.epoch();
       const rows = await db.query<{ id: string; name: string; enabled: boolean }>(
         'SELECT id, name, enabled FROM devices WHERE cert_sha256 = $1',
-        [sha256(certDer)],
+        [fp],
       );
       const d = rows[0];
       if (d === undefined) throw new ServerError('DEVICE_UNKNOWN', 'client certificate is not registered');
       if (!d.enabled) throw new ServerError('DEVICE_DISABLED', 'device is disabled');
-      return { kind: 'device', deviceId: d.id, name: d.name };
+      const principal: Principal = { kind: 'device', deviceId: d.id, name: d.name };
+      authCache.set(key, principal, startEpoch);
+      return principal;
     },
   };
 

@@ -23,6 +23,7 @@ import { actorOf, authorize, type Principal } from '../auth.ts';
 import type { Db } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { OCTET_STREAM } from '../http.ts';
+import { deviceStateChanged } from '../device-auth.ts';
 import { auditedTransaction } from '../tx.ts';
 import { POLICY_SCHEMA, type PolicyDocument, type PolicyService } from './policy.ts';
 
@@ -102,6 +103,8 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
       const anchors = await latestAnchors();
       if (anchors === undefined)
         throw new ServerError('CONFLICT', 'no trust anchors uploaded: the revocation authority is unknown');
+      // A list can disable devices: cached device authentications are dropped before and after (device-auth.ts).
+      deviceStateChanged();
       return audited(p, 'revocation.upload', async (tx) => {
         await tx.query('LOCK TABLE revocation_lists IN EXCLUSIVE MODE');
         const cur = await tx.query<{ version: string }>(
@@ -155,7 +158,7 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
           subject: `revocation:${list.version}`,
           details: { entries: list.entries.length, expiresAt: list.expiresAt },
         };
-      });
+      }).finally(deviceStateChanged);
     },
 
     async latestRevocationList(p: Principal): Promise<Uint8Array | undefined> {

@@ -22,6 +22,7 @@ import type { ArStatus, ClaimAppraisal } from '@rotor/trust';
 import { appendAudit } from '../audit.ts';
 import { authorize, type Principal } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
+import { deviceStateChanged } from '../device-auth.ts';
 import { ServerError } from '../errors.ts';
 import { auditedTransaction } from '../tx.ts';
 
@@ -158,7 +159,9 @@ export function matchingRules(doc: PolicyDocument, f: ResultFacts): PolicyRule[]
   });
 }
 
-async function currentPolicy(q: Queryable): Promise<{ version: number; doc: PolicyDocument } | undefined> {
+export async function currentPolicy(
+  q: Queryable,
+): Promise<{ version: number; doc: PolicyDocument } | undefined> {
   const rows = await q.query<{ version: number; rules: PolicyDocument | string }>(
     'SELECT version, rules FROM policies ORDER BY version DESC LIMIT 1',
   );
@@ -179,8 +182,10 @@ export async function evaluateResult(
   deviceId: string,
   facts: ResultFacts,
   t: number,
+  /** The current policy when the caller already read it in this transaction (a batch of appraisals). */
+  current?: { version: number; doc: PolicyDocument } | null,
 ): Promise<{ rule: string; action: PolicyAction }[]> {
-  const pol = await currentPolicy(tx);
+  const pol = current === undefined ? await currentPolicy(tx) : (current ?? undefined);
   if (pol === undefined) return [];
   const taken: { rule: string; action: PolicyAction }[] = [];
   for (const rule of matchingRules(pol.doc, facts)) {
@@ -208,6 +213,7 @@ export async function evaluateResult(
         case 'disable-device':
           // Credentials disabled (issue 7): the device's mTLS identity is refused (DEVICE_DISABLED) until an
           // operator re-enables it.
+          deviceStateChanged();
           await tx.query('UPDATE devices SET enabled = false WHERE id = $1', [deviceId]);
           break;
         case 'request-attestation':

@@ -41,13 +41,16 @@ import { actorOf, authorize, type Principal } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { auditedTransaction } from '../tx.ts';
-import { evaluateResult, periodicAttestationDue } from './policy.ts';
+import { deviceStateChanged } from '../device-auth.ts';
+import { currentPolicy, evaluateResult, periodicAttestationDue } from './policy.ts';
 
 /** RoT algorithms the verifier accepts (the enclave's ROT_ALGS). */
 export const ROT_ALGS: ReadonlySet<number> = new Set<number>([Alg.ES256, Alg.EdDSA]);
 export const NONCE_BYTES = 40;
 export const DEFAULT_NONCE_TTL_MS = 60_000;
 export const MAX_CHAIN_RECORDS = 4096;
+/** Most appraisals committed in one transaction (group commit). */
+export const MAX_BATCH = 256;
 
 export interface AttestationServiceOptions {
   readonly now?: () => number;
@@ -260,38 +263,56 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     return { status: 'affirming', reason: 'fresh, single use', expiresAtMs };
   }
 
-  async function appraiseMeasurements(
-    q: Queryable,
-    deviceId: string,
-    ev: ParsedEvidence,
-  ): Promise<ClaimAppraisal> {
-    const digests = ev.components.map((c) => c.digest);
-    // One round trip: per component (in order) known / revoked, and the payloads of the device's last succeeded
-    // rollout (what it should run).
-    const rows = await q.query<{ known: boolean[]; revoked: boolean[]; expected: Uint8Array[] }>(
-      `SELECT
-         array(SELECT EXISTS (SELECT 1 FROM release_payloads WHERE sha256 = u.d)
-                      OR EXISTS (SELECT 1 FROM attestation_reference_values WHERE sha256 = u.d)
-               FROM unnest($1::bytea[]) WITH ORDINALITY AS u(d, i) ORDER BY u.i) AS known,
-         array(SELECT EXISTS (SELECT 1 FROM revoked_digests WHERE sha256 = u.d)
-               FROM unnest($1::bytea[]) WITH ORDINALITY AS u(d, i) ORDER BY u.i) AS revoked,
-         array(SELECT rp.sha256 FROM release_payloads rp WHERE rp.release_id = (
-                 SELECT r.release_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
-                 WHERE rd.device_id = $2 AND rd.state = 'succeeded' ORDER BY rd.updated_at_ms DESC LIMIT 1)) AS expected`,
-      [digests, deviceId],
-    );
-    const r0 = rows[0];
-    if (r0?.known.length !== digests.length || r0.revoked.length !== digests.length)
-      throw new ServerError('INTERNAL', 'appraisal query');
+  /** Reference-value facts for a batch: per digest (hex) known / revoked, per device the expected payloads. */
+  interface Facts {
+    digests: Map<string, { known: boolean; revoked: boolean }>;
+    expected: Map<string, Uint8Array[]>;
+  }
+
+  async function measurementFacts(q: Queryable, digests: Uint8Array[], deviceIds: string[]): Promise<Facts> {
+    const facts: Facts = { digests: new Map(), expected: new Map() };
+    if (digests.length > 0 || deviceIds.length > 0) {
+      // One round trip for every component digest of the batch: known (a release payload or a reference value) and
+      // revoked; and per device the payloads of its last succeeded rollout (what it should run).
+      const rows = await q.query<{
+        d: Uint8Array | null;
+        known: boolean;
+        revoked: boolean;
+        dev: string | null;
+        expected: Uint8Array[] | null;
+      }>(
+        `SELECT u.d, EXISTS (SELECT 1 FROM release_payloads WHERE sha256 = u.d)
+                  OR EXISTS (SELECT 1 FROM attestation_reference_values WHERE sha256 = u.d) AS known,
+                EXISTS (SELECT 1 FROM revoked_digests WHERE sha256 = u.d) AS revoked,
+                NULL::text AS dev, NULL::bytea[] AS expected
+           FROM unnest($1::bytea[]) AS u(d)
+         UNION ALL
+         SELECT NULL, false, false, x.dev,
+                array(SELECT rp.sha256 FROM release_payloads rp WHERE rp.release_id = (
+                  SELECT r.release_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
+                  WHERE rd.device_id = x.dev AND rd.state = 'succeeded' ORDER BY rd.updated_at_ms DESC LIMIT 1))
+           FROM unnest($2::text[]) AS x(dev)`,
+        [digests, deviceIds],
+      );
+      for (const r of rows) {
+        if (r.d !== null) facts.digests.set(hex(u8(r.d)), { known: r.known, revoked: r.revoked });
+        else if (r.dev !== null) facts.expected.set(r.dev, (r.expected ?? []).map(u8));
+      }
+    }
+    return facts;
+  }
+
+  function appraiseMeasurements(facts: Facts, deviceId: string, ev: ParsedEvidence): ClaimAppraisal {
     const bad: string[] = [];
-    for (const [i, c] of ev.components.entries()) {
-      if (r0.revoked[i] === true)
-        bad.push(`${c.type}@${c.version}: digest ${hex(c.digest).slice(0, 16)}… is revoked`);
-      else if (r0.known[i] !== true)
+    for (const c of ev.components) {
+      const f = facts.digests.get(hex(c.digest));
+      if (f === undefined) throw new ServerError('INTERNAL', 'appraisal query');
+      if (f.revoked) bad.push(`${c.type}@${c.version}: digest ${hex(c.digest).slice(0, 16)}… is revoked`);
+      else if (!f.known)
         bad.push(`${c.type}@${c.version}: digest ${hex(c.digest).slice(0, 16)}… matches no reference value`);
     }
     if (bad.length > 0) return { status: 'contraindicated', reason: bad.join('; ') };
-    const expected = r0.expected.map(u8);
+    const expected = facts.expected.get(deviceId) ?? [];
     if (expected.length > 0) {
       const fw = ev.components.filter((c) => c.type === 'fw');
       if (!fw.some((c) => expected.some((e) => bytesEqual(e, c.digest))))
@@ -313,10 +334,26 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     });
   }
 
-  /** Appraises evidence from the calling device (RFC 9334 §3.2) and stores the signed result (§3.3). */
+  /** One piece of evidence waiting for its batch. */
+  interface Pending {
+    readonly deviceId: string;
+    readonly token: Uint8Array;
+    readonly peek: { nonce: Uint8Array; kid: Uint8Array };
+    readonly t: number;
+    readonly resolve: (o: AppraisalOutcome) => void;
+    readonly reject: (e: unknown) => void;
+  }
+  let queue: Pending[] = [];
+  let flushScheduled = false;
+
+  /**
+   * Appraises evidence from the calling device (RFC 9334 §3.2) and stores the signed result (§3.3). Group commit:
+   * the evidence that arrives within one event-loop turn is appraised in one transaction (nonce uses and results
+   * inserted together, reference values read once); each caller is answered after its batch commits. Should a
+   * batch fail, each of its appraisals is retried alone, so one bad appraisal never fails another.
+   */
   async function appraise(p: Principal, token: Uint8Array): Promise<AppraisalOutcome> {
     const deviceId = requireDevice(p);
-    const claims: Record<string, ClaimAppraisal> = {};
     let peek: { nonce: Uint8Array; kid: Uint8Array };
     try {
       peek = peekEvidence(token);
@@ -325,106 +362,243 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     }
     const t = now();
     cleanupNonces(t);
-    return db.transaction(async (tx) => {
-      // Nonce: issued by this verifier to this device, unexpired, and single use — consumed atomically by the
-      // unique insert of its digest (RFC 9334 §10.2).
-      const nc = checkNonce(peek.nonce, deviceId, t);
-      claims.nonce = { status: nc.status, reason: nc.reason };
-      if (nc.status === 'affirming') {
-        const fresh = await tx.query(
-          `INSERT INTO attestation_nonces (nonce_sha256, device_id, issued_at_ms, expires_at_ms, used_at_ms)
-           VALUES ($1, $2, $3, $4, $3) ON CONFLICT (nonce_sha256) DO NOTHING RETURNING 1`,
-          [sha256(peek.nonce), deviceId, t, nc.expiresAtMs],
-        );
-        if (fresh.length === 0)
-          claims.nonce = { status: 'contraindicated', reason: 'nonce already used (replay)' };
+    return new Promise<AppraisalOutcome>((resolve, reject) => {
+      queue.push({ deviceId, token, peek, t, resolve, reject });
+      if (!flushScheduled) {
+        flushScheduled = true;
+        setImmediate(flush);
       }
+    });
+  }
 
-      let ev: ParsedEvidence | undefined;
-      let rotIndex: number | null = null;
-      const row = (
-        await tx.query<RotRow & { kid_revoked: boolean }>(
-          `SELECT device_id, ueid, records, current_kid, attest_requested, rotate_requested,
-             EXISTS (SELECT 1 FROM rot_revocations WHERE kid = $2) AS kid_revoked
-           FROM device_rot WHERE device_id = $1`,
-          [deviceId, peek.kid],
-        )
-      )[0];
-      if (row === undefined) {
-        claims.signature = { status: 'contraindicated', reason: 'no RoT chain recorded for this device' };
-      } else {
-        const chain = chainOf(row);
-        const key = chain.byKid(peek.kid);
-        if (key === undefined) {
-          claims.signature = {
-            status: 'contraindicated',
-            reason: "signing key is not in this device's RoT chain",
-          };
+  function flush(): void {
+    flushScheduled = false;
+    const all = queue;
+    queue = [];
+    for (let i = 0; i < all.length; i += MAX_BATCH) {
+      const batch = all.slice(i, i + MAX_BATCH);
+      appraiseBatch(batch).then(
+        (outs) => {
+          for (const [j, it] of batch.entries()) it.resolve(outs[j]!);
+        },
+        (e: unknown) => {
+          if (batch.length === 1) batch[0]!.reject(e);
+          else
+            for (const it of batch)
+              appraiseBatch([it]).then(
+                (o) => {
+                  it.resolve(o[0]!);
+                },
+                (err: unknown) => {
+                  it.reject(err);
+                },
+              );
+        },
+      );
+    }
+  }
+
+  async function appraiseBatch(items: readonly Pending[]): Promise<AppraisalOutcome[]> {
+    const after = { disabled: false };
+    const outs = await db.transaction(async (tx) => {
+      // Nonce: issued by this verifier to this device, unexpired, and single use — consumed atomically by the
+      // unique insert of its digest (RFC 9334 §10.2); the same nonce twice in one batch: the second is a replay.
+      const claimsOf = items.map((): Record<string, ClaimAppraisal> => ({}));
+      const nonceDigests = items.map((it) => sha256(it.peek.nonce));
+      const insert: number[] = [];
+      const seen = new Set<string>();
+      const replayed = new Set<number>();
+      for (const [i, it] of items.entries()) {
+        const nc = checkNonce(it.peek.nonce, it.deviceId, it.t);
+        claimsOf[i]!.nonce = { status: nc.status, reason: nc.reason };
+        if (nc.status !== 'affirming') continue;
+        const h = hex(nonceDigests[i]!);
+        if (seen.has(h)) replayed.add(i);
+        else {
+          seen.add(h);
+          insert.push(i);
+        }
+      }
+      const fresh = new Set<string>();
+      if (insert.length > 0) {
+        const rows = await tx.query<{ nonce_sha256: Uint8Array }>(
+          `INSERT INTO attestation_nonces (nonce_sha256, device_id, issued_at_ms, expires_at_ms, used_at_ms)
+           SELECT n, d, t, e, t FROM unnest($1::bytea[], $2::text[], $3::int8[], $4::int8[]) AS u(n, d, t, e)
+           ON CONFLICT (nonce_sha256) DO NOTHING RETURNING nonce_sha256`,
+          [
+            insert.map((i) => nonceDigests[i]!),
+            insert.map((i) => items[i]!.deviceId),
+            insert.map((i) => items[i]!.t),
+            insert.map((i) => checkNonce(items[i]!.peek.nonce, items[i]!.deviceId, items[i]!.t).expiresAtMs),
+          ],
+        );
+        for (const r of rows) fresh.add(hex(u8(r.nonce_sha256)));
+      }
+      for (const i of insert) if (!fresh.has(hex(nonceDigests[i]!))) replayed.add(i);
+      for (const i of replayed)
+        claimsOf[i]!.nonce = { status: 'contraindicated', reason: 'nonce already used (replay)' };
+
+      // The devices' RoT rows and the revocation status of every presented key: one round trip.
+      const deviceIds = [...new Set(items.map((it) => it.deviceId))];
+      const rotRows = await tx.query<RotRow & { revoked_kids: Uint8Array[] }>(
+        `SELECT device_id, ueid, records, current_kid, attest_requested, rotate_requested,
+           array(SELECT kid FROM rot_revocations WHERE kid = ANY($2::bytea[])) AS revoked_kids
+         FROM device_rot WHERE device_id = ANY($1::text[])`,
+        [deviceIds, items.map((it) => it.peek.kid)],
+      );
+      const rowOf = new Map(rotRows.map((r) => [r.device_id, r]));
+      const revokedKids = new Set(rotRows.flatMap((r) => r.revoked_kids.map((k) => hex(u8(k)))));
+
+      const evs: (ParsedEvidence | undefined)[] = [];
+      const rotIndexes: (number | null)[] = [];
+      for (const [i, it] of items.entries()) {
+        const claims = claimsOf[i]!;
+        let ev: ParsedEvidence | undefined;
+        let rotIndex: number | null = null;
+        const row = rowOf.get(it.deviceId);
+        if (row === undefined) {
+          claims.signature = { status: 'contraindicated', reason: 'no RoT chain recorded for this device' };
         } else {
-          try {
-            const v = verifyAttestationToken(token, chain, { nonce: peek.nonce, allowedAlgs: ROT_ALGS });
-            rotIndex = v.key.index;
-            if (v.key !== chain.current) {
-              claims.signature = {
-                status: 'contraindicated',
-                reason: `signed by revoked RoT key ${v.key.index} (current is ${chain.current.index})`,
-              };
-            } else {
-              // peek.kid selected v.key (chain.byKid), so row.kid_revoked is this key's revocation status.
-              claims.signature = row.kid_revoked
-                ? { status: 'contraindicated', reason: `RoT key ${v.key.index} is revoked` }
-                : { status: 'affirming', reason: `signed by current RoT key ${v.key.index}` };
+          const chain = chainOf(row);
+          const key = chain.byKid(it.peek.kid);
+          if (key === undefined) {
+            claims.signature = {
+              status: 'contraindicated',
+              reason: "signing key is not in this device's RoT chain",
+            };
+          } else {
+            try {
+              const v = verifyAttestationToken(it.token, chain, {
+                nonce: it.peek.nonce,
+                allowedAlgs: ROT_ALGS,
+              });
+              rotIndex = v.key.index;
+              if (v.key !== chain.current) {
+                claims.signature = {
+                  status: 'contraindicated',
+                  reason: `signed by revoked RoT key ${v.key.index} (current is ${chain.current.index})`,
+                };
+              } else {
+                // peek.kid selected v.key (chain.byKid), so its revocation status is this key's.
+                claims.signature = revokedKids.has(hex(it.peek.kid))
+                  ? { status: 'contraindicated', reason: `RoT key ${v.key.index} is revoked` }
+                  : { status: 'affirming', reason: `signed by current RoT key ${v.key.index}` };
+              }
+              ev = parseEvidenceClaims(v.claims);
+            } catch (e) {
+              const code = isTrustError(e) ? e.code : 'error';
+              if (claims.signature === undefined)
+                claims.signature = { status: 'contraindicated', reason: `evidence rejected: ${code}` };
+              else
+                claims.profile = { status: 'contraindicated', reason: `claims outside the profile: ${code}` };
             }
-            ev = parseEvidenceClaims(v.claims);
-          } catch (e) {
-            const code = isTrustError(e) ? e.code : 'error';
-            if (claims.signature === undefined)
-              claims.signature = { status: 'contraindicated', reason: `evidence rejected: ${code}` };
-            else
-              claims.profile = { status: 'contraindicated', reason: `claims outside the profile: ${code}` };
           }
         }
-        if (ev !== undefined) {
-          claims.profile = { status: 'affirming', reason: 'Rotor EAT evidence profile' };
-          claims.ueid = bytesEqual(ev.ueid, u8(row.ueid))
-            ? { status: 'affirming', reason: 'the device’s recorded UEID' }
-            : { status: 'contraindicated', reason: 'evidence is for another device (UEID mismatch)' };
-          claims.measurements = await appraiseMeasurements(tx, deviceId, ev);
-          claims.oemboot = ev.oemboot
-            ? { status: 'affirming', reason: 'OEM authorized boot' }
-            : { status: 'contraindicated', reason: 'boot not authorized by the OEM' };
-          claims.dbgstat =
-            ev.dbgstat === DBGSTAT.enabled
-              ? { status: 'warning', reason: 'debug enabled' }
-              : { status: 'affirming', reason: `debug status ${ev.dbgstat}` };
+        evs.push(ev);
+        rotIndexes.push(rotIndex);
+      }
+
+      const digestSet = new Map<string, Uint8Array>();
+      const appraisedDevices = new Set<string>();
+      for (const [i, ev] of evs.entries()) {
+        if (ev === undefined) continue;
+        appraisedDevices.add(items[i]!.deviceId);
+        for (const c of ev.components) digestSet.set(hex(c.digest), c.digest);
+      }
+      const facts = await measurementFacts(tx, [...digestSet.values()], [...appraisedDevices]);
+
+      for (const [i, ev] of evs.entries()) {
+        if (ev === undefined) continue;
+        const claims = claimsOf[i]!;
+        const row = rowOf.get(items[i]!.deviceId)!;
+        claims.profile = { status: 'affirming', reason: 'Rotor EAT evidence profile' };
+        claims.ueid = bytesEqual(ev.ueid, u8(row.ueid))
+          ? { status: 'affirming', reason: 'the device’s recorded UEID' }
+          : { status: 'contraindicated', reason: 'evidence is for another device (UEID mismatch)' };
+        claims.measurements = appraiseMeasurements(facts, items[i]!.deviceId, ev);
+        claims.oemboot = ev.oemboot
+          ? { status: 'affirming', reason: 'OEM authorized boot' }
+          : { status: 'contraindicated', reason: 'boot not authorized by the OEM' };
+        claims.dbgstat =
+          ev.dbgstat === DBGSTAT.enabled
+            ? { status: 'warning', reason: 'debug enabled' }
+            : { status: 'affirming', reason: `debug status ${ev.dbgstat}` };
+      }
+
+      const statuses = claimsOf.map((c) => overallStatus(c));
+      const evidenceDigests = items.map((it) => evidenceDigest(it.token));
+      const signed = await Promise.all(
+        items.map((it, i) =>
+          createAttestationResult(
+            {
+              deviceId: it.deviceId,
+              status: statuses[i]!,
+              claims: claimsOf[i]!,
+              issuedMs: it.t,
+              evidenceSha256: evidenceDigests[i]!,
+              rotIndex: rotIndexes[i]!,
+            },
+            resultKey.signer,
+          ),
+        ),
+      );
+      // Identities are drawn in row order (unnest keeps the order): sorted, the i-th is the i-th item's.
+      const ids = (
+        await tx.query<{ id: number }>(
+          `INSERT INTO attestation_results (device_id, status, claims, result, evidence_sha256, created_at_ms)
+           SELECT d, s, c::jsonb, r, e, t
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::int8[]) AS u(d, s, c, r, e, t)
+           RETURNING id`,
+          [
+            items.map((it) => it.deviceId),
+            statuses,
+            claimsOf.map((c) => JSON.stringify(c)),
+            signed,
+            evidenceDigests,
+            items.map((it) => it.t),
+          ],
+        )
+      )
+        .map((r) => r.id)
+        .sort((a, b) => a - b);
+      if (ids.length !== items.length) throw new ServerError('INTERNAL', 'attestation result insert');
+
+      // The policy engine acts on every stored result in the same transaction (seed 001 policy engine), in order.
+      const pol = (await currentPolicy(tx)) ?? null;
+      for (const [i, it] of items.entries()) {
+        const status = statuses[i]!;
+        const ev = evs[i];
+        const claims = claimsOf[i]!;
+        const rotIndex = rotIndexes[i]!;
+        const taken = await evaluateResult(
+          tx,
+          it.deviceId,
+          ev === undefined
+            ? { status, claims, rotIndex }
+            : { status, claims, rotIndex, swversion: ev.swversion },
+          it.t,
+          pol,
+        );
+        if (taken.some((a) => a.action === 'disable-device')) after.disabled = true;
+        const row = rowOf.get(it.deviceId);
+        if (status === 'affirming' && row?.attest_requested === true) {
+          await tx.query('UPDATE device_rot SET attest_requested = false WHERE device_id = $1', [
+            it.deviceId,
+          ]);
+          row.attest_requested = false;
         }
       }
-      const status = overallStatus(claims);
-      const evidenceSha256 = evidenceDigest(token);
-      const result = await createAttestationResult(
-        { deviceId, status, claims, issuedMs: t, evidenceSha256, rotIndex },
-        resultKey.signer,
-      );
-      const ins = await tx.query<{ id: number }>(
-        `INSERT INTO attestation_results (device_id, status, claims, result, evidence_sha256, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id`,
-        [deviceId, status, JSON.stringify(claims), result, evidenceSha256, t],
-      );
-      // The policy engine acts on every stored result in the same transaction (seed 001 policy engine).
-      await evaluateResult(
-        tx,
-        deviceId,
-        ev === undefined
-          ? { status, claims, rotIndex }
-          : { status, claims, rotIndex, swversion: ev.swversion },
-        t,
-      );
-      if (status === 'affirming' || row === undefined) {
-        if (row !== undefined && row.attest_requested)
-          await tx.query('UPDATE device_rot SET attest_requested = false WHERE device_id = $1', [deviceId]);
-      }
-      return { id: Number(ins[0]?.id), deviceId, status, claims, result, createdAtMs: t };
+      return items.map((it, i): AppraisalOutcome => ({
+        id: ids[i]!,
+        deviceId: it.deviceId,
+        status: statuses[i]!,
+        claims: claimsOf[i]!,
+        result: signed[i]!,
+        createdAtMs: it.t,
+      }));
     });
+    if (after.disabled) deviceStateChanged();
+    return outs;
   }
 
   async function requestAttestation(p: Principal, deviceId: string): Promise<{ requested: true }> {
