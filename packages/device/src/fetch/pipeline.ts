@@ -17,6 +17,7 @@
  * image becomes installable only after the tag and the manifest's digest verified (RFC 9019 §4.1).
  */
 import { createHash, type Hash } from 'node:crypto';
+import { finished, Readable } from 'node:stream';
 import {
   CoseError,
   createContentCipher,
@@ -116,46 +117,122 @@ function release(b: Uint8Array): void {
     ab.transfer(0);
 }
 
-/** Streams decrypted, hashed bytes into a writer, skipping output that is already in flash. */
+/** Ciphertext gathered per decipher call: fewer, larger updates (and output buffers) than one per socket read. */
+const STAGE = 1024 * 1024;
+
+/** Something that takes bytes: undefined when it took them at once, else a promise to wait for (ImageWriter.put). */
+type Put = (b: Uint8Array) => Promise<void> | undefined;
+
+/**
+ * Streams decrypted, hashed bytes into a writer, skipping output that is already in flash. Ciphertext is copied
+ * into one reused stage buffer and deciphered a stage at a time; each output buffer is hashed and copied into the
+ * writer, then freed — so the bytes in memory are the stage, one output and the writer's buffers, by
+ * construction. push() is synchronous unless the writer has to wait (then it returns a promise).
+ */
 class Sink {
   readonly hash: Hash = createHash('sha256');
   readonly decipher: ChunkCipher | undefined;
   skip = 0;
-  readonly #write: (b: Uint8Array) => Promise<void>;
+  readonly #put: Put;
+  #stage: Uint8Array | undefined;
+  #staged = 0;
 
-  constructor(decipher: ChunkCipher | undefined, write: (b: Uint8Array) => Promise<void>) {
+  constructor(decipher: ChunkCipher | undefined, put: Put) {
     this.decipher = decipher;
-    this.#write = write;
+    this.#put = put;
   }
 
-  /** Takes `input`; when `owned`, the input is released after use (the caller must not touch it again). */
-  async push(input: Uint8Array, owned = false): Promise<void> {
-    const d = this.decipher;
+  /**
+   * Takes `input`; when `owned`, the input is released after use (the caller must not touch it again). Returns a
+   * promise when the caller must wait for it before the next push.
+   */
+  push(input: Uint8Array, owned = false): Promise<void> | undefined {
+    const p = this.decipher === undefined ? this.#emit(input, false) : this.#stageFrom(input, 0);
+    if (!owned) return p;
+    if (p === undefined) {
+      release(input);
+      return undefined;
+    }
+    return p.then(() => {
+      release(input);
+    });
+  }
+
+  #stageFrom(input: Uint8Array, from: number): Promise<void> | undefined {
+    const stage = (this.#stage ??= new Uint8Array(STAGE));
+    let off = from;
+    while (off < input.length) {
+      const n = Math.min(input.length - off, stage.length - this.#staged);
+      stage.set(n === input.length ? input : input.subarray(off, off + n), this.#staged);
+      this.#staged += n;
+      off += n;
+      if (this.#staged === stage.length) {
+        const p = this.#decipherStage();
+        if (p !== undefined) {
+          const at = off;
+          return p.then(() => this.#stageFrom(input, at));
+        }
+      }
+    }
+    return undefined;
+  }
+
+  #decipherStage(): Promise<void> | undefined {
+    const d = this.decipher!;
+    const stage = this.#stage!.subarray(0, this.#staged);
+    this.#staged = 0;
     let parts: Uint8Array[];
     try {
-      parts =
-        d === undefined ? [input] : d.updateParts !== undefined ? d.updateParts(input) : [d.update(input)];
+      parts = d.updateParts !== undefined ? d.updateParts(stage) : [d.update(stage)];
     } catch (e) {
       throw decryptError(e);
     }
-    for (const part of parts) {
-      let out = part;
-      if (this.skip > 0) {
-        const n = Math.min(this.skip, out.length);
-        this.skip -= n;
-        out = out.subarray(n);
-      }
-      if (out.length === 0) continue;
-      this.hash.update(out);
-      await this.#write(out);
+    return this.#emitParts(parts, 0);
+  }
+
+  #emitParts(parts: Uint8Array[], from: number): Promise<void> | undefined {
+    for (let i = from; i < parts.length; i++) {
+      const part = parts[i]!;
+      const p = this.#emit(part, true);
+      if (p !== undefined) return p.then(() => this.#emitParts(parts, i + 1));
     }
-    // The writer copied everything (hash.update is synchronous): fresh decipher output and owned input are done.
-    if (d !== undefined) for (const part of parts) release(part);
-    if (owned) release(input);
+    return undefined;
+  }
+
+  /** Hashes and writes `part` (minus what is still to skip); frees it afterwards when `fresh` (decipher output). */
+  #emit(part: Uint8Array, fresh: boolean): Promise<void> | undefined {
+    let out = part;
+    if (this.skip > 0) {
+      const n = Math.min(this.skip, out.length);
+      this.skip -= n;
+      out = out.subarray(n);
+    }
+    if (out.length === 0) {
+      if (fresh) release(part);
+      return undefined;
+    }
+    this.hash.update(out);
+    const p = this.#put(out);
+    if (!fresh) return p;
+    if (p === undefined) {
+      release(part);
+      return undefined;
+    }
+    return p.then(() => {
+      release(part);
+    });
+  }
+
+  /** Deciphers and writes what is staged (the source has nothing more at the moment). */
+  flush(): Promise<void> | undefined {
+    return this.#staged > 0 ? this.#decipherStage() : undefined;
   }
 
   async end(): Promise<void> {
     if (this.decipher === undefined) return;
+    await this.flush();
+    if (this.#stage?.buffer instanceof ArrayBuffer) this.#stage.buffer.transfer(0);
+    this.#stage = undefined;
     let out: Uint8Array;
     try {
       out = this.decipher.final();
@@ -165,9 +242,105 @@ class Sink {
     }
     if (out.length > 0) {
       this.hash.update(out);
-      await this.#write(out);
+      await this.#put(out);
     }
   }
+}
+
+/**
+ * Feeds a response body into the sink. A node stream is consumed through 'data' events — pieces are processed
+ * synchronously, and the stream is paused only while the sink waits for the writer — instead of one promise per
+ * socket read; other bodies through their async iterator. `check(n)` runs before each piece (bounds).
+ */
+function drain(
+  body: AsyncIterable<Uint8Array>,
+  sink: Sink,
+  owned: boolean,
+  check: (n: number) => void,
+): Promise<void> {
+  if (!(body instanceof Readable))
+    return (async () => {
+      for await (const piece of body) {
+        check(piece.length);
+        await sink.push(piece, owned);
+        await sink.flush();
+      }
+    })();
+  return new Promise<void>((resolve, reject) => {
+    let pending: Promise<void> | undefined;
+    let failed = false;
+    const fail = (e: unknown): void => {
+      if (failed) return;
+      failed = true;
+      body.off('data', onData);
+      body.pause();
+      // Never hand the sink back while one of its pushes is still running.
+      void Promise.resolve(pending)
+        .catch(() => undefined)
+        .then(() => {
+          reject(e instanceof Error ? e : new Error(String(e)));
+        });
+    };
+    // What is staged is deciphered and written once the loop has no more socket data for now (a stalled or
+    // slow server must not keep received bytes from reaching flash and a checkpoint).
+    let scheduled = false;
+    const wait = (p: Promise<void> | undefined): void => {
+      if (p === undefined) {
+        if (!scheduled) {
+          scheduled = true;
+          setImmediate(idle);
+        }
+        return;
+      }
+      body.pause();
+      pending = p;
+      p.then(
+        () => {
+          pending = undefined;
+          if (failed) return;
+          body.resume();
+          wait(undefined);
+        },
+        (e: unknown) => {
+          pending = undefined;
+          fail(e);
+        },
+      );
+    };
+    const idle = (): void => {
+      scheduled = false;
+      if (failed || pending !== undefined) return;
+      try {
+        const p = sink.flush();
+        if (p !== undefined) wait(p);
+      } catch (e) {
+        fail(e);
+      }
+    };
+    const onData = (piece: Uint8Array): void => {
+      if (failed) return;
+      try {
+        check(piece.length);
+        wait(sink.push(piece, owned));
+      } catch (e) {
+        fail(e);
+      }
+    };
+    body.on('data', onData);
+    finished(body, (err) => {
+      if (err !== undefined && err !== null) {
+        fail(err);
+        return;
+      }
+      void Promise.resolve(pending).then(() => {
+        if (!failed) {
+          failed = true;
+          body.off('data', onData);
+          resolve();
+        }
+      }, fail);
+    });
+  });
 }
 
 /**
@@ -195,7 +368,7 @@ export async function installImage(
   if (input.kind !== 'fetch') {
     await flash.erase(bank, component);
     const w = await flash.writer(bank, component, { maxSize: target.maxSize });
-    const sink = new Sink(makeDecipher(), (b) => w.write(b));
+    const sink = new Sink(makeDecipher(), (b) => w.put(b));
     if (input.kind === 'bytes') {
       for (let off = 0; off < input.data.length; off += chunkSize)
         await sink.push(input.data.subarray(off, off + chunkSize));
@@ -266,7 +439,7 @@ export async function installImage(
       });
       let done = false;
       try {
-        const sink = new Sink(makeDecipher(), (b) => writer.write(b));
+        const sink = new Sink(makeDecipher(), (b) => writer.put(b));
         let received = 0;
         if (keep > 0) {
           // Re-hash the kept plaintext and bring the decipher to the same position.
@@ -346,17 +519,17 @@ export async function installImage(
                 );
               total = res.total;
             }
-            for await (const piece of res.body) {
-              received += piece.length;
+            const limit = total;
+            await drain(res.body, sink, res.owned === true, (n) => {
+              received += n;
               if (received > maxInput)
                 throw new DeviceError(
                   'IMAGE_TOO_LARGE',
                   `${input.uri} sent more than the bound of ${maxInput} bytes`,
                 );
-              if (total !== undefined && received > total)
+              if (limit !== undefined && received > limit)
                 throw new DeviceError('FETCH_PROTOCOL', `${input.uri} sent more than its stated length`);
-              await sink.push(piece, res.owned === true);
-            }
+            });
             if (total === undefined || received === total) break;
             throw new TransientError(`connection closed after ${received} of ${total} bytes`);
           } catch (e) {

@@ -218,7 +218,7 @@ export class Flash {
 
 /**
  * Appends to an image in constant memory: bytes gather in a chunk buffer; each full chunk is written (no fsync)
- * while the next fills — up to two writes in flight, three buffers in all — and every `checkpointEvery` chunks a
+ * while the next fills — up to two writes in flight, three buffers in all, whatever the garbage collector does — and every `checkpointEvery` chunks a
  * checkpoint fsyncs that stretch and the directory in the background (one checkpoint in flight at a time) and
  * then reports it. finish() makes everything durable. Refuses to grow beyond `maxSize` (IMAGE_TOO_LARGE) —
  * checked before anything is buffered. A background failure (I/O, power cut) surfaces at the next write/finish.
@@ -227,7 +227,7 @@ export class ImageWriter {
   readonly #flash: Flash;
   readonly #dir: string;
   readonly #bufs: Uint8Array[];
-  /** The write in flight from each buffer (a buffer is refilled only after its write completed). */
+  /** The write in flight from each buffer, until it settles (a buffer is refilled only after its write completed). */
   readonly #busy: (Promise<void> | undefined)[];
   #cur = 0;
   readonly #maxSize: number;
@@ -237,6 +237,10 @@ export class ImageWriter {
   /** Chunks written since the last checkpoint began. */
   #unsynced: { path: string; written: Promise<void> }[] = [];
   #checkpoint: Promise<void> = Promise.resolve();
+  /** The checkpoint in flight, until it settles. */
+  #checkpointBusy: Promise<void> | undefined;
+  /** A put() that is still copying (waiting for a buffer): the next one must wait for it. */
+  #pending: Promise<void> | undefined;
   readonly #onCheckpoint: ((chunks: number) => Promise<void>) | undefined;
   #closed = false;
 
@@ -263,44 +267,94 @@ export class ImageWriter {
   }
 
   async write(data: Uint8Array): Promise<void> {
+    await this.put(data);
+  }
+
+  /**
+   * Like write(), without an await when none is needed: copies `data` into the chunk buffers and returns
+   * undefined when all of it was taken; otherwise (a buffer is still being written, or the previous checkpoint
+   * is still running) returns a promise that settles once the rest is copied — the caller must keep `data`
+   * untouched and wait for it before the next put. This keeps the streaming path free of per-piece promises
+   * while memory stays bounded by the writer's buffers.
+   */
+  put(data: Uint8Array): Promise<void> | undefined {
     if (this.#closed) throw new DeviceError('STORAGE_IO', 'image writer is closed');
+    if (this.#pending !== undefined) throw new DeviceError('STORAGE_IO', 'image writer: put while busy');
     if (this.#size + data.length > this.#maxSize)
       throw new DeviceError('IMAGE_TOO_LARGE', `image exceeds its bound of ${this.#maxSize} bytes`);
     this.#size += data.length;
-    let off = 0;
+    const p = this.#copy(data, 0);
+    if (p === undefined) return undefined;
+    const done = p.finally(() => {
+      this.#pending = undefined;
+    });
+    this.#pending = done;
+    return done;
+  }
+
+  #copy(data: Uint8Array, from: number): Promise<void> | undefined {
+    let off = from;
     while (off < data.length) {
       const buf = this.#bufs[this.#cur]!;
       const n = Math.min(data.length - off, buf.length - this.#fill);
-      buf.set(data.subarray(off, off + n), this.#fill);
+      buf.set(n === data.length ? data : data.subarray(off, off + n), this.#fill);
       this.#fill += n;
       off += n;
-      if (this.#fill === buf.length) await this.#flush();
+      if (this.#fill === buf.length) {
+        const wait = this.#flush();
+        if (wait !== undefined) {
+          const at = off;
+          return wait.then(() => this.#copy(data, at));
+        }
+      }
     }
+    return undefined;
   }
 
-  /** Starts writing the current buffer, moves to the next one (waiting until its write is done). */
-  async #flush(): Promise<void> {
+  /**
+   * Starts writing the current buffer and moves to the next one. Returns a promise when the caller must wait
+   * (the next buffer's write or the previous checkpoint still in flight), undefined when it may go on at once.
+   */
+  #flush(): Promise<void> | undefined {
     const fs = this.#flash.fs;
     const path = `${this.#dir}/${chunkName(this.#index)}`;
-    const written = fs.write(path, this.#bufs[this.#cur]!.subarray(0, this.#fill));
+    const slot = this.#cur;
+    const written = fs.write(path, this.#bufs[slot]!.subarray(0, this.#fill));
     // Observed below (buffer reuse, checkpoint, finish); keep an early rejection from being "unhandled".
     written.catch(() => undefined);
-    this.#busy[this.#cur] = written;
+    this.#busy[slot] = written;
+    // A settled write frees its buffer without an await; a failed one stays, so that the next use surfaces it.
+    written.then(
+      () => {
+        if (this.#busy[slot] === written) this.#busy[slot] = undefined;
+      },
+      () => undefined,
+    );
     this.#unsynced.push({ path, written });
     this.#index++;
     this.#fill = 0;
     this.#cur = (this.#cur + 1) % this.#bufs.length;
     const next = this.#busy[this.#cur];
-    if (next !== undefined) {
-      this.#busy[this.#cur] = undefined;
-      await next;
+    const cp = this.#unsynced.length >= this.#flash.checkpointEvery;
+    if (next === undefined && !cp) return undefined;
+    if (next === undefined && this.#checkpointBusy === undefined) {
+      this.#startCheckpoint();
+      return undefined;
     }
-    if (this.#unsynced.length >= this.#flash.checkpointEvery) await this.#startCheckpoint();
+    return (async (): Promise<void> => {
+      if (next !== undefined) {
+        this.#busy[this.#cur] = undefined;
+        await next;
+      }
+      if (cp) {
+        await this.#checkpoint;
+        this.#startCheckpoint();
+      }
+    })();
   }
 
-  /** Durability of the chunks written so far, in the background after the previous checkpoint finished. */
-  async #startCheckpoint(): Promise<void> {
-    await this.#checkpoint;
+  /** Durability of the chunks written so far, in the background (the previous checkpoint has finished). */
+  #startCheckpoint(): void {
     const batch = this.#unsynced;
     this.#unsynced = [];
     const upTo = this.#index;
@@ -314,10 +368,18 @@ export class ImageWriter {
     })();
     p.catch(() => undefined);
     this.#checkpoint = p;
+    this.#checkpointBusy = p;
+    p.then(
+      () => {
+        if (this.#checkpointBusy === p) this.#checkpointBusy = undefined;
+      },
+      () => undefined,
+    );
   }
 
   /** Writes the last (partial) chunk and makes every chunk durable. Returns the image size. */
   async finish(): Promise<number> {
+    await this.#pending;
     if (this.#fill > 0) await this.#flush();
     for (let i = 0; i < this.#busy.length; i++) {
       const b = this.#busy[i];
@@ -346,7 +408,7 @@ export class ImageWriter {
    */
   async close(): Promise<void> {
     this.#closed = true;
-    await Promise.allSettled([...this.#busy, this.#checkpoint]);
+    await Promise.allSettled([this.#pending, ...this.#busy, this.#checkpoint]);
     this.#freeBuffers();
   }
 }
