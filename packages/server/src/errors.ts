@@ -66,6 +66,7 @@ export const SERVER_ERROR_CODES = [
   'CAP_DEPENDENCY_UNSATISFIED', // every compatible module has a dependency nothing satisfies
   'CAP_REVOKED', // every module in range is revoked (seed 000 step 7)
   'CAP_MANIFEST_MISSING', // no capability manifest issued for the device's group or the default
+  'CAP_DEVICE_QUARANTINED', // a quarantined device (issue 7 policy) is offered no new module
   // Service
   'NOT_READY', // readiness false (starting, migrations, shutting down)
   'RESPONSE_INVALID', // a response failed its schema: a server bug, reported as 500
@@ -128,6 +129,7 @@ const STATUS: Record<ServerErrorCode, number> = {
   CAP_DEPENDENCY_UNSATISFIED: 422,
   CAP_REVOKED: 410,
   CAP_MANIFEST_MISSING: 404,
+  CAP_DEVICE_QUARANTINED: 403,
   NOT_READY: 503,
   RESPONSE_INVALID: 500,
   AUDIT_CHAIN_BROKEN: 500,

@@ -374,6 +374,66 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
     }
   });
 
+  it('firmware range, group manifests and quarantine', async () => {
+    // A newer module for firmware >= 3 is not offered to firmware 2.4.0.
+    let up = await tokens.author.post(
+      '/v1/capabilities/modules',
+      uploadBody(
+        metadata('codec', [3, 0, 0], { firmware: { min: [3, 0, 0] } }),
+        await buildModule('codec-v1', { '0x55': '0x66' }),
+      ),
+      'application/octet-stream',
+    );
+    expect(up.status).toBe(201);
+    expect(((await query(devices.a, 'codec')).json() as Answer).version).toBe('1.0.0');
+    up = await tokens.author.post(
+      '/v1/capabilities/modules',
+      uploadBody(metadata('sensor', [1, 0, 0], { firmware: { min: [3, 0, 0] } }), v1),
+      'application/octet-stream',
+    );
+    await tokens.operator.post('/v1/capabilities/manifests', {
+      group: null,
+      modules: [{ name: 'codec' }, { name: 'sensor' }],
+    });
+    expect((await query(devices.a, 'sensor')).json()).toMatchObject({ code: 'CAP_INCOMPATIBLE' });
+    // A group's own manifest wins over the default one; the device picks it up as an update.
+    const m = await manager(
+      devices.b,
+      new Uint8Array((await devices.b.client.get('/d/v1/capabilities/manifest')).body),
+    );
+    try {
+      expect((await f.admin.patch(`/v1/devices/${devices.b.id}`, { group: 'lab' })).status).toBe(200);
+      const r = await tokens.operator.post('/v1/capabilities/manifests', {
+        group: 'lab',
+        modules: [{ name: 'codec', maxVersion: '1.9.9' }],
+      });
+      expect(r.json()).toMatchObject({ group: 'lab' });
+      const man = await devices.b.client.get('/d/v1/capabilities/manifest');
+      await m.updateCapabilityManifest(new Uint8Array(man.body));
+      const q = (await query(devices.b, 'codec')).json() as Answer;
+      expect(q.version).toBe('1.0.0');
+      await install(m, devices.b, q);
+      expect((await m.call('codec', new Uint8Array([0]))).output).toEqual(new Uint8Array([1, 0x55]));
+      // The default group is untouched by the group's manifest.
+      expect(((await query(devices.a, 'codec')).json() as Answer).version).toBe('1.0.0');
+    } finally {
+      await m.close();
+    }
+    // Quarantine (issue 7 policy): nothing new is offered.
+    expect(
+      (
+        await tokens.operator.put(`/v1/devices/${devices.b.id}/quarantine`, {
+          quarantined: true,
+          reason: 't',
+        })
+      ).status,
+    ).toBe(200);
+    const qr = await query(devices.b, 'codec');
+    expect(qr.status).toBe(403);
+    expect((qr.json() as Problem).code).toBe('CAP_DEVICE_QUARANTINED');
+    expect((await devices.b.client.get('/d/v1/capabilities/revocations')).status).toBe(200);
+  });
+
   it('lists modules and manifests; every change is in the audit log', async () => {
     const l = (await tokens.auditor.get('/v1/capabilities/modules?name=codec')).json() as {
       items: { version: string; revoked: boolean }[];
@@ -381,6 +441,7 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
     expect(l.items.map((i) => [i.version, i.revoked]).sort()).toEqual([
       ['1.0.0', false],
       ['2.0.0', true],
+      ['3.0.0', false],
     ]);
     const ms = (await tokens.auditor.get('/v1/capabilities/manifests')).json() as { items: unknown[] };
     expect(ms.items.length).toBeGreaterThanOrEqual(2);

@@ -607,6 +607,14 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       const deviceId = selfOf(p);
       const { keys, vault } = required();
       const dev = await deviceRow(deviceId);
+      // A quarantined device gets nothing new (issue 7 policy engine: only remediation reaches it); it still gets
+      // the manifest and the revocation list, which can only take capabilities away.
+      const st = await db.query<{ quarantined: boolean }>(
+        'SELECT quarantined FROM device_policy_state WHERE device_id = $1',
+        [deviceId],
+      );
+      if (st[0]?.quarantined === true)
+        throw new ServerError('CAP_DEVICE_QUARANTINED', 'the device is quarantined: no module is offered');
       // The registry is authoritative for what it records (an operator set it); the body fills what it lacks.
       const deviceClass = dev.attributes.deviceClass ?? input.deviceClass;
       const fwText = dev.attributes.firmwareVersion ?? input.firmwareVersion;
