@@ -362,6 +362,12 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
           // Planning: a deterministic shuffle (hashtext of rollout id ‖ device id, ties by device id), then phase i
           // takes the devices up to ceil(n · percent_i / 100) in that order: width_bucket against the first
           // position of each later phase (computed once from n). Only the count comes back to the client.
+          // The rows go in in device id order: each index (primary key, the one-active index) is then filled
+          // left to right rather than at random leaves, and two instances planning overlapping rollouts meet at
+          // their first common device (one waits, then gets the unique violation → CONFLICT) instead of
+          // deadlocking on two devices taken in opposite orders. The sorts and the statement's reference check
+          // (migration 9) fit in memory for a million devices.
+          await tx.query("SET LOCAL work_mem = '128MB'");
           const assigned = one(
             await tx.query<{ n: number }>(
               `WITH s AS MATERIALIZED (
@@ -374,7 +380,7 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
                    unnest(($6::int[])[1:cardinality($6::int[]) - 1]) WITH ORDINALITY AS u(p, o)
                ), ins AS (
                  INSERT INTO rollout_devices (rollout_id, device_id, phase, state, active, updated_at_ms)
-                 SELECT $1, s.id, width_bucket(s.rn, th.a), 'pending', true, $7 FROM s, th
+                 SELECT $1, s.id, width_bucket(s.rn, th.a), 'pending', true, $7 FROM s, th ORDER BY s.id
                  RETURNING 1
                )
                SELECT count(*)::int AS n FROM ins`,

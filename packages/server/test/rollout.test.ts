@@ -91,6 +91,46 @@ describe.each(BACKENDS)('rollouts on %s', (backend) => {
     await t.drop();
   });
 
+  it('rollout_devices rows reference an existing rollout and device, which then stay (migration 9)', async () => {
+    const { releaseId, deviceIds } = await setup(s, 'refs', 2);
+    const r = await s.rollouts.create(OPERATOR, {
+      name: 'refs',
+      releaseId,
+      target: { group: 'refs' },
+      phases: [phase(100, 1, 1)],
+    });
+    const insert = (rolloutId: string, deviceId: string) =>
+      t.db.query(
+        "INSERT INTO rollout_devices (rollout_id, device_id, phase, state, active, updated_at_ms) VALUES ($1, $2, 0, 'pending', false, 0)",
+        [rolloutId, deviceId],
+      );
+    const missing = { code: '23503', message: expect.stringMatching(/missing rollout or device/) as unknown };
+    const referenced = {
+      code: '23503',
+      message: expect.stringMatching(/referenced by rollout_devices/) as unknown,
+    };
+    await expect(insert(r.id, 'no-such-device')).rejects.toMatchObject(missing);
+    await expect(insert('no-such-rollout', deviceIds[0]!)).rejects.toMatchObject(missing);
+    await expect(t.db.query('DELETE FROM devices WHERE id = $1', [deviceIds[0]])).rejects.toMatchObject(
+      referenced,
+    );
+    await expect(t.db.query('DELETE FROM rollouts WHERE id = $1', [r.id])).rejects.toMatchObject(referenced);
+    await expect(
+      t.db.query("UPDATE devices SET id = id || '-x' WHERE id = $1", [deviceIds[1]]),
+    ).rejects.toMatchObject(referenced);
+    await expect(t.db.query('TRUNCATE rollouts')).rejects.toMatchObject(referenced);
+    await expect(
+      t.db.query('UPDATE rollout_devices SET device_id = $2 WHERE rollout_id = $1 AND device_id = $3', [
+        r.id,
+        deviceIds[1],
+        deviceIds[0],
+      ]),
+    ).rejects.toMatchObject({ code: '23503' });
+    // A key-preserving update of a referenced row is fine.
+    await t.db.query('UPDATE devices SET id = id WHERE id = $1', [deviceIds[0]]);
+    await s.rollouts.cancel(OPERATOR, r.id);
+  });
+
   it('refuses a rollout of an unapproved release', async () => {
     const k = authorKeyPair();
     await s.authorKeys.create(ADMIN, { name: 'unapproved', alg: 'ES256', publicKeyPem: k.publicKeyPem });
