@@ -252,12 +252,10 @@ class Sink {
  * synchronously, and the stream is paused only while the sink waits for the writer — instead of one promise per
  * socket read; other bodies through their async iterator. `check(n)` runs before each piece (bounds).
  */
-function drain(
-  body: AsyncIterable<Uint8Array>,
-  sink: Sink,
-  owned: boolean,
-  check: (n: number) => void,
-): Promise<void> {
+function drain(res: SourceResponse, sink: Sink, check: (n: number) => void): Promise<void> {
+  const { body, pipe } = res;
+  const owned = res.owned === true;
+  if (pipe !== undefined) return drainPipe(pipe, sink, check);
   if (!(body instanceof Readable))
     return (async () => {
       for await (const piece of body) {
@@ -341,6 +339,66 @@ function drain(
       }, fail);
     });
   });
+}
+
+/** Push-style consumption (SourceResponse.pipe): pieces are views of the source's read buffer, staged at once. */
+function drainPipe(
+  pipe: NonNullable<SourceResponse['pipe']>,
+  sink: Sink,
+  check: (n: number) => void,
+): Promise<void> {
+  // `busy`: a sink operation still running (the next piece waits for it; the source reads nothing meanwhile).
+  let busy: Promise<void> | undefined;
+  let scheduled = false;
+  let over = false;
+  const settle = (p: Promise<void>): Promise<void> => {
+    const q: Promise<void> = p.then(() => {
+      if (busy === q) busy = undefined;
+      schedule();
+    });
+    busy = q;
+    return q;
+  };
+  // What is staged is deciphered and written once the loop has no more socket data for now (a stalled or slow
+  // server must not keep received bytes from reaching flash and a checkpoint).
+  const idle = (): void => {
+    scheduled = false;
+    if (over || busy !== undefined) return;
+    let p: Promise<void> | undefined;
+    try {
+      p = sink.flush();
+    } catch (e) {
+      p = Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+    // A failure stays in `busy` and surfaces at the next piece or at the end.
+    if (p !== undefined) settle(p).catch(() => undefined);
+  };
+  const schedule = (): void => {
+    if (!scheduled && !over) {
+      scheduled = true;
+      setImmediate(idle);
+    }
+  };
+  return pipe((piece) => {
+    check(piece.length);
+    if (busy !== undefined) return settle(busy.then(() => sink.push(piece)));
+    const p = sink.push(piece);
+    if (p === undefined) {
+      schedule();
+      return undefined;
+    }
+    return settle(p);
+  }).then(
+    async () => {
+      over = true;
+      await busy;
+    },
+    async (e: unknown) => {
+      over = true;
+      await busy?.catch(() => undefined);
+      throw e;
+    },
+  );
 }
 
 /**
@@ -520,7 +578,7 @@ export async function installImage(
               total = res.total;
             }
             const limit = total;
-            await drain(res.body, sink, res.owned === true, (n) => {
+            await drain(res, sink, (n) => {
               received += n;
               if (received > maxInput)
                 throw new DeviceError(

@@ -3,8 +3,9 @@
  * tests and simulations. A source only opens a response at an offset; retries, deadlines, bounds and resume
  * bookkeeping are the downloader's (download.ts).
  */
-import { request as httpRequest, type IncomingMessage } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import { connect } from 'node:net';
 import { DeviceError } from '../errors.ts';
 
 export interface OpenOptions {
@@ -28,6 +29,13 @@ export interface SourceResponse {
    * consumed. Sources that yield views of shared memory leave it unset.
    */
   readonly owned?: boolean;
+  /**
+   * Push-style alternative to iterating `body` (use one or the other): calls `take` with each piece, a view of a
+   * reused read buffer — valid during the call only, or, when `take` returns a promise, until it settles (the
+   * source reads nothing more meanwhile). Resolves at the end of the body, rejects when the transfer fails. No
+   * buffer is allocated per piece: memory stays bounded by construction, not by when the GC runs.
+   */
+  readonly pipe?: (take: (piece: Uint8Array) => Promise<void> | undefined) => Promise<void>;
   /** Releases the connection (idempotent). */
   close(): void;
 }
@@ -75,7 +83,10 @@ export interface HttpSourceOptions {
 /**
  * HTTP(S) source. Sends `Range: bytes=<offset>-` with `If-Range: <etag>` when resuming (RFC 9110 §14.2,
  * §13.1.5), so a changed representation comes back whole (200) instead of being spliced. Redirects are not
- * followed (the manifest names the resource; RFC 9019 §3 the firmware server).
+ * followed (the manifest names the resource; RFC 9019 §3 the firmware server). http:// goes through a minimal
+ * client that reads into one reused buffer and offers `pipe` (no allocation per socket read: node:http's parser
+ * leaves a 64 KiB garbage buffer per read, which piled up to ~64 MiB of RSS before V8 collected it); https://
+ * through node:https (TLS decrypts into fresh buffers anyway, which the consumer frees).
  */
 export function httpSource(opts: HttpSourceOptions = {}): ByteSource {
   return {
@@ -94,57 +105,34 @@ export function httpSource(opts: HttpSourceOptions = {}): ByteSource {
         headers.range = `bytes=${o.offset}-`;
         if (o.etag !== undefined) headers['if-range'] = o.etag;
       }
+      if (!https) return plainHttp(url, uri, headers, o, opts.idleTimeoutMs ?? 30_000);
       return new Promise<SourceResponse>((resolve, reject) => {
         const onResponse = (res: IncomingMessage): void => {
           const close = (): void => {
             res.destroy();
           };
           try {
+            // node:http allocates each body piece afresh (one per socket read): the consumer may free it.
             const status = res.statusCode ?? 0;
-            const etagRaw = header(res, 'etag');
-            // Only a strong validator may be used for If-Range (RFC 9110 §13.1.5).
-            const etag = etagRaw !== undefined && !etagRaw.startsWith('W/') ? etagRaw : undefined;
-            const lenRaw = header(res, 'content-length');
-            const len = lenRaw !== undefined && /^\d{1,15}$/.test(lenRaw) ? Number(lenRaw) : undefined;
-            if (status === 200) {
-              // node:http allocates each body piece afresh (one per socket read): the consumer may free it.
-              resolve({ start: 0, total: len, etag, body: res, owned: true, close });
-              return;
-            }
-            if (status === 206) {
-              const cr = header(res, 'content-range');
-              if (cr === undefined) throw new DeviceError('FETCH_PROTOCOL', '206 without Content-Range');
-              const r = parseContentRange(cr);
-              if (r.first !== o.offset)
-                throw new DeviceError('FETCH_PROTOCOL', `206 starts at ${r.first}, asked ${o.offset}`);
-              if (len !== undefined && len !== r.last - r.first + 1)
-                throw new DeviceError('FETCH_PROTOCOL', 'Content-Length disagrees with Content-Range');
-              resolve({ start: r.first, total: r.total, etag, body: res, owned: true, close });
+            const r = classify(status, (n) => header(res, n), o, url, uri);
+            if (status !== 416) {
+              resolve({ ...r, body: res, owned: true, close });
               return;
             }
             close();
-            if (status === 416) {
-              // RFC 9110 §15.5.17: the offset is past the representation; start over.
-              resolve({ start: 0, total: 0, etag: undefined, body: emptyBody(), close: () => undefined });
-              return;
-            }
-            if (status >= 500 || status === 429 || status === 408)
-              throw new TransientError(`HTTP ${status} from ${url.host}`);
-            throw new DeviceError('FETCH_FAILED', `HTTP ${status} for ${uri}`);
+            resolve({ start: 0, total: 0, etag: undefined, body: emptyBody(), close: () => undefined });
           } catch (e) {
             close();
             reject(e instanceof Error ? e : new Error(String(e)));
           }
         };
-        const req = (https ? httpsRequest : httpRequest)(
+        const req = httpsRequest(
           url,
           {
             method: 'GET',
             headers,
             signal: o.signal,
-            ...(https && opts.ca !== undefined
-              ? { ca: opts.ca as string | Buffer | (string | Buffer)[] }
-              : {}),
+            ...(opts.ca !== undefined ? { ca: opts.ca as string | Buffer | (string | Buffer)[] } : {}),
           },
           onResponse,
         );
@@ -158,6 +146,318 @@ export function httpSource(opts: HttpSourceOptions = {}): ByteSource {
       });
     },
   };
+}
+
+/**
+ * What a response's status and headers mean for the download: the body's place in the representation (200,
+ * 206), or `{ start: 0, total: 0 }` for a 416 (start over; no body); throws for the rest (transient or final).
+ */
+function classify(
+  status: number,
+  get: (name: string) => string | undefined,
+  o: OpenOptions,
+  url: URL,
+  uri: string,
+): { start: number; total: number | undefined; etag: string | undefined } {
+  const etagRaw = get('etag');
+  // Only a strong validator may be used for If-Range (RFC 9110 §13.1.5).
+  const etag = etagRaw !== undefined && !etagRaw.startsWith('W/') ? etagRaw : undefined;
+  const lenRaw = get('content-length');
+  const len = lenRaw !== undefined && /^\d{1,15}$/.test(lenRaw) ? Number(lenRaw) : undefined;
+  if (status === 200) return { start: 0, total: len, etag };
+  if (status === 206) {
+    const cr = get('content-range');
+    if (cr === undefined) throw new DeviceError('FETCH_PROTOCOL', '206 without Content-Range');
+    const r = parseContentRange(cr);
+    if (r.first !== o.offset)
+      throw new DeviceError('FETCH_PROTOCOL', `206 starts at ${r.first}, asked ${o.offset}`);
+    if (len !== undefined && len !== r.last - r.first + 1)
+      throw new DeviceError('FETCH_PROTOCOL', 'Content-Length disagrees with Content-Range');
+    return { start: r.first, total: r.total, etag };
+  }
+  // RFC 9110 §15.5.17: the offset is past the representation; start over.
+  if (status === 416) return { start: 0, total: 0, etag: undefined };
+  if (status >= 500 || status === 429 || status === 408)
+    throw new TransientError(`HTTP ${status} from ${url.host}`);
+  throw new DeviceError('FETCH_FAILED', `HTTP ${status} for ${uri}`);
+}
+
+/** Bytes per socket read of the plain-HTTP client (one buffer per connection, reused for every read). */
+const READ_BUFFER = 256 * 1024;
+const MAX_HEAD = 64 * 1024;
+type Take = (piece: Uint8Array) => Promise<void> | undefined;
+
+/**
+ * A minimal HTTP/1.1 client for http:// (one GET per connection, `Connection: close`): the socket reads into one
+ * reused buffer (net `onread`) and body pieces are views of it, handed to the consumer synchronously; the socket
+ * is paused while the consumer waits. Bodies: Content-Length, chunked (RFC 9112 §7.1) or until close.
+ */
+function plainHttp(
+  url: URL,
+  uri: string,
+  headers: Record<string, string>,
+  o: OpenOptions,
+  idleTimeoutMs: number,
+): Promise<SourceResponse> {
+  for (const v of Object.values(headers))
+    if (/[\r\n]/.test(v)) return Promise.reject(new DeviceError('FETCH_PROTOCOL', 'invalid request header'));
+  return new Promise<SourceResponse>((resolve, reject) => {
+    const buf = Buffer.allocUnsafe(READ_BUFFER);
+    let head: Buffer = Buffer.alloc(0);
+    let responded = false;
+    let failure: Error | undefined;
+    // Body state.
+    let mode: 'length' | 'chunked' | 'close' = 'close';
+    let remaining = 0;
+    let chunkState: 'size' | 'data' | 'crlf' | 'trailer' = 'size';
+    let line = '';
+    let ended = false;
+    let leftover: Uint8Array | undefined;
+    let take: Take | undefined;
+    let done: { resolve: () => void; reject: (e: Error) => void } | undefined;
+
+    const sock = connect({
+      host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+      port: url.port === '' ? 80 : Number(url.port),
+      onread: { buffer: buf, callback: (n: number, b: Buffer) => onRead(b.subarray(0, n)) },
+    });
+    const close = (): void => {
+      sock.destroy();
+    };
+    const onAbort = (): void => {
+      sock.destroy(new Error('aborted'));
+    };
+    o.signal.addEventListener('abort', onAbort, { once: true });
+    sock.setTimeout(idleTimeoutMs, () => {
+      sock.destroy(new TransientError('connection idle timeout'));
+    });
+    const fail = (e: unknown): void => {
+      const err = e instanceof Error ? e : new Error(String(e));
+      failure ??= err;
+      sock.destroy();
+      if (!responded) {
+        responded = true;
+        reject(o.signal.aborted || err instanceof DeviceError ? err : new TransientError(err.message));
+      } else done?.reject(failure);
+    };
+    const finish = (): void => {
+      ended = true;
+      sock.destroy();
+      done?.resolve();
+    };
+    sock.on('error', fail);
+    sock.on('close', () => {
+      o.signal.removeEventListener('abort', onAbort);
+      if (ended) return;
+      if (
+        mode === 'close' &&
+        responded &&
+        failure === undefined &&
+        leftover === undefined &&
+        take !== undefined
+      ) {
+        finish();
+        return;
+      }
+      fail(
+        new TransientError(responded ? 'connection closed before the end of the body' : 'connection closed'),
+      );
+    });
+    sock.on('connect', () => {
+      const lines = [`GET ${url.pathname}${url.search} HTTP/1.1`, `Host: ${url.host}`, 'Connection: close'];
+      for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
+      sock.write(`${lines.join('\r\n')}\r\n\r\n`);
+    });
+
+    /** Body bytes: delivered to `take`; returns a promise when the consumer must be waited for. */
+    const body = (data: Uint8Array, from: number): Promise<void> | undefined => {
+      let off = from;
+      while (off < data.length && !ended) {
+        if (mode === 'close' || (mode === 'chunked' && chunkState === 'data') || mode === 'length') {
+          const n = mode === 'close' ? data.length - off : Math.min(remaining, data.length - off);
+          const piece = data.subarray(off, off + n);
+          off += n;
+          if (mode !== 'close') remaining -= n;
+          if (remaining === 0 && mode === 'length') ended = true;
+          if (remaining === 0 && mode === 'chunked') chunkState = 'crlf';
+          const p = n > 0 ? take!(piece) : undefined;
+          if (ended) {
+            const fin = (): void => {
+              finish();
+            };
+            if (p === undefined) fin();
+            else return p.then(fin);
+            return undefined;
+          }
+          if (p !== undefined) {
+            const at = off;
+            return p.then(() => body(data, at));
+          }
+          continue;
+        }
+        // Chunked framing: size lines, the CRLF after each chunk, trailers.
+        const c = data[off++]!;
+        if (c !== 10) {
+          if (c !== 13) line += String.fromCharCode(c);
+          if (line.length > 1024) throw new DeviceError('FETCH_PROTOCOL', 'chunk header too long');
+          continue;
+        }
+        if (chunkState === 'crlf') {
+          if (line !== '') throw new DeviceError('FETCH_PROTOCOL', 'malformed chunk');
+          chunkState = 'size';
+        } else if (chunkState === 'size') {
+          const m = /^([0-9a-fA-F]{1,12})(;.*)?$/.exec(line.trim());
+          if (m === null) throw new DeviceError('FETCH_PROTOCOL', 'malformed chunk size');
+          remaining = parseInt(m[1]!, 16);
+          chunkState = remaining === 0 ? 'trailer' : 'data';
+        } else if (chunkState === 'trailer' && line === '') {
+          finish();
+          return undefined;
+        }
+        line = '';
+      }
+      return undefined;
+    };
+
+    const onRead = (data: Uint8Array): boolean => {
+      if (failure !== undefined || ended) return false;
+      try {
+        if (responded) {
+          const p = body(data, 0);
+          if (p === undefined) return true;
+          p.then(() => {
+            if (failure === undefined && !ended) sock.resume();
+          }, fail);
+          return false;
+        }
+        head = Buffer.concat([head, data]);
+        const end = head.indexOf('\r\n\r\n');
+        if (end < 0) {
+          if (head.length > MAX_HEAD) throw new DeviceError('FETCH_PROTOCOL', 'response header too long');
+          return true;
+        }
+        const [statusLine = '', ...fields] = head.subarray(0, end).toString('latin1').split('\r\n');
+        const rest = head.subarray(end + 4);
+        head = Buffer.alloc(0);
+        const sm = /^HTTP\/1\.[01] (\d{3})/.exec(statusLine);
+        if (sm === null) throw new DeviceError('FETCH_PROTOCOL', 'malformed status line');
+        const status = Number(sm[1]);
+        if (status >= 100 && status < 200) return rest.length === 0 ? true : onRead(new Uint8Array(rest));
+        const hs = new Map<string, string>();
+        for (const f of fields) {
+          const i = f.indexOf(':');
+          if (i <= 0) throw new DeviceError('FETCH_PROTOCOL', 'malformed header field');
+          const k = f.slice(0, i).trim().toLowerCase();
+          const v = f.slice(i + 1).trim();
+          const prev = hs.get(k);
+          const joined = prev === undefined ? v : `${prev}, ${v}`;
+          if (joined.length > MAX_HEADER_VALUE)
+            throw new DeviceError('FETCH_PROTOCOL', `${k} header too long`);
+          hs.set(k, joined);
+        }
+        const r = classify(status, (k) => hs.get(k), o, url, uri);
+        responded = true;
+        if (status === 416) {
+          ended = true;
+          sock.destroy();
+          resolve({ start: 0, total: 0, etag: undefined, body: emptyBody(), close: () => undefined });
+          return false;
+        }
+        const te = hs.get('transfer-encoding');
+        const cl = hs.get('content-length');
+        if (te !== undefined) {
+          if (te.trim().toLowerCase() !== 'chunked')
+            throw new DeviceError('FETCH_PROTOCOL', `unsupported transfer-encoding ${te}`);
+          mode = 'chunked';
+        } else if (cl !== undefined) {
+          if (!/^\d{1,15}$/.test(cl)) throw new DeviceError('FETCH_PROTOCOL', 'malformed Content-Length');
+          mode = 'length';
+          remaining = Number(cl);
+          if (remaining === 0) ended = true;
+        }
+        // Body bytes that came with the head wait (copied) for the consumer; the socket waits too.
+        leftover = rest.length > 0 ? new Uint8Array(rest) : undefined;
+        const pipe = (t: Take): Promise<void> => {
+          if (take !== undefined) return Promise.reject(new Error('body already consumed'));
+          take = t;
+          return new Promise<void>((res2, rej2) => {
+            done = { resolve: res2, reject: rej2 };
+            if (failure !== undefined) {
+              rej2(failure);
+              return;
+            }
+            if (ended && leftover === undefined) {
+              res2();
+              return;
+            }
+            const first = leftover;
+            leftover = undefined;
+            let p: Promise<void> | undefined;
+            try {
+              p = first === undefined ? undefined : body(first, 0);
+            } catch (e) {
+              fail(e);
+              return;
+            }
+            const go = (): void => {
+              if (failure === undefined && !ended) sock.resume();
+              else if (ended) finish();
+            };
+            if (p === undefined) go();
+            else p.then(go, fail);
+          });
+        };
+        // The iterable form copies each piece (it outlives the read buffer) and reads on once it is taken.
+        async function* iterate(): AsyncGenerator<Uint8Array> {
+          const q: Uint8Array[] = [];
+          const st: { over: boolean; err: unknown; wake?: () => void; drained?: () => void } = {
+            over: false,
+            err: undefined,
+          };
+          void pipe((piece) => {
+            q.push(piece.slice());
+            st.wake?.();
+            return new Promise<void>((r) => {
+              st.drained = r;
+            });
+          }).then(
+            () => {
+              st.over = true;
+              st.wake?.();
+            },
+            (e: unknown) => {
+              st.err = e instanceof Error ? e : new Error(String(e));
+              st.over = true;
+              st.wake?.();
+            },
+          );
+          for (;;) {
+            const next = q.shift();
+            if (next !== undefined) {
+              const d = st.drained;
+              st.drained = undefined;
+              d?.();
+              yield next;
+              continue;
+            }
+            if (st.over) {
+              if (st.err instanceof Error) throw st.err;
+              return;
+            }
+            await new Promise<void>((r) => {
+              st.wake = r;
+            });
+            st.wake = undefined;
+          }
+        }
+        resolve({ ...r, body: { [Symbol.asyncIterator]: iterate }, owned: true, pipe, close });
+        return false;
+      } catch (e) {
+        fail(e);
+        return false;
+      }
+    };
+  });
 }
 
 async function* emptyBody(): AsyncGenerator<Uint8Array> {
