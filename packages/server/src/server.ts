@@ -69,8 +69,23 @@ export interface StartOptions {
   readonly capabilityKeys?: CapabilityKeys;
 }
 
+/**
+ * Client certificate per TLS connection: read once (getPeerCertificate builds a whole object per call). The
+ * connection proved possession of this certificate's key in its handshake; who the certificate belongs to and
+ * whether that device is still enabled is decided on every request (services.devices.authenticate).
+ */
+const peerCertificates = new WeakMap<object, Uint8Array>();
+
 function deviceCertificate(req: FastifyRequest, caConfigured: boolean): Uint8Array {
   const sock = req.raw.socket as Partial<TLSSocket>;
+  const known = peerCertificates.get(sock);
+  if (known !== undefined) return known;
+  const der = peerCertificate(sock, caConfigured);
+  peerCertificates.set(sock, der);
+  return der;
+}
+
+function peerCertificate(sock: Partial<TLSSocket>, caConfigured: boolean): Uint8Array {
   if (typeof sock.getPeerCertificate !== 'function')
     throw new ServerError('DEVICE_CERT_REQUIRED', 'device API requires TLS');
   const cert = sock.getPeerCertificate(false) as { raw?: Buffer } | null;
