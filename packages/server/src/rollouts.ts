@@ -362,11 +362,12 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
           // Planning: a deterministic shuffle (hashtext of rollout id ‖ device id, ties by device id), then phase i
           // takes the devices up to ceil(n · percent_i / 100) in that order: width_bucket against the first
           // position of each later phase (computed once from n). Only the count comes back to the client.
-          // The rows go in in device id order: each index (primary key, the one-active index) is then filled
-          // left to right rather than at random leaves, and two instances planning overlapping rollouts meet at
-          // their first common device (one waits, then gets the unique violation → CONFLICT) instead of
-          // deadlocking on two devices taken in opposite orders. The sorts and the statement's reference check
-          // (migration 9) fit in memory for a million devices.
+          // The rows go in in device id order (bytewise: memcmp and abbreviated keys, several times faster to
+          // sort than a locale's order, and the same as the index order under C or C.UTF-8): each index (primary
+          // key, the one-active index) is then filled left to right rather than at random leaves, and two
+          // instances planning overlapping rollouts meet at their first common device (one waits, then gets the
+          // unique violation → CONFLICT) instead of deadlocking on two devices taken in opposite orders. The
+          // sorts and the statement's reference check (migration 9) fit in memory for a million devices.
           await tx.query("SET LOCAL work_mem = '128MB'");
           const assigned = one(
             await tx.query<{ n: number }>(
@@ -380,7 +381,7 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
                    unnest(($6::int[])[1:cardinality($6::int[]) - 1]) WITH ORDINALITY AS u(p, o)
                ), ins AS (
                  INSERT INTO rollout_devices (rollout_id, device_id, phase, state, active, updated_at_ms)
-                 SELECT $1, s.id, width_bucket(s.rn, th.a), 'pending', true, $7 FROM s, th ORDER BY s.id
+                 SELECT $1, s.id, width_bucket(s.rn, th.a), 'pending', true, $7 FROM s, th ORDER BY s.id COLLATE "C"
                  RETURNING 1
                )
                SELECT count(*)::int AS n FROM ins`,
