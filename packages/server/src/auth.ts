@@ -59,6 +59,7 @@ export const PERMISSIONS = {
   'capability.read': ['admin', 'author', 'operator', 'auditor'],
   'capability.revoke': ['admin', 'operator'],
   'capability.manifest': ['admin', 'operator'],
+  'capability.rollout': ['operator'],
 } as const satisfies Record<string, readonly Role[]>;
 
 export type OperatorAction = keyof typeof PERMISSIONS;

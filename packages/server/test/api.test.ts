@@ -325,6 +325,26 @@ describe.each(BACKENDS)('fleet server API on %s', (backend) => {
         call: (c) => c.get('/v1/capabilities/manifests'),
       },
       {
+        name: 'POST /v1/capabilities/rollouts',
+        roles: ['operator'],
+        call: (c) =>
+          c.post('/v1/capabilities/rollouts', {
+            moduleId: 'missing',
+            target: {},
+            phases: [{ percent: 100, durationMs: 0 }],
+          }),
+      },
+      {
+        name: 'GET /v1/capabilities/rollouts',
+        roles: ['admin', 'author', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/capabilities/rollouts'),
+      },
+      {
+        name: 'POST /v1/capabilities/rollouts/:id/cancel',
+        roles: ['operator'],
+        call: (c) => c.post('/v1/capabilities/rollouts/missing/cancel'),
+      },
+      {
         name: 'GET /v1/capabilities/keys',
         roles: ['admin', 'author', 'operator', 'auditor'],
         call: (c) => c.get('/v1/capabilities/keys'),

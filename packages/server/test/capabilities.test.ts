@@ -20,7 +20,7 @@ import {
 } from '@rotor/cose';
 import { encodeModuleMetadata, MODULE_ABI, type ModuleMetadata, type ModuleVersion } from '@rotor/trust';
 import { CapabilityManager, DeviceError, SandboxPool, SimulatedFs } from '@rotor/device';
-import { ROLES, type Role } from '../src/index.ts';
+import { ROLES, rolloutBucket, rolloutPercent, type Role } from '../src/index.ts';
 import { buildModule } from '../../device/test/capability-modules/build.ts';
 import {
   BACKENDS,
@@ -434,6 +434,67 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
     expect((await devices.b.client.get('/d/v1/capabilities/revocations')).status).toBe(200);
   });
 
+  it('phased rollouts: a module under rollout reaches only its target; cancelled, nobody', async () => {
+    const up = await tokens.author.post(
+      '/v1/capabilities/modules',
+      uploadBody(metadata('codec', [4, 0, 0]), await buildModule('codec-v1', { '0x55': '0x77' })),
+      'application/octet-stream',
+    );
+    const v4 = (up.json() as { id: string }).id;
+    // Aimed at another device only: device a keeps getting 1.0.0.
+    let r = await tokens.operator.post('/v1/capabilities/rollouts', {
+      moduleId: v4,
+      target: { deviceIds: [devices.b.id] },
+      phases: [{ percent: 100, durationMs: 0 }],
+    });
+    expect(r.status).toBe(201);
+    const other = r.json() as { id: string; currentPercent: number };
+    expect(other.currentPercent).toBe(100);
+    expect(((await query(devices.a, 'codec')).json() as Answer).version).toBe('1.0.0');
+    r = await tokens.operator.post('/v1/capabilities/rollouts', {
+      moduleId: v4,
+      target: {},
+      phases: [{ percent: 100, durationMs: 0 }],
+    });
+    expect((r.json() as Problem).code).toBe('CONFLICT');
+    expect((await tokens.operator.post(`/v1/capabilities/rollouts/${other.id}/cancel`)).status).toBe(200);
+    // Aimed at the device class, whole target at once.
+    r = await tokens.operator.post('/v1/capabilities/rollouts', {
+      moduleId: v4,
+      target: { attributes: { deviceClass: CLASS } },
+      phases: [{ percent: 100, durationMs: 0 }],
+    });
+    expect(r.status).toBe(201);
+    expect(((await query(devices.a, 'codec')).json() as Answer).version).toBe('4.0.0');
+    const list = (await tokens.auditor.get('/v1/capabilities/rollouts')).json() as {
+      items: { state: string }[];
+    };
+    expect(list.items.map((i) => i.state).sort()).toEqual(['active', 'cancelled']);
+    r = await tokens.operator.post('/v1/capabilities/rollouts', {
+      moduleId: v4,
+      target: {},
+      phases: [{ percent: 50, durationMs: 1000 }],
+    });
+    expect((r.json() as Problem).code).toBe('REQUEST_INVALID');
+  });
+
+  it('rollout arithmetic: cumulative percent per phase, stable uniform buckets', () => {
+    const phases = [
+      { percent: 10, durationMs: 1000 },
+      { percent: 50, durationMs: 1000 },
+      { percent: 100, durationMs: 0 },
+    ];
+    expect([0, 999, 1000, 1999, 2000, 1e9].map((t) => rolloutPercent(phases, t))).toEqual([
+      10, 10, 50, 50, 100, 100,
+    ]);
+    const buckets = Array.from({ length: 2000 }, (_, i) => rolloutBucket('r1', `d${i}`));
+    expect(buckets.every((b) => b >= 0 && b < 100)).toBe(true);
+    const under10 = buckets.filter((b) => b < 10).length;
+    expect(under10).toBeGreaterThan(120);
+    expect(under10).toBeLessThan(290);
+    expect(rolloutBucket('r1', 'd1')).toBe(rolloutBucket('r1', 'd1'));
+  });
+
   it('lists modules and manifests; every change is in the audit log', async () => {
     const l = (await tokens.auditor.get('/v1/capabilities/modules?name=codec')).json() as {
       items: { version: string; revoked: boolean }[];
@@ -442,6 +503,7 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
       ['1.0.0', false],
       ['2.0.0', true],
       ['3.0.0', false],
+      ['4.0.0', false],
     ]);
     const ms = (await tokens.auditor.get('/v1/capabilities/manifests')).json() as { items: unknown[] };
     expect(ms.items.length).toBeGreaterThanOrEqual(2);

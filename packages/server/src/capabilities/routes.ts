@@ -10,6 +10,8 @@ import { ServerError } from '../errors.ts';
 import { OCTET_STREAM } from '../http.ts';
 import {
   MAX_MODULE_UPLOAD_BYTES,
+  type ModulePhase,
+  type ModuleRolloutTarget,
   type CapabilityService,
   type ManifestIssueInput,
   type QueryInput,
@@ -333,6 +335,108 @@ export function registerCapabilityRoutes(
       },
     },
     (req, reply) => reply.send(s.publicKeys(principal(req))),
+  );
+
+  const label = { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' } as const;
+  const rolloutInfo = {
+    type: 'object',
+    additionalProperties: false,
+    required: ['id', 'moduleId', 'target', 'phases', 'state', 'startedAtMs', 'currentPercent', 'createdBy'],
+    properties: {
+      id: { type: 'string' },
+      moduleId: { type: 'string' },
+      target: { type: 'object', additionalProperties: true },
+      phases: {
+        type: 'array',
+        items: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['percent', 'durationMs'],
+          properties: { percent: { type: 'integer' }, durationMs: { type: 'integer' } },
+        },
+      },
+      state: { type: 'string' },
+      startedAtMs: { type: 'integer' },
+      currentPercent: { type: 'integer' },
+      createdBy: { type: 'string' },
+    },
+  } as const;
+  op.post<{ Body: { moduleId: string; target: ModuleRolloutTarget; phases: ModulePhase[] } }>(
+    '/v1/capabilities/rollouts',
+    {
+      config: { summary: 'Roll a module out in phases to a target (operator)' },
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['moduleId', 'target', 'phases'],
+          properties: {
+            moduleId: idParam.properties.id,
+            target: {
+              type: 'object',
+              additionalProperties: false,
+              properties: {
+                group: label,
+                tags: { type: 'array', maxItems: 32, uniqueItems: true, items: label },
+                deviceIds: {
+                  type: 'array',
+                  maxItems: 10_000,
+                  uniqueItems: true,
+                  items: idParam.properties.id,
+                },
+                attributes: {
+                  type: 'object',
+                  maxProperties: 32,
+                  propertyNames: { pattern: '^[A-Za-z0-9._:-]{1,64}$' },
+                  additionalProperties: { type: 'string', maxLength: 256 },
+                },
+              },
+            },
+            phases: {
+              type: 'array',
+              minItems: 1,
+              maxItems: 16,
+              items: {
+                type: 'object',
+                additionalProperties: false,
+                required: ['percent', 'durationMs'],
+                properties: {
+                  percent: { type: 'integer', minimum: 1, maximum: 100 },
+                  durationMs: { type: 'integer', minimum: 0, maximum: 30 * 86_400_000 },
+                },
+              },
+            },
+          },
+        },
+        response: { 201: rolloutInfo },
+      },
+    },
+    async (req, reply) => reply.code(201).send(await s.createRollout(principal(req), req.body)),
+  );
+  op.get(
+    '/v1/capabilities/rollouts',
+    {
+      config: { summary: 'Module rollouts, newest first' },
+      schema: {
+        response: {
+          200: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['items'],
+            properties: { items: { type: 'array', items: rolloutInfo } },
+          },
+        },
+      },
+    },
+    async (req) => ({ items: await s.listRollouts(principal(req)) }),
+  );
+  op.post<{ Params: { id: string } }>(
+    '/v1/capabilities/rollouts/:id/cancel',
+    {
+      config: { summary: 'Cancel a module rollout: the module is offered to nobody (operator)' },
+      schema: { params: idParam, response: { 200: rolloutInfo } },
+    },
+    async (req) => s.cancelRollout(principal(req), req.params.id),
   );
 
   if (dev === undefined) return;

@@ -43,3 +43,19 @@ CREATE TABLE capability_revocation_lists (
   created_at_ms bigint NOT NULL
 );
 `;
+
+/** Phased rollouts of capability modules (issue 8 "Operators roll modules out like firmware (targets, phases)"). */
+export const CAPABILITY_ROLLOUT_MIGRATION_SQL = `
+CREATE TABLE capability_rollouts (
+  id            text PRIMARY KEY,
+  module_id     text NOT NULL REFERENCES capability_modules (id),
+  target        jsonb NOT NULL,
+  phases        jsonb NOT NULL,
+  state         text NOT NULL CHECK (state IN ('active', 'cancelled')),
+  started_at_ms bigint NOT NULL,
+  created_by    text NOT NULL,
+  updated_at_ms bigint NOT NULL
+);
+-- One active rollout per module.
+CREATE UNIQUE INDEX capability_rollouts_active ON capability_rollouts (module_id) WHERE state = 'active';
+`;

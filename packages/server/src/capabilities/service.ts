@@ -199,6 +199,88 @@ export function decodeModuleUpload(body: Uint8Array): { metadataBytes: Uint8Arra
   }
 }
 
+/** A phase of a module rollout: the cumulative share of the target offered the module, held for durationMs. */
+export interface ModulePhase {
+  percent: number;
+  durationMs: number;
+}
+
+export interface ModuleRolloutTarget {
+  group?: string;
+  tags?: string[];
+  deviceIds?: string[];
+  attributes?: Record<string, string>;
+}
+
+export interface ModuleRolloutInfo {
+  id: string;
+  moduleId: string;
+  target: ModuleRolloutTarget;
+  phases: ModulePhase[];
+  state: 'active' | 'cancelled';
+  startedAtMs: number;
+  /** The share of the target offered the module now. */
+  currentPercent: number;
+  createdBy: string;
+}
+
+interface RolloutRow {
+  id: string;
+  module_id: string;
+  target: ModuleRolloutTarget;
+  phases: ModulePhase[];
+  state: 'active' | 'cancelled';
+  started_at_ms: number | string;
+  created_by: string;
+}
+
+/** Cumulative percent reached `elapsedMs` after the start (the last phase is 100). */
+export function rolloutPercent(phases: readonly ModulePhase[], elapsedMs: number): number {
+  let acc = 0;
+  for (const p of phases) {
+    if (elapsedMs < acc + p.durationMs) return p.percent;
+    acc += p.durationMs;
+  }
+  return 100;
+}
+
+/** A device's stable bucket 0..99 in a rollout (uniform, independent between rollouts). */
+export function rolloutBucket(rolloutId: string, deviceId: string): number {
+  return (
+    sha256(new TextEncoder().encode(`${rolloutId}:${deviceId}`))
+      .subarray(0, 4)
+      .reduce((a, b) => a * 256 + b, 0) % 100
+  );
+}
+
+function validatePhases(phases: readonly ModulePhase[]): void {
+  if (phases.length === 0 || phases.length > 16)
+    throw new ServerError('REQUEST_INVALID', 'phases: 1..16 phases');
+  let prev = 0;
+  for (const [i, p] of phases.entries()) {
+    if (!Number.isInteger(p.percent) || p.percent < 1 || p.percent > 100 || p.percent < prev)
+      throw new ServerError('REQUEST_INVALID', `phases[${i}].percent must be 1..100 and non-decreasing`);
+    prev = p.percent;
+  }
+  if (prev !== 100) throw new ServerError('REQUEST_INVALID', 'the last phase reaches 100 percent');
+}
+
+interface TargetDevice {
+  id: string;
+  device_group: string | null;
+  tags: string[];
+  attributes: Record<string, string>;
+}
+
+function inTarget(t: ModuleRolloutTarget, d: TargetDevice): boolean {
+  if (t.group !== undefined && d.device_group !== t.group) return false;
+  if (t.tags !== undefined && !t.tags.every((x) => d.tags.includes(x))) return false;
+  if (t.deviceIds !== undefined && !t.deviceIds.includes(d.id)) return false;
+  if (t.attributes !== undefined && !Object.entries(t.attributes).every(([k, v]) => d.attributes[k] === v))
+    return false;
+  return true;
+}
+
 export interface PublicKeyInfo {
   kid: string;
   alg: number;
@@ -306,6 +388,20 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
     return version;
   }
 
+  function rolloutInfo(r: RolloutRow): ModuleRolloutInfo {
+    const started = Number(r.started_at_ms);
+    return {
+      id: r.id,
+      moduleId: r.module_id,
+      target: r.target,
+      phases: r.phases,
+      state: r.state,
+      startedAtMs: started,
+      currentPercent: r.state === 'active' ? rolloutPercent(r.phases, now() - started) : 0,
+      createdBy: r.created_by,
+    };
+  }
+
   async function deviceRow(deviceId: string) {
     return one(
       await db.query<{
@@ -313,7 +409,11 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         attributes: Record<string, string>;
         ka_spki: Uint8Array | null;
         kek_wrapped: Uint8Array | null;
-      }>('SELECT device_group, attributes, ka_spki, kek_wrapped FROM devices WHERE id = $1', [deviceId]),
+        id: string;
+        tags: string[];
+      }>('SELECT id, device_group, tags, attributes, ka_spki, kek_wrapped FROM devices WHERE id = $1', [
+        deviceId,
+      ]),
       'device',
     );
   }
@@ -562,6 +662,73 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       return { signing: k(keys.signing), authority: k(keys.authority) };
     },
 
+    /**
+     * Starts a phased rollout of a module: while it is active the module is offered only to devices of the target,
+     * to the cumulative percent of the current phase (a stable per-device bucket); others keep getting the best
+     * other module. A cancelled rollout offers the module to nobody. Without a rollout a module is offered to every
+     * authorized, compatible device.
+     */
+    async createRollout(
+      p: Principal,
+      input: { moduleId: string; target: ModuleRolloutTarget; phases: ModulePhase[] },
+    ): Promise<ModuleRolloutInfo> {
+      authorize(p, 'capability.rollout');
+      validatePhases(input.phases);
+      const id = randomUUID();
+      return audited(p, 'capability.rollout', async (tx) => {
+        const m = one(
+          await tx.query<{ revoked_at_ms: unknown }>(
+            'SELECT revoked_at_ms FROM capability_modules WHERE id = $1',
+            [input.moduleId],
+          ),
+          'module',
+        );
+        if (m.revoked_at_ms !== null) throw new ServerError('CONFLICT', 'the module is revoked');
+        const have = await tx.query(
+          "SELECT id FROM capability_rollouts WHERE module_id = $1 AND state = 'active'",
+          [input.moduleId],
+        );
+        if (have.length > 0) throw new ServerError('CONFLICT', 'the module already has an active rollout');
+        const rows = await tx.query<RolloutRow>(
+          `INSERT INTO capability_rollouts (id, module_id, target, phases, state, started_at_ms, created_by, updated_at_ms)
+           VALUES ($1, $2, $3, $4, 'active', $5, $6, $5) RETURNING *`,
+          [id, input.moduleId, JSON.stringify(input.target), JSON.stringify(input.phases), now(), actorOf(p)],
+        );
+        return {
+          result: rolloutInfo(one(rows, 'rollout')),
+          subject: `capability-rollout:${id}`,
+          details: {
+            moduleId: input.moduleId,
+            target: input.target as Json,
+            phases: input.phases as unknown as Json,
+          },
+        };
+      });
+    },
+
+    async cancelRollout(p: Principal, id: string): Promise<ModuleRolloutInfo> {
+      authorize(p, 'capability.rollout');
+      return audited(p, 'capability.rollout.cancel', async (tx) => {
+        const rows = await tx.query<RolloutRow>(
+          "UPDATE capability_rollouts SET state = 'cancelled', updated_at_ms = $2 WHERE id = $1 AND state = 'active' RETURNING *",
+          [id, now()],
+        );
+        if (rows[0] === undefined) {
+          one(await tx.query('SELECT id FROM capability_rollouts WHERE id = $1', [id]), 'rollout');
+          throw new ServerError('CONFLICT', 'the rollout is not active');
+        }
+        return { result: rolloutInfo(rows[0]), subject: `capability-rollout:${id}` };
+      });
+    },
+
+    async listRollouts(p: Principal): Promise<ModuleRolloutInfo[]> {
+      authorize(p, 'capability.read');
+      const rows = await db.query<RolloutRow>(
+        'SELECT * FROM capability_rollouts ORDER BY started_at_ms DESC LIMIT 1000',
+      );
+      return rows.map(rolloutInfo);
+    },
+
     // -------------------------------------------------------------------------------------------------------------
     // Device side (mutual TLS)
 
@@ -635,6 +802,14 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       for (const m of input.installed ?? [])
         installed.set(m.name, parseVersionText(m.version, `installed ${m.name}`));
 
+      const rollouts = await db.query<RolloutRow>("SELECT * FROM capability_rollouts WHERE state = 'active'");
+      const gated = new Map(rollouts.map((r) => [r.module_id, r]));
+      const offered = (moduleId: string): boolean => {
+        const r = gated.get(moduleId);
+        if (r === undefined) return true;
+        if (!inTarget(r.target, dev)) return false;
+        return rolloutBucket(r.id, deviceId) < rolloutPercent(r.phases, now() - Number(r.started_at_ms));
+      };
       type Pick = { row: ModuleRow; md: ModuleMetadata };
       const reasons = new Map<string, string>();
       const pick = async (
@@ -653,6 +828,8 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
             why ??= 'revoked';
             continue;
           }
+          // A module under an active rollout reaches only its target, phase by phase (issue 8 "targets, phases").
+          if (!offered(row.id)) continue;
           // issue 8 "compatible device classes and firmware versions"
           if (
             !md.deviceClasses.includes(deviceClass) ||

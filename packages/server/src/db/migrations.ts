@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { ServerError } from '../errors.ts';
 import type { Db } from './db.ts';
 import { ATTESTATION_MIGRATION_SQL, TRUST_DISTRIBUTION_MIGRATION_SQL } from '../attestation/schema.ts';
-import { CAPABILITY_MIGRATION_SQL } from '../capabilities/schema.ts';
+import { CAPABILITY_MIGRATION_SQL, CAPABILITY_ROLLOUT_MIGRATION_SQL } from '../capabilities/schema.ts';
 
 export interface Migration {
   readonly version: number;
@@ -302,6 +302,11 @@ CREATE TRIGGER rollout_devices_referenced_truncate BEFORE TRUNCATE ON devices
 CREATE TRIGGER rollout_devices_referenced_truncate BEFORE TRUNCATE ON rollouts
   FOR EACH STATEMENT EXECUTE FUNCTION rollout_devices_referenced_truncate();
 `,
+  },
+  {
+    version: 10,
+    name: 'phased rollouts of capability modules',
+    sql: CAPABILITY_ROLLOUT_MIGRATION_SQL,
   },
 ];
 
