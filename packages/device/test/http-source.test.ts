@@ -35,7 +35,9 @@ const server = createServer((req, res: ServerResponse) => {
   }
 });
 const base = await new Promise<string>((r) =>
-  server.listen(0, '127.0.0.1', () => r(`http://127.0.0.1:${(server.address() as AddressInfo).port}`)),
+  server.listen(0, '127.0.0.1', () => {
+    r(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  }),
 );
 afterAll(() => server.close());
 
