@@ -151,7 +151,7 @@ describe('migrations under the advisory lock (postgres)', () => {
     try {
       const other = await t.open();
       const [a, b] = await Promise.all([migrate(t.db), migrate(other)]);
-      expect([...a, ...b].sort()).toEqual(MIGRATIONS.map((m) => m.version));
+      expect([...a, ...b].sort((x, y) => x - y)).toEqual(MIGRATIONS.map((m) => m.version));
       const rows = await t.db.query<{ n: number }>('SELECT count(*)::int AS n FROM schema_migrations');
       expect(rows[0]!.n).toBe(MIGRATIONS.length);
     } finally {
