@@ -820,7 +820,7 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         const rows = await moduleRows(db, name);
         if (rows.length === 0) throw new ServerError('CAP_NOT_FOUND', `no module for capability ${name}`);
         const candidates: Pick[] = [];
-        let why: 'incompatible' | 'unauthorized' | 'dependency' | 'revoked' | undefined;
+        let why: 'incompatible' | 'unauthorized' | 'dependency' | 'revoked' | 'staged' | undefined;
         for (const row of rows) {
           const md = decodeModuleMetadata(u8(row.metadata));
           if (range !== undefined && !versionInRange(md.version, range.min, range.max)) continue;
@@ -829,7 +829,10 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
             continue;
           }
           // A module under an active rollout reaches only its target, phase by phase (issue 8 "targets, phases").
-          if (!offered(row.id)) continue;
+          if (!offered(row.id)) {
+            why ??= 'staged';
+            continue;
+          }
           // issue 8 "compatible device classes and firmware versions"
           if (
             !md.deviceClasses.includes(deviceClass) ||
@@ -870,6 +873,8 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
             );
           case 'revoked':
             throw new ServerError('CAP_REVOKED', `every module of ${name} in range is revoked`);
+          case 'staged':
+            throw new ServerError('CAP_NOT_FOUND', `no module of ${name} is rolled out to this device yet`);
           default:
             throw new ServerError(
               'CAP_INCOMPATIBLE',
