@@ -4,17 +4,19 @@
  * and runs what it got; incompatible devices get typed problems; a revoked module is not offered and the signed
  * revocation list unloads it on the device; one device's envelope does not decrypt with another device's key.
  */
-import { createPublicKey, type KeyObject } from 'node:crypto';
+import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  Alg,
   encode,
   generateAgreementKey,
   generateSigningKey,
   softwareKeyAgreement,
+  softwareKeyUnwrapper,
   softwareVerifier,
   type Verifier,
 } from '@rotor/cose';
@@ -86,30 +88,33 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
     });
     expect(r.status).toBe(201);
     const client = deviceClient(f.server.deviceUrl!, f.serverCert, cert);
-    const post = (path: string, body: unknown): Promise<Res> =>
-      new Promise((resolve, reject) => {
-        const payload = JSON.stringify(body);
-        const req = httpsRequest(
-          new URL(path, f.server.deviceUrl),
-          { method: 'POST', agent: client.agent, headers: { 'content-type': 'application/json' } },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('end', () => {
-              const b = Buffer.concat(chunks);
-              resolve({
-                status: res.statusCode ?? 0,
-                headers: res.headers,
-                body: b,
-                json: () => JSON.parse(b.toString('utf8')) as unknown,
-              });
-            });
-          },
-        );
-        req.on('error', reject);
-        req.end(payload);
-      });
+    const post = (path: string, body: unknown): Promise<Res> => postVia(client, path, body);
     return { id: (r.json() as { id: string }).id, agreement, client, post };
+  }
+
+  function postVia(client: ReturnType<typeof deviceClient>, path: string, body: unknown): Promise<Res> {
+    return new Promise((resolve, reject) => {
+      const payload = JSON.stringify(body);
+      const req = httpsRequest(
+        new URL(path, f.server.deviceUrl),
+        { method: 'POST', agent: client.agent, headers: { 'content-type': 'application/json' } },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const b = Buffer.concat(chunks);
+            resolve({
+              status: res.statusCode ?? 0,
+              headers: res.headers,
+              body: b,
+              json: () => JSON.parse(b.toString('utf8')) as unknown,
+            });
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end(payload);
+    });
   }
 
   function manager(d: Device, manifest: Uint8Array): Promise<CapabilityManager> {
@@ -281,6 +286,47 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
       expect(m.status()).toEqual([]);
     } finally {
       await m.close();
+    }
+  });
+
+  it('a device registered with an AES-KW key-encryption key gets its key wrapped under it', async () => {
+    const cert = await selfSignedCert('cap-kek');
+    const kek = randomBytes(16);
+    const r = await f.admin.post('/v1/devices', {
+      name: 'cap-kek',
+      certificatePem: cert.certPem,
+      attributes: { deviceClass: CLASS, firmwareVersion: '2.4.0' },
+      kek: kek.toString('hex'),
+    });
+    expect(r.status).toBe(201);
+    const client = deviceClient(f.server.deviceUrl!, f.serverCert, cert);
+    const d: Device = {
+      id: (r.json() as { id: string }).id,
+      agreement: devices.a.agreement,
+      client,
+      post: (path, body) => postVia(client, path, body),
+    };
+    try {
+      const a = (await query(d, 'codec')).json() as Answer;
+      const man = await client.get('/d/v1/capabilities/manifest');
+      const m = await CapabilityManager.open({
+        fs: new SimulatedFs(),
+        device: { vendorDomain: VENDOR, deviceClass: CLASS, firmwareVersion: [2, 4, 0] },
+        keys: { unwrappers: [softwareKeyUnwrapper(new Uint8Array(kek), Alg.A128KW)] },
+        manifestAuthorities: [authority],
+        revocationAuthorities: [authority],
+        initialCapabilityManifest: new Uint8Array(man.body),
+        pool,
+        now: () => Math.floor(Date.now() / 1000),
+      });
+      try {
+        await install(m, d, a);
+        expect((await m.call('codec', new Uint8Array([7]))).output).toEqual(new Uint8Array([2, 7]));
+      } finally {
+        await m.close();
+      }
+    } finally {
+      client.close();
     }
   });
 
