@@ -554,7 +554,13 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
     const ms = (await tokens.auditor.get('/v1/capabilities/manifests')).json() as { items: unknown[] };
     expect(ms.items.length).toBeGreaterThanOrEqual(2);
     const audit = (await tokens.auditor.get('/v1/audit?limit=1000')).body.toString();
-    for (const a of ['capability.upload', 'capability.manifest', 'capability.revoke'])
+    for (const a of [
+      'capability.upload',
+      'capability.manifest',
+      'capability.revoke',
+      'capability.rollout',
+      'capability.revocations.reissue',
+    ])
       expect(audit).toContain(a);
   });
 });

@@ -44,8 +44,8 @@ import {
   type ModuleMetadata,
   type ModuleVersion,
 } from '@rotor/trust';
-import type { Json } from '../audit.ts';
-import { actorOf, authorize, type Principal } from '../auth.ts';
+import { appendAudit, type Json } from '../audit.ts';
+import { actorOf, authorize, SYSTEM, type Principal } from '../auth.ts';
 import { one, type Db, type Queryable } from '../db/db.ts';
 import { wrapForDevice, type DeviceRecipient } from '../encryption.ts';
 import { ServerError } from '../errors.ts';
@@ -759,7 +759,17 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         await tx.query('LOCK TABLE capability_revocation_lists IN EXCLUSIVE MODE');
         const again = await latest(tx);
         if (again !== undefined && fresh(again)) return u8(again.document);
-        await publishRevocations(tx, keys);
+        const version = await publishRevocations(tx, keys);
+        // Re-issued by the server itself (freshness), audited like an operator's change.
+        await appendAudit(
+          tx,
+          {
+            actor: actorOf(SYSTEM),
+            action: 'capability.revocations.reissue',
+            subject: `capability-revocation-list:${version}`,
+          },
+          now(),
+        );
         const made = await latest(tx);
         return u8(one(made === undefined ? [] : [made], 'revocation list').document);
       });
