@@ -12,7 +12,14 @@
  *               revoked; the firmware is what the device should run (its last succeeded rollout) else warning
  *  - oemboot / dbgstat  RFC 9711 §4.2.8 / §4.2.9
  */
-import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import {
+  createHash,
+  generateKeyPairSync,
+  randomBytes,
+  sign,
+  timingSafeEqual,
+  type KeyObject,
+} from 'node:crypto';
 import { Alg, CborMap, decode, decodeSign1, type Signer } from '@rotor/cose';
 import {
   bytesEqual,
@@ -114,6 +121,19 @@ function peekDigests(token: Uint8Array): Uint8Array[] {
   }
 }
 
+/** Random bytes drawn from a pool refilled 4 KiB at a time (one CSPRNG call per 512 nonces). */
+let pool = new Uint8Array(0);
+let poolAt = 0;
+function randomChunk(n: number): Uint8Array {
+  if (poolAt + n > pool.length) {
+    pool = new Uint8Array(randomBytes(4096));
+    poolAt = 0;
+  }
+  const out = pool.slice(poolAt, poolAt + n);
+  poolAt += n;
+  return out;
+}
+
 function requireDevice(p: Principal): string {
   if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device listener');
   return p.deviceId;
@@ -128,10 +148,8 @@ function softwareResultKey(): { signer: Signer; publicKey: KeyObject } {
     signer: {
       alg: Alg.ES256,
       kid,
-      sign: async (tbs) => {
-        const { sign } = await import('node:crypto');
-        return new Uint8Array(sign('sha256', tbs, { key: privateKey, dsaEncoding: 'ieee-p1363' }));
-      },
+      sign: (tbs) =>
+        Promise.resolve(new Uint8Array(sign('sha256', tbs, { key: privateKey, dsaEncoding: 'ieee-p1363' }))),
     },
   };
 }
@@ -261,7 +279,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     const expiresAtMs = now() + ttl;
     const nonce = new Uint8Array(NONCE_BYTES);
     new DataView(nonce.buffer).setBigUint64(0, BigInt(expiresAtMs));
-    nonce.set(randomBytes(8), 8);
+    nonce.set(randomChunk(8), 8);
     nonce.set(deviceTag(deviceId), 16);
     nonce.set(nonceMac(nonce.subarray(0, 24)), 24);
     return Promise.resolve({ nonce, expiresAtMs });
