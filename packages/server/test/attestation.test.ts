@@ -235,6 +235,13 @@ describe('attestation verifier over HTTP (issue 7, RFC 9334 roles)', () => {
     expect(replay.status).toBe('contraindicated');
     expect(replay.claims.nonce?.reason).toMatch(/replay/);
 
+    // Group commit: the same fresh evidence posted several times at once (one batch) is affirmed exactly once.
+    const burst = await d.sim.evidence(await nonce(d));
+    const outs = await Promise.all(Array.from({ length: 6 }, () => post(d, burst)));
+    expect(outs.filter((o) => o.status === 'affirming')).toHaveLength(1);
+    for (const o of outs.filter((x) => x.status !== 'affirming'))
+      expect(o.claims.nonce?.reason).toMatch(/replay/);
+
     // Stale token: made for a nonce whose lifetime has passed.
     const n = await nonce(d);
     clock += 10 * 60_000;
