@@ -79,7 +79,18 @@ export const attestBench: Benchmark = {
     execFileSync('sh', ['-c', `cp ${dir}/server.crt ${dir}/tls.crt && cp ${dir}/server.key ${dir}/tls.key`]);
     const server = await startServer(
       loadConfig({
-        argv: ['--port', '0', '--device-port', '0', '--log-level', 'silent', '--data-dir', dir],
+        argv: [
+          '--port',
+          '0',
+          '--device-port',
+          '0',
+          '--mqtt-port',
+          '0',
+          '--log-level',
+          'silent',
+          '--data-dir',
+          dir,
+        ],
         env: {
           ROTOR_ADMIN_TOKEN: token,
           ROTOR_TLS_CERT_FILE: join(dir, 'tls.crt'),

@@ -181,7 +181,18 @@ beforeAll(async () => {
     toPem(new Uint8Array(issuing.cert.rawData)) + toPem(new Uint8Array(root.cert.rawData)),
   );
   const config = loadConfig({
-    argv: ['--port', '0', '--device-port', '0', '--log-level', 'silent', '--data-dir', join(dir, 'data')],
+    argv: [
+      '--port',
+      '0',
+      '--device-port',
+      '0',
+      '--mqtt-port',
+      '0',
+      '--log-level',
+      'silent',
+      '--data-dir',
+      join(dir, 'data'),
+    ],
     env: {
       ROTOR_ADMIN_TOKEN: ADMIN,
       ROTOR_TLS_CERT_FILE: join(dir, 'server.crt'),
