@@ -28,7 +28,6 @@ import {
   createSign1,
   decodeEncrypt,
   decryptContent,
-  encode,
   encodeEncrypt,
   encryptContent,
   softwareKeyAgreement,
@@ -43,6 +42,7 @@ import {
 } from '@rotor/cose';
 import {
   authenticateEnvelope,
+  buildUpdateManifest,
   componentKey,
   encodeEnvelope,
   encodeManifest,
@@ -57,8 +57,6 @@ import {
   type SuitEnvelope,
   type SuitParameters,
   type TrustAnchor,
-  classIdFromName,
-  vendorIdFromDomain,
   type ManifestDescription,
 } from '@rotor/suit';
 import { ServerError } from './errors.ts';
@@ -395,37 +393,16 @@ export interface DeliverableUpdate {
  * image-match. Sign it with @rotor/suit buildEnvelope.
  */
 export function deliverableManifest(d: DeliverableUpdate): ManifestDescription {
-  const vendor = vendorIdFromDomain(d.vendorDomain);
-  const cls = classIdFromName(vendor, d.className);
-  const multi = d.components.length > 1;
-  const shared: SuitCommand[] = [];
-  const install: SuitCommand[] = [];
-  const validate: SuitCommand[] = [];
-  d.components.forEach((c, i) => {
-    if (multi) for (const seq of [shared, install, validate]) seq.push(setIndex(i));
-    shared.push(
-      {
-        op: 'params',
-        code: 20,
-        params: new Map([
-          pv(1, vendor),
-          pv(2, cls),
-          pv(3, encode([SHA256, c.digest])),
-          pv(14, BigInt(c.size)),
-        ]),
-      },
-      policy(1, REPORT_ALL),
-      policy(2, REPORT_ALL),
-    );
-    if (c.uri !== undefined) install.push({ op: 'params', code: 19, params: new Map([pv(21, c.uri)]) });
-    install.push(policy(21, REPORT_FAILURE), policy(3, REPORT_ALL));
-    validate.push(policy(3, REPORT_ALL));
-  });
-  return {
+  // The author-side builder's operator-delivery mode is exactly this manifest; one implementation serves both.
+  return buildUpdateManifest({
+    vendorDomain: d.vendorDomain,
+    className: d.className,
     sequenceNumber: d.sequenceNumber,
-    components: d.components.map((c) => c.id.split('/').map((x) => new TextEncoder().encode(x))),
-    sharedSequence: shared,
-    install,
-    validate,
-  };
+    operatorDelivery: true,
+    components: d.components.map((c) => ({
+      id: c.id,
+      image: { digest: c.digest, size: c.size },
+      ...(c.uri === undefined ? {} : { uri: c.uri }),
+    })),
+  });
 }
