@@ -9,7 +9,13 @@
  * The PIN comes from --pin-file or ROTOR_FACTORY_PIN, never from the command line, and is never printed.
  */
 import 'reflect-metadata';
-import { createHash, generateKeyPairSync } from 'node:crypto';
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+} from 'node:crypto';
 import {
   closeSync,
   existsSync,
@@ -22,6 +28,7 @@ import {
 } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as x509 from '@peculiar/x509';
+import { Alg, softwareSigner } from '@rotor/cose';
 import {
   createIssuingCa,
   createRootCa,
@@ -47,6 +54,9 @@ const MAX_FILE = 1 << 20;
 
 interface FactoryConfig {
   readonly version: 1;
+  /** Where the CA keys are: 'pkcs11' (absent in older files) or 'files' (development only). */
+  readonly backend?: 'pkcs11' | 'files';
+  readonly developmentOnly?: boolean;
   readonly module: string;
   readonly token: string;
   readonly keyType: FactoryKeyType;
@@ -106,16 +116,201 @@ function writePrivate(path: string, pem: string): void {
   }
 }
 
+/** How the factory holds its CA keys: a PKCS#11 token (production) or PEM files in the factory dir (development). */
+export type FactoryBackend =
+  | { readonly kind: 'pkcs11'; readonly module: string; readonly token: string; readonly pin: string }
+  | { readonly kind: 'files' };
+
+export interface InitFactoryOptions {
+  readonly dir: string;
+  readonly backend: FactoryBackend;
+  /** PEM certificate of the server's TLS CA (a trust anchor of every device). */
+  readonly serverCaPem: string;
+  readonly keyType?: FactoryKeyType;
+  /** Author and operator keys as PEM files in the factory dir (always so with the files backend). */
+  readonly fileSigningKeys?: boolean;
+  /** Initial firmware: a SUIT envelope with integrated image, signed by the author and the operator. */
+  readonly firmware?: Uint8Array | null;
+  readonly antiRollback?: Readonly<Record<string, number>>;
+  readonly deviceClass?: string;
+  readonly profile?: string;
+  readonly validityDays?: number;
+}
+
+export interface InitFactoryResult {
+  readonly dir: string;
+  readonly keyType: FactoryKeyType;
+  readonly backend: 'pkcs11' | 'files';
+  /** Paths of the author and operator private keys (files) or their PKCS#11 URIs. */
+  readonly author: string;
+  readonly operator: string;
+  readonly deviceCa: string;
+}
+
+/** The notice written beside file keys: these keys are for development and tests only. */
+const DEV_ONLY_NOTICE = `DEVELOPMENT ONLY
+This factory keeps its root and issuing CA keys (and the author and operator keys) in PEM files in this
+directory (mode 0600). Anyone who can read them can mint device identities and sign firmware. Production
+factories keep the CA keys in an HSM: rotor factory init --token URI|LABEL (PKCS#11, non-extractable keys).
+`;
+
+function generatePem(keyType: FactoryKeyType): { privatePem: string; spki: Uint8Array; key: KeyObject } {
+  const kp =
+    keyType === 'P-256'
+      ? generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
+      : generateKeyPairSync('ed25519');
+  return {
+    privatePem: kp.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    spki: new Uint8Array(kp.publicKey.export({ type: 'spki', format: 'der' })),
+    key: kp.privateKey,
+  };
+}
+
+/** A CA key held in a PEM file (development factories): a software Signer (ES256 / EdDSA, as the x509 signer needs). */
+function fileCaKey(pem: string, keyType: FactoryKeyType): CaCert['key'] {
+  const key = createPrivateKey(pem);
+  const spki = new Uint8Array(createPublicKey(key).export({ type: 'spki', format: 'der' }));
+  // COSE alg -7 ES256 (RFC 9053 §2.1) for P-256, -8 EdDSA (§2.2) for Ed25519: what signerKeys accepts.
+  return { signer: softwareSigner(key, keyType === 'P-256' ? Alg.ES256 : Alg.EdDSA), spki, type: keyType };
+}
+
+/**
+ * Creates a factory in `dir`: root and issuing CA (in the token, or in files for development), author and operator
+ * keys, device-ca.pem, the provisioning profile; factory.json last (its presence means complete).
+ */
+export async function initFactory(o: InitFactoryOptions): Promise<InitFactoryResult> {
+  const dir = resolve(o.dir);
+  const keyType = o.keyType ?? 'P-256';
+  const validity = o.validityDays ?? 3650;
+  if (existsSync(join(dir, 'factory.json')))
+    throw new CliError('CLI_USAGE', `${dir} already holds a factory (factory.json): refusing to overwrite`);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const backend = o.backend;
+  const token =
+    backend.kind === 'pkcs11'
+      ? FactoryToken.open({ module: backend.module, token: backend.token, pin: backend.pin })
+      : undefined;
+  try {
+    let keys: FactoryConfig['keys'];
+    let rootKey: CaCert['key'];
+    let issKey: CaCert['key'];
+    if (token !== undefined) {
+      const uri = (obj: string): string => pkcs11UriFor(token.label, obj);
+      keys = {
+        root: uri('rotor-root-ca'),
+        issuing: uri('rotor-issuing-ca'),
+        author: uri('rotor-author'),
+        operator: uri('rotor-operator'),
+      };
+      const caKey = async (u: string): Promise<CaCert['key']> => {
+        const { spki } = await token.generate(u, keyType);
+        return { signer: await token.signer(u), spki, type: keyType };
+      };
+      rootKey = await caKey(keys.root);
+      issKey = await caKey(keys.issuing);
+    } else {
+      // Development only: the CA keys are files (PKCS#8, 0600). The notice is written before any key.
+      write(join(dir, 'DEVELOPMENT-ONLY.txt'), DEV_ONLY_NOTICE);
+      keys = {
+        root: join(dir, 'root-ca.key.pem'),
+        issuing: join(dir, 'issuing-ca.key.pem'),
+        author: join(dir, 'author.key.pem'),
+        operator: join(dir, 'operator.key.pem'),
+      };
+      const fileKey = (path: string): CaCert['key'] => {
+        const g = generatePem(keyType);
+        writePrivate(path, g.privatePem);
+        return fileCaKey(g.privatePem, keyType);
+      };
+      rootKey = fileKey(keys.root);
+      issKey = fileKey(keys.issuing);
+    }
+    const rootCert = await createRootCa(rootKey, {
+      name: 'CN=Rotor Factory Root CA, O=Rotor',
+      validityDays: 3 * validity,
+    });
+    const issCert = await createIssuingCa({ key: rootKey, cert: rootCert }, issKey, {
+      name: 'CN=Rotor Factory Issuing CA, O=Rotor',
+      validityDays: 2 * validity,
+    });
+    const pub = (spki: Uint8Array): string =>
+      x509.PemConverter.encode(spki.slice().buffer, 'PUBLIC KEY').trimEnd() + '\n';
+    let authorPem: string;
+    let operatorPem: string;
+    if (token === undefined || o.fileSigningKeys === true) {
+      const gen = (name: string): string => {
+        const g = generatePem(keyType);
+        writePrivate(join(dir, `${name}.key.pem`), g.privatePem);
+        return pub(g.spki);
+      };
+      authorPem = gen('author');
+      operatorPem = gen('operator');
+      keys = { ...keys, author: join(dir, 'author.key.pem'), operator: join(dir, 'operator.key.pem') };
+    } else {
+      authorPem = pub((await token.generate(keys.author, keyType)).spki);
+      operatorPem = pub((await token.generate(keys.operator, keyType)).spki);
+    }
+    const rootPem = toPem(new Uint8Array(rootCert.rawData));
+    const issPem = toPem(new Uint8Array(issCert.rawData));
+    const fw = o.firmware ?? null;
+    const profile: ProvisioningProfile = {
+      name: o.profile ?? 'default',
+      deviceClass: o.deviceClass ?? 'generic',
+      keyType: 'P-256',
+      validityDays: validity,
+      trustAnchors: {
+        authorKeyPem: authorPem,
+        operatorKeyPem: operatorPem,
+        serverTlsCaPem: o.serverCaPem,
+        factoryCaPem: rootPem,
+      },
+      firmware:
+        fw === null
+          ? null
+          : {
+              envelopeBase64: Buffer.from(fw).toString('base64'),
+              sha256: createHash('sha256').update(fw).digest('hex'),
+            },
+      antiRollback: { ...(o.antiRollback ?? {}) },
+    };
+    write(join(dir, 'root-ca.pem'), rootPem);
+    write(join(dir, 'issuing-ca.pem'), issPem);
+    write(join(dir, 'device-ca.pem'), issPem + rootPem);
+    write(join(dir, 'author.pub.pem'), authorPem);
+    write(join(dir, 'operator.pub.pem'), operatorPem);
+    write(join(dir, 'profile.json'), `${JSON.stringify(profile, null, 2)}\n`);
+    const cfg: FactoryConfig =
+      backend.kind === 'pkcs11'
+        ? { version: 1, backend: 'pkcs11', module: backend.module, token: token?.label ?? '', keyType, keys }
+        : { version: 1, backend: 'files', developmentOnly: true, module: '', token: '', keyType, keys };
+    // Written last: its presence means the factory is complete.
+    write(join(dir, 'factory.json'), `${JSON.stringify(cfg, null, 2)}\n`);
+    return {
+      dir,
+      keyType,
+      backend: backend.kind,
+      author: keys.author,
+      operator: keys.operator,
+      deviceCa: join(dir, 'device-ca.pem'),
+    };
+  } finally {
+    await token?.close();
+  }
+}
+
 const init: Subcommand = {
   name: 'init',
   summary: 'create the factory CAs, signing keys and provisioning profile',
-  usage: `init --dir DIR --token URI|LABEL --server-ca FILE [--module PATH] [--pin-file FILE]
-            [--key-type p256|ed25519] [--file-keys] [--firmware FILE] [--anti-rollback NAME=N,...]
+  usage: `init --dir DIR --server-ca FILE (--token URI|LABEL | --file-keys) [--module PATH] [--pin-file FILE]
+            [--key-type p256|ed25519] [--firmware FILE] [--anti-rollback NAME=N,...]
             [--class NAME] [--profile NAME] [--validity-days N]
 
-Generates in the PKCS#11 token (RFC 7512 URIs pkcs11:token=<label>;object=rotor-…): the root CA and issuing CA keys
-and, unless --file-keys (development only: PEM files in DIR), the author and operator signing keys. Keys are
-non-extractable. Writes root-ca.pem, issuing-ca.pem, device-ca.pem (for the server's --device-ca), the public keys
+With --token: generates in the PKCS#11 token (RFC 7512 URIs pkcs11:token=<label>;object=rotor-…) the root CA and
+issuing CA keys and, unless --file-keys, the author and operator signing keys. Keys are non-extractable.
+With --file-keys and no --token (DEVELOPMENT ONLY): every key — root CA, issuing CA, author, operator — is a PKCS#8
+PEM file in DIR (mode 0600) and DIR/DEVELOPMENT-ONLY.txt says so; everything else works the same.
+With --token and --file-keys: CA keys in the token, author and operator keys in files.
+Writes root-ca.pem, issuing-ca.pem, device-ca.pem (for the server's --device-ca), the public keys
 and profile.json (trust anchors, initial firmware, anti-rollback values). The PIN: --pin-file or ROTOR_FACTORY_PIN.
 --firmware: a SUIT envelope with its image integrated, signed by the author and the operator; provisioning installs
 it into each device's firmware bank (and recovery bank) through the device agent and sets the agent's anti-rollback
@@ -138,7 +333,9 @@ sequence number).`,
   async run({ values }) {
     const dir = resolve((values.dir as string | undefined) ?? 'rotor-factory');
     const tokenArg = values.token as string | undefined;
-    if (tokenArg === undefined) throw new CliError('CLI_USAGE', '--token URI|LABEL is required');
+    const fileKeys = values['file-keys'] === true;
+    if (tokenArg === undefined && !fileKeys)
+      throw new CliError('CLI_USAGE', '--token URI|LABEL is required (or --file-keys, development only)');
     const serverCa = values['server-ca'] as string | undefined;
     if (serverCa === undefined)
       throw new CliError('CLI_USAGE', '--server-ca FILE (the server TLS CA) is required');
@@ -164,104 +361,37 @@ sequence number).`,
       throw new CliError('CLI_INPUT', 'firmware envelope larger than 1 MiB');
     if (existsSync(join(dir, 'factory.json')))
       throw new CliError('CLI_USAGE', `${dir} already holds a factory (factory.json): refusing to overwrite`);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const pin = pinFrom(values);
-    return factoryErrors(async () => {
-      const token = FactoryToken.open({
-        module: (values.module as string | undefined) ?? DEFAULT_MODULE,
-        token: tokenArg,
-        pin,
-      });
-      try {
-        const uri = (o: string): string => pkcs11UriFor(token.label, o);
-        const keys = {
-          root: uri('rotor-root-ca'),
-          issuing: uri('rotor-issuing-ca'),
-          author: uri('rotor-author'),
-          operator: uri('rotor-operator'),
-        };
-        const caKey = async (u: string): Promise<CaCert['key']> => {
-          const { spki } = await token.generate(u, keyType);
-          return { signer: await token.signer(u), spki, type: keyType };
-        };
-        const rootKey = await caKey(keys.root);
-        const issKey = await caKey(keys.issuing);
-        const rootCert = await createRootCa(rootKey, {
-          name: 'CN=Rotor Factory Root CA, O=Rotor',
-          validityDays: 3 * validity,
-        });
-        const issCert = await createIssuingCa({ key: rootKey, cert: rootCert }, issKey, {
-          name: 'CN=Rotor Factory Issuing CA, O=Rotor',
-          validityDays: 2 * validity,
-        });
-        const pub = (spki: Uint8Array): string =>
-          x509.PemConverter.encode(spki.slice().buffer, 'PUBLIC KEY').trimEnd() + '\n';
-        let authorPem: string;
-        let operatorPem: string;
-        let keyRefs = keys;
-        if (values['file-keys'] === true) {
-          const gen = (name: string): string => {
-            const kp =
-              keyType === 'P-256'
-                ? generateKeyPairSync('ec', { namedCurve: 'prime256v1' })
-                : generateKeyPairSync('ed25519');
-            writePrivate(
-              join(dir, `${name}.key.pem`),
-              kp.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-            );
-            return kp.publicKey.export({ type: 'spki', format: 'pem' }).toString();
+    const backend: FactoryBackend =
+      tokenArg === undefined
+        ? { kind: 'files' }
+        : {
+            kind: 'pkcs11',
+            module: (values.module as string | undefined) ?? DEFAULT_MODULE,
+            token: tokenArg,
+            pin: pinFrom(values),
           };
-          authorPem = gen('author');
-          operatorPem = gen('operator');
-          keyRefs = { ...keys, author: join(dir, 'author.key.pem'), operator: join(dir, 'operator.key.pem') };
-        } else {
-          authorPem = pub((await token.generate(keys.author, keyType)).spki);
-          operatorPem = pub((await token.generate(keys.operator, keyType)).spki);
-        }
-        const rootPem = toPem(new Uint8Array(rootCert.rawData));
-        const issPem = toPem(new Uint8Array(issCert.rawData));
-        const profile: ProvisioningProfile = {
-          name: (values.profile as string | undefined) ?? 'default',
-          deviceClass: (values.class as string | undefined) ?? 'generic',
-          keyType: 'P-256',
-          validityDays: validity,
-          trustAnchors: {
-            authorKeyPem: authorPem,
-            operatorKeyPem: operatorPem,
-            serverTlsCaPem: serverCaPem,
-            factoryCaPem: rootPem,
-          },
-          firmware:
-            fw === null
-              ? null
-              : {
-                  envelopeBase64: fw.toString('base64'),
-                  sha256: createHash('sha256').update(fw).digest('hex'),
-                },
-          antiRollback,
-        };
-        write(join(dir, 'root-ca.pem'), rootPem);
-        write(join(dir, 'issuing-ca.pem'), issPem);
-        write(join(dir, 'device-ca.pem'), issPem + rootPem);
-        write(join(dir, 'author.pub.pem'), authorPem);
-        write(join(dir, 'operator.pub.pem'), operatorPem);
-        write(join(dir, 'profile.json'), `${JSON.stringify(profile, null, 2)}\n`);
-        const cfg: FactoryConfig = {
-          version: 1,
-          module: (values.module as string | undefined) ?? DEFAULT_MODULE,
-          token: token.label,
-          keyType,
-          keys: keyRefs,
-        };
-        // Written last: its presence means the factory is complete.
-        write(join(dir, 'factory.json'), `${JSON.stringify(cfg, null, 2)}\n`);
-        out(`factory initialized in ${dir}: root and issuing CA (${keyType}) in token ${token.label}`);
-        out(`server: --device-ca ${join(dir, 'device-ca.pem')}`);
-        return ExitCode.ok;
-      } finally {
-        await token.close();
-      }
-    });
+    const r = await factoryErrors(() =>
+      initFactory({
+        dir,
+        backend,
+        serverCaPem,
+        keyType,
+        fileSigningKeys: fileKeys,
+        firmware: fw === null ? null : new Uint8Array(fw),
+        antiRollback,
+        ...(values.class === undefined ? {} : { deviceClass: values.class as string }),
+        ...(values.profile === undefined ? {} : { profile: values.profile as string }),
+        validityDays: validity,
+      }),
+    );
+    if (r.backend === 'files') {
+      process.stderr.write(
+        `warning: DEVELOPMENT ONLY: the factory CA keys are files in ${dir} (see DEVELOPMENT-ONLY.txt); use --token for production\n`,
+      );
+      out(`factory initialized in ${dir}: root and issuing CA (${keyType}) in files (development only)`);
+    } else out(`factory initialized in ${dir}: root and issuing CA (${keyType}) in token ${tokenArg ?? ''}`);
+    out(`server: --device-ca ${r.deviceCa}`);
+    return ExitCode.ok;
   },
 };
 
@@ -278,8 +408,12 @@ function parseFactoryConfig(v: unknown): FactoryConfig {
   const keyType = str(v, 'keyType');
   if (keyType !== 'P-256' && keyType !== 'Ed25519') throw new Error('factory.json: keyType');
   const k = v.keys;
+  const backend = v.backend ?? 'pkcs11';
+  if (backend !== 'pkcs11' && backend !== 'files') throw new Error('factory.json: backend');
   return {
     version: 1,
+    backend,
+    ...(backend === 'files' ? { developmentOnly: true } : {}),
     module: str(v, 'module'),
     token: str(v, 'token'),
     keyType,
@@ -351,6 +485,49 @@ function loadFactory(dir: string): {
   }
 }
 
+export interface FactoryCa {
+  readonly factory: ReturnType<typeof loadFactory>;
+  readonly root: CaCert;
+  readonly issuing: CaCert;
+  /** Closes the token session (nothing to do for file keys). */
+  close(): Promise<void>;
+}
+
+/**
+ * Opens the factory's CAs: keys in the PKCS#11 token (the PIN asked only then) or, for a development factory, in
+ * its PEM files.
+ */
+export async function openFactoryCa(dir: string, pin: () => string): Promise<FactoryCa> {
+  const f = loadFactory(dir);
+  const rootCert = new x509.X509Certificate(f.root);
+  const issCert = new x509.X509Certificate(f.issuing);
+  if (f.cfg.backend === 'files') {
+    const key = (path: string): CaCert['key'] => fileCaKey(readText(path, 64 * 1024), f.cfg.keyType);
+    return {
+      factory: f,
+      root: { key: key(f.cfg.keys.root), cert: rootCert },
+      issuing: { key: key(f.cfg.keys.issuing), cert: issCert },
+      close: () => Promise.resolve(),
+    };
+  }
+  const token = FactoryToken.open({ module: f.cfg.module, token: f.cfg.token, pin: pin() });
+  try {
+    const key = async (u: string): Promise<CaCert['key']> => {
+      const { spki, type } = await token.publicKey(u);
+      return { signer: await token.signer(u), spki, type };
+    };
+    return {
+      factory: f,
+      root: { key: await key(f.cfg.keys.root), cert: rootCert },
+      issuing: { key: await key(f.cfg.keys.issuing), cert: issCert },
+      close: () => token.close(),
+    };
+  } catch (e) {
+    await token.close();
+    throw e;
+  }
+}
+
 /** A progress bar on stderr: redrawn in place on a TTY (colour unless NO_COLOR), a line per 10% otherwise. */
 export function progressBar(label: string): (done: number, total: number) => void {
   const tty = process.stderr.isTTY;
@@ -401,25 +578,16 @@ DATABASE_URL, else the embedded database in --data-dir/pg (default ./rotor-data;
     const concurrency = Number((values.concurrency as string | undefined) ?? '8');
     if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 256)
       throw new CliError('CLI_USAGE', '--concurrency: 1 … 256');
-    const f = loadFactory(dir);
-    const pin = pinFrom(values);
     const databaseUrl = process.env.DATABASE_URL === '' ? undefined : process.env.DATABASE_URL;
     const dataDir = resolve((values['data-dir'] as string | undefined) ?? 'rotor-data');
     return factoryErrors(async () => {
-      const token = FactoryToken.open({ module: f.cfg.module, token: f.cfg.token, pin });
+      const ca = await openFactoryCa(dir, () => pinFrom(values));
+      const f = ca.factory;
+      const { root, issuing } = ca;
       if (databaseUrl === undefined) mkdirSync(dataDir, { recursive: true, mode: 0o700 });
       const db = await openDatabase({ databaseUrl, dataDir: join(dataDir, 'pg') });
       try {
         await migrate(db);
-        const key = async (u: string): Promise<CaCert['key']> => {
-          const { spki, type } = await token.publicKey(u);
-          return { signer: await token.signer(u), spki, type };
-        };
-        const root: CaCert = { key: await key(f.cfg.keys.root), cert: new x509.X509Certificate(f.root) };
-        const issuing: CaCert = {
-          key: await key(f.cfg.keys.issuing),
-          cert: new x509.X509Certificate(f.issuing),
-        };
         mkdirSync(join(dir, 'batches'), { recursive: true });
         const r = await provisionDevices({
           root,
@@ -440,7 +608,7 @@ DATABASE_URL, else the embedded database in --data-dir/pg (default ./rotor-data;
         return ExitCode.ok;
       } finally {
         await db.close();
-        await token.close();
+        await ca.close();
       }
     });
   },
