@@ -29,6 +29,7 @@ import {
   checkAuthorImages,
   dependencyComponents,
   hasIdentityChecks,
+  requireDistinctParties,
   type AuthenticatedUpdate,
 } from '../boot/chain.ts';
 import { DeviceError } from '../errors.ts';
@@ -81,6 +82,18 @@ export interface AgentConfig {
   readonly batteryMwh?: () => Promise<bigint>;
   readonly now?: () => bigint;
   readonly authorizedPriority?: () => Promise<bigint | undefined>;
+  /**
+   * The device's current trust (issue 7, attest/trust.ts): when set, updates are authenticated against the current
+   * trust-anchor set minus revoked signing keys by a fresh revocation list, instead of the factory anchors.
+   */
+  readonly trust?: UpdateTrust;
+}
+
+/** What the agent needs of the device's current trust (attest/trust.ts DeviceTrust). */
+export interface UpdateTrust {
+  authenticate(bytes: Uint8Array, requiredRoles: readonly string[]): Promise<AuthenticatedUpdate>;
+  /** The boot stage's anchors to write with an install commit (the held ones plus rotated-in keys). */
+  bootAnchors?(held: readonly AnchorRecord[]): AnchorRecord[];
 }
 
 export interface ProvisionInput {
@@ -266,8 +279,12 @@ export class DeviceAgent {
     const booted = await boot({ flash: this.flash, nv: this.nv });
     this.#booted = booted;
     if (booted.event === 'rolled-back' || booted.event === 'recovery') {
+      // The reason: recovery = nothing else verified; a revert = the trial bank did not verify (its refusal) or
+      // was not confirmed within its boot budget.
       await this.#emit(booted.event === 'rolled-back' ? 'rolled-back' : 'failed', booted, {
-        reason: booted.event === 'recovery' ? 'NO_BOOTABLE_IMAGE' : 'NOT_CONFIRMED',
+        reason:
+          booted.event === 'recovery' ? 'NO_BOOTABLE_IMAGE' : (booted.trialFailure?.code ?? 'NOT_CONFIRMED'),
+        detail: booted.trialFailure?.reason ?? booted.skipped.map((x) => `${x.bank}: ${x.reason}`).join('; '),
       });
       const s = await this.nv.boot();
       if (s !== undefined) await this.nv.store.put(BOOT, encodeBoot({ ...s, event: 'none' }));
@@ -341,13 +358,16 @@ export class DeviceAgent {
 
   // ---- update --------------------------------------------------------------------------------------------
 
-  async #authenticate(bytes: Uint8Array): Promise<AuthenticatedUpdate> {
+  async #authenticate(bytes: Uint8Array, current = false): Promise<AuthenticatedUpdate> {
     if (bytes.length > MAX_ENVELOPE)
       throw new DeviceError('MANIFEST_REJECTED', `envelope of ${bytes.length} bytes exceeds ${MAX_ENVELOPE}`);
     const identity = await this.nv.identity();
     if (identity === undefined) throw new DeviceError('NOT_PROVISIONED', 'no identity');
     // MF §6.2 / §8.3: authenticate before anything else is parsed or executed; the required roles may be met
-    // across a dependency chain (TD §5, boot/chain.ts).
+    // across a dependency chain (TD §5, boot/chain.ts). Updates use the current trust when the device has it (issue
+    // 7); factory provisioning uses the factory anchors.
+    const trust = this.config.trust;
+    if (current && trust !== undefined) return trust.authenticate(bytes, identity.requiredRoles);
     return authenticateUpdate(bytes, trustPolicyOf(await this.nv.anchors(), identity.requiredRoles));
   }
 
@@ -372,7 +392,9 @@ export class DeviceAgent {
       // operator's dependent overrides parameters only; the author's manifest identifies the device).
       requireIdentityChecks: !dependent,
       authenticateDependency: async (bytes) => {
-        const d = (await authenticateEnvelope(bytes, chain.dependencyPolicy)).envelope;
+        const authenticated = await authenticateEnvelope(bytes, chain.dependencyPolicy);
+        await requireDistinctParties(chain, authenticated.signers);
+        const d = authenticated.envelope;
         if (!hasIdentityChecks(d.manifest))
           throw new SuitError(
             'SUIT_COMMAND_INVALID',
@@ -464,7 +486,7 @@ export class DeviceAgent {
     const identity = (await nv.identity())!;
     let chain: AuthenticatedUpdate;
     try {
-      chain = await this.#authenticate(bytes);
+      chain = await this.#authenticate(bytes, true);
     } catch (e) {
       const out = refusal(e);
       if (resuming) await this.#abandon(undefined);
@@ -510,8 +532,14 @@ export class DeviceAgent {
     await this.#emit('installing', undefined, { envelope: env });
     // Install commit (one transaction): the bank record, the trial, the update journal closed.
     const scratch = [...(await nv.bankScratch(target)), ...(await nv.bankScratch('s'))];
+    // Issue 7: an update authenticated under a rotated-in anchor must pass verified boot too (attest/trust.ts).
+    const held = await nv.anchors();
+    const bootAnchors = this.config.trust?.bootAnchors?.(held);
     await nv.transact(
       new Map<string, Uint8Array | null>([
+        ...(bootAnchors === undefined || bootAnchors.length === held.length || bootAnchors.length > 64
+          ? []
+          : [[ANCHORS, encodeAnchors(bootAnchors)] as [string, Uint8Array]]),
         [
           bankName(target),
           encodeBank({

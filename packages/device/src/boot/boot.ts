@@ -36,6 +36,7 @@ import {
   authenticateUpdate,
   checkAuthorImages,
   dependencyComponents,
+  requireDistinctParties,
   type AuthenticatedUpdate,
 } from './chain.ts';
 import { DeviceError } from '../errors.ts';
@@ -84,8 +85,10 @@ export interface BootResult {
   readonly trial: boolean;
   /** What the boot stage did that the agent has to report (revert, recovery). */
   readonly event: BootEvent;
-  /** Why banks were passed over, in order. */
-  readonly skipped: readonly { bank: string; reason: string }[];
+  /** Why banks were passed over, in order (code: the DeviceError code of the refusal). */
+  readonly skipped: readonly { bank: string; reason: string; code: string }[];
+  /** Why a trial bank was reverted in this boot when it did not verify (its refusal); else absent. */
+  readonly trialFailure?: { readonly code: string; readonly reason: string };
 }
 
 export interface BootOptions {
@@ -111,10 +114,16 @@ export async function verifyBank(
   const deps: SuitEnvelope[] = [];
   try {
     chain = await authenticateUpdate(record.envelope, policy);
-    for (const d of record.dependencies ?? [])
-      deps.push(
-        await authenticateStoredDependency(chain.envelope, d.component, d.envelope, chain.dependencyPolicy),
+    for (const d of record.dependencies ?? []) {
+      const dep = await authenticateStoredDependency(
+        chain.envelope,
+        d.component,
+        d.envelope,
+        chain.dependencyPolicy,
       );
+      await requireDistinctParties(chain, dep.signers);
+      deps.push(dep.envelope);
+    }
     if (chain.authorFromDependency) {
       if (deps.length !== 1)
         throw new SuitError(
@@ -203,7 +212,7 @@ export async function boot(o: BootOptions): Promise<BootResult> {
   if (identity === undefined || state === undefined)
     throw new DeviceError('NOT_PROVISIONED', 'the device has no identity or boot state');
   const policy = trustPolicyOf(await o.nv.anchors(), identity.requiredRoles);
-  const skipped: { bank: string; reason: string }[] = [];
+  const skipped: { bank: string; reason: string; code: string }[] = [];
   let s: BootState = { ...state, bootCount: state.bootCount + 1 };
   const put = async (next: BootState): Promise<void> => {
     s = next;
@@ -217,11 +226,16 @@ export async function boot(o: BootOptions): Promise<BootResult> {
       return await verifyBank(o, identity, policy, bank);
     } catch (e) {
       if (e instanceof DeviceError && e.code === 'POWER_CUT') throw e;
-      skipped.push({ bank, reason: e instanceof Error ? e.message : String(e) });
+      skipped.push({
+        bank,
+        reason: e instanceof Error ? e.message : String(e),
+        code: e instanceof DeviceError ? e.code : 'MANIFEST_REJECTED',
+      });
       return undefined;
     }
   };
 
+  let trialFailure: { code: string; reason: string } | undefined;
   if (s.trial !== undefined) {
     const trial = s.trial;
     if (trial.attemptsLeft > 0) {
@@ -229,6 +243,8 @@ export async function boot(o: BootOptions): Promise<BootResult> {
       await put({ ...s, trial: { ...trial, attemptsLeft: trial.attemptsLeft - 1 } });
       const v = await attempt(trial.bank);
       if (v !== undefined) return { bank: trial.bank, ...v, trial: true, event: s.event, skipped };
+      const f = skipped.at(-1);
+      if (f !== undefined) trialFailure = { code: f.code, reason: f.reason };
     }
     // Not confirmed within its budget, or it does not verify: revert to the previous bank. The failed bank is
     // dropped in the same transaction, so it can never boot as a fallback later.
@@ -247,13 +263,20 @@ export async function boot(o: BootOptions): Promise<BootResult> {
     const v = await attempt(bank);
     if (v !== undefined) {
       if (bank !== s.active) await put({ ...s, active: bank });
-      return { bank, ...v, trial: false, event: s.event, skipped };
+      return { bank, ...v, trial: false, event: s.event, skipped, ...(trialFailure && { trialFailure }) };
     }
   }
   const r = await attempt('r');
   if (r !== undefined) {
     await put({ ...s, event: 'recovery' });
-    return { bank: 'r', ...r, trial: false, event: 'recovery', skipped };
+    return {
+      bank: 'r',
+      ...r,
+      trial: false,
+      event: 'recovery',
+      skipped,
+      ...(trialFailure && { trialFailure }),
+    };
   }
   throw new DeviceError(
     'NO_BOOTABLE_IMAGE',

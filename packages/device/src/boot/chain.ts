@@ -12,6 +12,13 @@
  *    §5.6.1); the images are the author's: every firmware image a dependent installs or boots must equal an
  *    image-digest the author's manifest declares for that component (MF §8.4.8.6).
  *
+ * Shape of the chain (this device's profile of TD §5): an operator-signed dependent declares exactly one dependency
+ * (the author's envelope) — zero leaves the author's role unfilled, two would let one operator manifest combine
+ * author manifests (SUIT_DEPENDENCY_INVALID, refused before anything is fetched or written). The author and the
+ * operator are distinct parties (RFC 9019 §4): the key that signed the dependency as author must not also verify
+ * the dependent's operator signature (a key registered under both roles would otherwise fill both through a
+ * chain, which a co-signed envelope already refuses: @rotor/suit checkRequiredRoles) — SUIT_MISSING_PARTY.
+ *
  * The anti-rollback key and sequence number of a dependent's bank are the author's (the firmware's version is the
  * author's, TD §5.2.1 leaves the dependent's own counter to the dependent's identifier).
  */
@@ -24,6 +31,7 @@ import {
   type SuitDigest,
   type SuitEnvelope,
   type SuitManifest,
+  type TrustAnchor,
   type TrustPolicy,
 } from '@rotor/suit';
 import { componentKey } from '../flash/flash.ts';
@@ -33,6 +41,8 @@ const OPERATOR = 'operator';
 const SHA256 = -16;
 
 export interface AuthenticatedUpdate {
+  /** The envelope as received (the distinct-party check verifies its signatures again). */
+  readonly bytes: Uint8Array;
   readonly envelope: SuitEnvelope;
   /** The policy each dependency of `envelope` must satisfy. */
   readonly dependencyPolicy: TrustPolicy;
@@ -63,7 +73,7 @@ export async function authenticateUpdate(
   const dependencyPolicy = withRoles(policy, roles.includes(AUTHOR) ? [AUTHOR] : []);
   try {
     const { envelope } = await authenticateEnvelope(bytes, policy);
-    return { envelope, dependencyPolicy, authorFromDependency: false };
+    return { bytes, envelope, dependencyPolicy, authorFromDependency: false };
   } catch (e) {
     if (!(e instanceof SuitError) || e.code !== 'SUIT_MISSING_PARTY') throw e;
     if (!roles.includes(AUTHOR) || !roles.includes(OPERATOR)) throw e;
@@ -75,9 +85,48 @@ export async function authenticateUpdate(
         roles.filter((r) => r !== AUTHOR),
       ),
     );
-    if (envelope.manifest.common.dependencies.length === 0) throw e;
-    return { envelope, dependencyPolicy, authorFromDependency: true };
+    const n = envelope.manifest.common.dependencies.length;
+    // Without a dependency nobody fills the author's role (RFC 9019 §4): the original refusal stands.
+    if (n === 0) throw e;
+    if (n !== 1)
+      throw new SuitError(
+        'SUIT_DEPENDENCY_INVALID',
+        `an operator-signed dependent must declare exactly one (author) dependency, not ${n} (TD §5.1, module comment)`,
+      );
+    return { bytes, envelope, dependencyPolicy, authorFromDependency: true };
   }
+}
+
+/**
+ * RFC 9019 §4: author and operator are distinct parties. For a dependent whose author authority is a dependency,
+ * refuses (SUIT_MISSING_PARTY) when a key that signed the dependency as author also verifies one of the
+ * dependent's authentication blocks — the same key in both roles (module comment). No key material is compared:
+ * a signature does not verify under two different keys.
+ */
+export async function requireDistinctParties(
+  chain: AuthenticatedUpdate,
+  dependencySigners: readonly TrustAnchor[],
+): Promise<void> {
+  if (!chain.authorFromDependency) return;
+  const anchors: TrustAnchor[] = [];
+  for (const a of dependencySigners)
+    if (a.verifier !== undefined) anchors.push({ name: a.name, role: AUTHOR, verifier: a.verifier });
+  if (anchors.length === 0) return;
+  try {
+    // requiredRoles: every anchor is tried on every block (@rotor/suit verifyBlocks), whatever the kids say.
+    await authenticateEnvelope(chain.bytes, {
+      anchors,
+      allowedAlgs: chain.dependencyPolicy.allowedAlgs,
+      requiredRoles: [AUTHOR],
+    });
+  } catch (e) {
+    if (e instanceof SuitError) return; // no author key verifies the dependent: distinct parties
+    throw e;
+  }
+  throw new SuitError(
+    'SUIT_MISSING_PARTY',
+    "the dependency's author key also signed the dependent: author and operator need distinct keys (RFC 9019 §4)",
+  );
 }
 
 /** Component identifiers of a manifest's dependencies, as the processor names them (TD §5.1). */
@@ -165,7 +214,7 @@ export async function authenticateStoredDependency(
   component: ComponentId,
   bytes: Uint8Array,
   policy: TrustPolicy,
-): Promise<SuitEnvelope> {
+): Promise<{ envelope: SuitEnvelope; signers: readonly TrustAnchor[] }> {
   const m = dependent.manifest;
   const key = componentKey(component);
   const comps = dependencyComponents(m);
@@ -176,5 +225,5 @@ export async function authenticateStoredDependency(
   const expectedDigest = declaredDigests(m, ['install', 'validate']).get(dep.index);
   if (expectedDigest === undefined)
     throw new SuitError('SUIT_DEPENDENCY_INVALID', `the dependent declares no image-digest for ${key}`);
-  return (await authenticateDependency(bytes, policy, { expectedDigest })).envelope;
+  return authenticateDependency(bytes, policy, { expectedDigest });
 }
