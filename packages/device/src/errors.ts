@@ -50,6 +50,8 @@ export const DEVICE_ERROR_CODES = [
   'UPDATE_BUSY', // an update is already in progress or a trial boot awaits confirmation
   'NO_BOOTABLE_IMAGE', // no slot and no recovery image verifies: the boot stage refuses to invoke anything
   'TRACKER_PROTOCOL', // the status tracker server answered outside the documented protocol
+  'SIGNER_REVOKED', // an update envelope is signed only by a key on the revocation list (issue 7)
+  'TRUST_STALE', // the revocation list expired and no fresh one could be had: nothing it covers is trusted (freeze attack)
   // Status tracker client (tracker/).
   'TRACKER_UNREACHABLE', // the status tracker server could not be reached or answered 5xx/429 (retried later)
   'TRACKER_REFUSED', // the status tracker server refused the request with a problem response (4xx)

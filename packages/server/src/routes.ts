@@ -390,7 +390,11 @@ export function registerOperatorRoutes(
 export function registerDeviceRoutes(
   app: FastifyInstance,
   services: Services,
-  opts: { readonly checkinIntervalS: number },
+  opts: {
+    readonly checkinIntervalS: number;
+    /** The newest trust-anchor and revocation-list versions, carried by every check-in (issue 7 pull). */
+    readonly trustVersions?: () => Promise<{ anchors: number; revocation: number }>;
+  },
 ): void {
   const s = services;
   const self = (req: FastifyRequest): string => {
@@ -420,10 +424,14 @@ export function registerDeviceRoutes(
       config: { auth: 'device', summary: 'Poll: what should this device do next (RFC 9019 §3)' },
       schema: { response: { 200: S.checkinResult } },
     },
-    async (req) => ({
-      ...(await s.rollouts.checkin(principal(req))),
-      checkinIntervalS: opts.checkinIntervalS,
-    }),
+    async (req) => {
+      const [work, trust] = await Promise.all([s.rollouts.checkin(principal(req)), opts.trustVersions?.()]);
+      return {
+        ...work,
+        checkinIntervalS: opts.checkinIntervalS,
+        ...(trust === undefined ? {} : { trust }),
+      };
+    },
   );
   app.get<{ Params: { id: string } }>(
     '/d/v1/rollouts/:id/envelope',

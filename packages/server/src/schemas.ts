@@ -364,6 +364,13 @@ export const checkinResult = {
     payloadUrls: { type: 'array', items: { type: 'string' } },
     /** The server's poll interval: seconds until the device should check in again. */
     checkinIntervalS: { type: 'integer', minimum: 1 },
+    /** Newest trust-anchor statement and revocation-list versions (0: none); devices fetch newer ones. */
+    trust: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['anchors', 'revocation'],
+      properties: { anchors: { type: 'integer' }, revocation: { type: 'integer' } },
+    },
   },
 } as const;
 export const reportResult = {

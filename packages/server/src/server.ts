@@ -26,7 +26,11 @@ import { operatorKeyFromPem, operatorKeyFromPkcs11, vaultFromHex } from './keys.
 import { connectExternalBroker, notifyRollout, startEmbeddedBroker, type Notifier } from './push.ts';
 import { createAttestationService } from './attestation/service.ts';
 import { registerAttestationRoutes } from './attestation/routes.ts';
-import { createDistributionService, registerDistributionRoutes } from './attestation/distribution.ts';
+import {
+  createDistributionService,
+  notifyAllDevices,
+  registerDistributionRoutes,
+} from './attestation/distribution.ts';
 import { createPolicyService } from './attestation/policy.ts';
 import {
   capabilityKeyFromPem,
@@ -164,21 +168,20 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       openapi: () => openapi,
       maxUploadBytes: config.maxUploadBytes,
     });
+    const distribution = createDistributionService(db, opts.now);
     if (dev !== undefined) {
       registerCommonRoutes(dev.app, state, ping);
-      registerDeviceRoutes(dev.app, services, { checkinIntervalS: config.checkinIntervalS });
+      registerDeviceRoutes(dev.app, services, {
+        checkinIntervalS: config.checkinIntervalS,
+        trustVersions: () => distribution.versions(),
+      });
     }
     registerAttestationRoutes(
       op.app,
       dev?.app,
       createAttestationService(db, opts.now === undefined ? {} : { now: opts.now }),
     );
-    registerDistributionRoutes(
-      op.app,
-      dev?.app,
-      createDistributionService(db, opts.now),
-      createPolicyService(db, opts.now),
-    );
+    registerDistributionRoutes(op.app, dev?.app, distribution, createPolicyService(db, opts.now));
     const capabilityKeys: CapabilityKeys | undefined =
       opts.capabilityKeys ??
       (config.capabilitySigningKeyPem !== undefined && config.capabilityAuthorityKeyPem !== undefined
@@ -233,6 +236,14 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       services.rollouts.setWorkListener((rolloutId) => {
         const job = notifyRollout(db, n, rolloutId).catch((e: unknown) => {
           op.app.log.warn({ err: e, rolloutId }, 'push notification failed (devices will poll)');
+        });
+        pushes.add(job);
+        void job.finally(() => pushes.delete(job));
+      });
+      // Issue 7 push: a new anchor statement or revocation list concerns every device.
+      distribution.setPublishListener((what, version) => {
+        const job = notifyAllDevices(db, (ids) => n.notify(ids)).catch((e: unknown) => {
+          op.app.log.warn({ err: e, what, version }, 'push notification failed (devices will poll)');
         });
         pushes.add(job);
         void job.finally(() => pushes.delete(job));

@@ -72,6 +72,11 @@ export class DeviceRevocation {
     return this.#list;
   }
 
+  /** Whether a list is held and has not expired (no refresh needed before trusting what it covers). */
+  isFresh(): boolean {
+    return this.#list !== undefined && !this.#list.expired(this.#now());
+  }
+
   #verify(bytes: Uint8Array, currentVersion: number | undefined, allowExpired: boolean): TrustRevocationList {
     return verifyTrustRevocationList(bytes, {
       verifiers: this.#anchors.current.verifiers(REVOCATION_ROLE),

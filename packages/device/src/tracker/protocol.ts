@@ -6,7 +6,9 @@
  * Check-in (POST /d/v1/checkin → application/json):
  *   { action: "none" }
  *   { action: "update", rolloutId, releaseId, envelopeUrl: "/d/v1/…", payloadUrls: ["/d/v1/payloads/<sha256>"…] }
- *   optional on both: checkinIntervalS — the interval the server wants until the next poll (clamped by the device).
+ *   optional on both: checkinIntervalS — the interval the server wants until the next poll (clamped by the device);
+ *   trust: { anchors, revocation } — the newest trust-anchor statement and revocation-list versions the server
+ *   holds (issue 7 pull: the device fetches what is newer than its own).
  * Members the device does not know are ignored (the API evolves by adding members), but a known member of the
  * wrong type or shape refuses the whole response.
  *
@@ -24,11 +26,22 @@ export const MAX_PUSH_BYTES = 256;
 /** Most payload URLs one assignment may name. */
 export const MAX_PAYLOAD_URLS = 64;
 
+/** The newest trust-anchor statement and revocation-list versions the server holds (0: none). */
+export interface CheckinTrust {
+  readonly anchors: number;
+  readonly revocation: number;
+}
+
 export type CheckinResult =
-  | { readonly action: 'none'; readonly intervalS: number | undefined }
+  | {
+      readonly action: 'none';
+      readonly intervalS: number | undefined;
+      readonly trust?: CheckinTrust | undefined;
+    }
   | {
       readonly action: 'update';
       readonly intervalS: number | undefined;
+      readonly trust?: CheckinTrust | undefined;
       readonly rolloutId: string;
       readonly releaseId: string;
       /** A path on the server's origin. */
@@ -85,7 +98,16 @@ export function parseCheckin(body: Uint8Array): CheckinResult {
       throw bad('checkinIntervalS must be an integer number of seconds');
     intervalS = v;
   }
-  if (o.action === 'none') return { action: 'none', intervalS };
+  let trust: CheckinTrust | undefined;
+  if (o.trust !== undefined) {
+    const t = o.trust;
+    const v = (x: unknown): x is number =>
+      typeof x === 'number' && Number.isInteger(x) && x >= 0 && x <= 2_147_483_647;
+    if (!isRecord(t) || !v(t.anchors) || !v(t.revocation))
+      throw bad('trust must be {anchors, revocation} non-negative integer versions');
+    trust = { anchors: t.anchors, revocation: t.revocation };
+  }
+  if (o.action === 'none') return { action: 'none', intervalS, trust };
   if (o.action !== 'update') throw bad('action must be "none" or "update"');
   const rolloutId = str(o, 'rolloutId', ID);
   const releaseId = str(o, 'releaseId', ID);
@@ -97,7 +119,7 @@ export function parseCheckin(body: Uint8Array): CheckinResult {
     if (m === null) throw bad(`payloadUrls[${i}] is not /d/v1/payloads/<sha256>`);
     return { path: m[0], sha256: m[1]! };
   });
-  return { action: 'update', intervalS, rolloutId, releaseId, envelopeUrl, payloads };
+  return { action: 'update', intervalS, trust, rolloutId, releaseId, envelopeUrl, payloads };
 }
 
 /** The stable code of an RFC 9457 problem document, when the body is one (else undefined). */

@@ -44,6 +44,7 @@ export const SUIT_REPORT_COSE = 'application/suit-report+cose';
 export const TERMINAL: ReadonlySet<string> = new Set(['confirmed', 'failed', 'rolled-back']);
 
 const SHA256 = -16;
+const AUTH_REFUSALS: ReadonlySet<string> = new Set(['MANIFEST_REJECTED', 'SIGNER_REVOKED', 'TRUST_STALE']);
 /** Manifest keys (MF §8.4): authentication wrapper (envelope key 2) and suit-invoke (manifest key 9). */
 const SECTION_AUTH = 2;
 const SECTION_INVOKE = 9;
@@ -78,7 +79,9 @@ export function transitionReport(t: TransitionRecord, fallbackDigest?: Uint8Arra
   if (t.state === 'failed') {
     if (processorResult !== undefined && processorResult !== true) result = processorResult;
     else {
-      const authFailure = t.reason === 'MANIFEST_REJECTED' && t.report === undefined;
+      // Refused before processing: authentication failed, or the signer is revoked, or the device could not get a
+      // fresh revocation list to judge it by (issue 7) — the authentication wrapper's record, reason unauthorised.
+      const authFailure = AUTH_REFUSALS.has(t.reason ?? '') && t.report === undefined;
       result = {
         code: resultCodeFor(t.reason ?? ''),
         record: record(authFailure ? SECTION_AUTH : 0),

@@ -25,6 +25,8 @@ import type { FetchPolicy } from '../fetch/pipeline.ts';
 import { httpSource, type ByteSource } from '../fetch/source.ts';
 import { MAX_ENVELOPE } from '../flash/nvstate.ts';
 import { AtomicStore } from '../storage/atomic.ts';
+import { httpTrustSources } from '../attest/sources.ts';
+import type { DeviceTrust, TrustSync } from '../attest/trust.ts';
 import { TrackerHttp, type TlsIdentity } from './http.ts';
 import { parseCheckin, parseSelf, problemCode, type CheckinResult } from './protocol.ts';
 import { PushListener } from './push.ts';
@@ -81,6 +83,12 @@ export interface TrackerConfig {
   /** Opens manifest URIs the server does not serve (default: https with the system CAs; none: refuse). */
   readonly fallbackSource?: ByteSource | 'none';
   readonly onEvent?: (e: TrackerEvent) => void;
+  /**
+   * The device's trust anchors and revocation list (issue 7; normally the agent's `trust`): synced on every
+   * check-in whose `trust` versions are newer than the device's (a push makes that at once), and before any
+   * assigned update. Without a source of its own it fetches over this tracker's mutual-TLS client.
+   */
+  readonly trust?: DeviceTrust;
 }
 
 export type TrackerEvent =
@@ -96,7 +104,12 @@ export type TrackerEvent =
   | { readonly kind: 'update'; readonly rolloutId: string; readonly outcome: UpdateOutcome }
   | { readonly kind: 'skipped'; readonly rolloutId: string; readonly reason: string }
   | { readonly kind: 'push'; readonly why: 'push' | 'connected' }
-  | { readonly kind: 'error'; readonly error: Error; readonly where: 'checkin' | 'flush' | 'push' | 'self' };
+  | { readonly kind: 'trust'; readonly sync: TrustSync }
+  | {
+      readonly kind: 'error';
+      readonly error: Error;
+      readonly where: 'checkin' | 'flush' | 'push' | 'self' | 'trust';
+    };
 
 export type CycleReason = 'start' | 'timer' | 'push' | 'manual';
 
@@ -184,6 +197,7 @@ export class StatusTracker {
       ...config.fetch,
       source: this.http.payloadSource((uri) => this.#mapUri(uri), fallback),
     };
+    if (config.trust !== undefined) config.trust.source ??= httpTrustSources(this.http);
   }
 
   #signer(): Signer | undefined {
@@ -414,6 +428,7 @@ export class StatusTracker {
       this.checkins++;
       if (why === 'push') this.pushCheckins++;
       this.#emit({ kind: 'checkin', result: checkin, why });
+      await this.#syncTrust(checkin);
       if (checkin.action === 'update') update = await this.#runAssignment(checkin);
       await this.flush();
       this.#failures = 0;
@@ -430,6 +445,28 @@ export class StatusTracker {
       // the agent is off (power cut in a simulation)
     }
     return { checkin, update, error, pending };
+  }
+
+  /**
+   * Issue 7 pull: fetches the trust-anchor statements and revocation list newer than the device's (the check-in
+   * names the server's versions). Failures do not stop the cycle: an update is still authenticated against a
+   * fresh list only (attest/trust.ts refreshes or refuses with TRUST_STALE).
+   */
+  async #syncTrust(checkin: CheckinResult): Promise<void> {
+    const t = this.config.trust;
+    if (t === undefined) return;
+    const v = checkin.trust;
+    const held = t.revocation.list?.version ?? 0;
+    if (
+      v !== undefined &&
+      v.anchors <= t.anchors.current.version &&
+      v.revocation <= held &&
+      (v.revocation === 0 || t.revocation.isFresh())
+    )
+      return;
+    const sync = await t.sync(v);
+    this.#emit({ kind: 'trust', sync });
+    for (const error of sync.errors) this.#emit({ kind: 'error', error, where: 'trust' });
   }
 
   #refusal(what: string, status: number, contentType: string | undefined, body: Uint8Array): DeviceError {

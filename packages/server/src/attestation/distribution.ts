@@ -44,6 +44,14 @@ export type DistributionService = ReturnType<typeof createDistributionService>;
 
 export function createDistributionService(db: Db, now: () => number = Date.now) {
   const audited = auditedTransaction(db, now);
+  let published: ((what: 'anchors' | 'revocation', version: number) => void) | undefined;
+  const announce = (what: 'anchors' | 'revocation', version: number): void => {
+    try {
+      published?.(what, version);
+    } catch {
+      // the listener's failure (a push) is not the upload's: devices still pull at their next check-in
+    }
+  };
 
   async function latestAnchors(): Promise<AnchorSet | undefined> {
     const r = await db.query<{ statement: Uint8Array }>(
@@ -53,9 +61,29 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
   }
 
   return {
+    /**
+     * Called after a new anchor statement or revocation list committed (issue 7 push: the server nudges devices
+     * over MQTT and they fetch it at once).
+     */
+    setPublishListener(l: ((what: 'anchors' | 'revocation', version: number) => void) | undefined): void {
+      published = l;
+    },
+
+    /**
+     * The newest anchor-statement and revocation-list versions (0: none), for every check-in response (issue 7
+     * pull). Read from the database each time, so every instance on it answers the same at once.
+     */
+    async versions(): Promise<{ anchors: number; revocation: number }> {
+      const r = await db.query<{ a: number | string | null; r: string | null }>(
+        `SELECT (SELECT max(version) FROM trust_anchor_statements) AS a,
+                (SELECT max(version) FROM revocation_lists)::text AS r`,
+      );
+      return { anchors: Number(r[0]?.a ?? 0), revocation: Number(r[0]?.r ?? 0) };
+    },
+
     async uploadAnchors(p: Principal, bytes: Uint8Array): Promise<{ version: number }> {
       authorize(p, 'anchors.upload');
-      return audited(p, 'anchors.upload', async (tx) => {
+      const out = await audited(p, 'anchors.upload', async (tx) => {
         await tx.query('LOCK TABLE trust_anchor_statements IN EXCLUSIVE MODE');
         const prev = (
           await tx.query<{ statement: Uint8Array }>(
@@ -86,6 +114,8 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
           details: { roles: [...set.roles.keys()] },
         };
       });
+      announce('anchors', out.version);
+      return out;
     },
 
     /** Statements newer than `after`, oldest first (a device walks them in order). */
@@ -105,7 +135,7 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
         throw new ServerError('CONFLICT', 'no trust anchors uploaded: the revocation authority is unknown');
       // A list can disable devices: cached device authentications are dropped before and after (device-auth.ts).
       deviceStateChanged();
-      return audited(p, 'revocation.upload', async (tx) => {
+      const out = await audited(p, 'revocation.upload', async (tx) => {
         await tx.query('LOCK TABLE revocation_lists IN EXCLUSIVE MODE');
         const cur = await tx.query<{ version: string }>(
           'SELECT max(version)::text AS version FROM revocation_lists',
@@ -159,6 +189,8 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
           details: { entries: list.entries.length, expiresAt: list.expiresAt },
         };
       }).finally(deviceStateChanged);
+      announce('revocation', out.version);
+      return out;
     },
 
     async latestRevocationList(p: Principal): Promise<Uint8Array | undefined> {
@@ -169,6 +201,32 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
       return r[0] === undefined ? undefined : u8(r[0].list);
     },
   };
+}
+
+/** Page size when nudging the whole fleet. */
+const NOTIFY_PAGE = 5000;
+
+/**
+ * Nudges every enabled device (issue 7 push: a new anchor statement or revocation list concerns them all); they
+ * check in, see the newer version in the check-in response and fetch it. Best effort and paged; a device that
+ * misses the nudge fetches at its next poll.
+ */
+export async function notifyAllDevices(
+  db: Db,
+  notify: (ids: readonly string[]) => Promise<void>,
+): Promise<number> {
+  let after = '';
+  let n = 0;
+  for (;;) {
+    const rows = await db.query<{ id: string }>(
+      'SELECT id FROM devices WHERE enabled AND id > $1 ORDER BY id LIMIT $2',
+      [after, NOTIFY_PAGE],
+    );
+    if (rows.length === 0) return n;
+    await notify(rows.map((r) => r.id));
+    n += rows.length;
+    after = rows[rows.length - 1]!.id;
+  }
 }
 
 function principal(req: FastifyRequest): Principal {
