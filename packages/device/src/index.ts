@@ -17,3 +17,4 @@ export * from './agent/index.ts';
 export * from './tracker/index.ts';
 export * from './capabilities/index.ts';
 export * as sim from './sim/index.ts';
+export * from './tracker/credential.ts';

@@ -17,6 +17,11 @@ export interface TlsIdentity {
   readonly cert: string;
   /** The device's TLS private key (PEM). */
   readonly key: string;
+  /**
+   * A renewing identity (credential.ts, an RFC 3820 proxy credential): the identity for the next request, renewed
+   * when due. Connections are pooled per identity, so a renewed credential opens new connections.
+   */
+  readonly current?: () => Promise<TlsIdentity>;
 }
 
 export interface TrackerHttpOptions {
@@ -59,6 +64,7 @@ export class TrackerHttp {
   readonly #agent: HttpAgent | HttpsAgent;
   readonly #https: boolean;
   readonly #timeoutMs: number;
+  readonly #identity: TlsIdentity | undefined;
 
   constructor(o: TrackerHttpOptions) {
     let base: URL;
@@ -72,13 +78,17 @@ export class TrackerHttp {
       throw new DeviceError('TRACKER_PROTOCOL', `the device API is https (got ${base.protocol})`);
     this.base = base;
     this.#timeoutMs = o.timeoutMs ?? 30_000;
+    this.#identity = o.identity;
     this.#agent = this.#https
       ? new HttpsAgent({
           keepAlive: true,
           maxSockets: 2,
           // RFC 8446: TLS 1.3 preferred; 1.2 is the floor the server also sets.
           minVersion: 'TLSv1.2',
-          ...(o.identity === undefined ? {} : { cert: o.identity.cert, key: o.identity.key }),
+          // A renewing identity is given per request (#tls) instead.
+          ...(o.identity === undefined || o.identity.current !== undefined
+            ? {}
+            : { cert: o.identity.cert, key: o.identity.key }),
           ...(o.ca === undefined ? {} : { ca: typeof o.ca === 'string' ? o.ca : [...o.ca] }),
         })
       : new HttpAgent({ keepAlive: true, maxSockets: 2 });
@@ -111,8 +121,9 @@ export class TrackerHttp {
    * One request; the body is read up to `maxBody` bytes. Network failures and timeouts are TRACKER_UNREACHABLE
    * (the caller retries later); the status is returned as is for the caller to interpret.
    */
-  request(method: 'GET' | 'POST', path: string, o: RequestOptions): Promise<HttpResult> {
+  async request(method: 'GET' | 'POST', path: string, o: RequestOptions): Promise<HttpResult> {
     const url = this.resolve(path);
+    const tls = await this.#tls();
     const headers: Record<string, string> = { 'accept-encoding': 'identity' };
     if (o.accept !== undefined) headers.accept = o.accept;
     if (o.body !== undefined) {
@@ -185,7 +196,13 @@ export class TrackerHttp {
       };
       const req = (this.#https ? httpsRequest : httpRequest)(
         url,
-        { method, headers, agent: this.#agent, ...(o.signal === undefined ? {} : { signal: o.signal }) },
+        {
+          method,
+          headers,
+          agent: this.#agent,
+          ...tls,
+          ...(o.signal === undefined ? {} : { signal: o.signal }),
+        },
         onResponse,
       );
       req.on('error', (e) => {
@@ -215,7 +232,8 @@ export class TrackerHttp {
           if (fallback !== undefined) return fallback.open(uri, o);
           return Promise.reject(new DeviceError('FETCH_FAILED', `no source serves ${uri}`));
         }
-        return this.#openRange(this.resolve(path), o.offset, o.etag, o.signal);
+        const url = this.resolve(path);
+        return this.#tls().then((tls) => this.#openRange(url, o.offset, o.etag, o.signal, tls));
       },
     };
   }
@@ -226,6 +244,7 @@ export class TrackerHttp {
     offset: number,
     etag: string | undefined,
     signal: AbortSignal,
+    tls: { cert?: string; key?: string },
   ): Promise<SourceResponse> {
     const headers: Record<string, string> = { 'accept-encoding': 'identity' };
     if (offset > 0) {
@@ -235,7 +254,7 @@ export class TrackerHttp {
     return new Promise<SourceResponse>((resolve, reject) => {
       const req = (this.#https ? httpsRequest : httpRequest)(
         url,
-        { method: 'GET', headers, agent: this.#agent, signal },
+        { method: 'GET', headers, agent: this.#agent, signal, ...tls },
         (res) => {
           const close = (): void => {
             res.destroy();
@@ -291,6 +310,17 @@ export class TrackerHttp {
       });
       req.end();
     });
+  }
+
+  /**
+   * Client certificate and key for the next request when the identity renews itself (credential.ts); the agent
+   * keys its connection pool by them (Node's https.Agent#getName), so sockets of an older credential are not reused.
+   */
+  async #tls(): Promise<{ cert?: string; key?: string }> {
+    const id = this.#identity;
+    if (!this.#https || id?.current === undefined) return {};
+    const c = await id.current();
+    return { cert: c.cert, key: c.key };
   }
 
   /** Closes idle keep-alive sockets. */
