@@ -12,16 +12,34 @@ export const ExitCode = {
   unsupported: 5, // a valid construct Rotor does not support (algorithm, command)
   io: 6, // a file could not be read or written
   decrypt: 7, // a payload could not be decrypted
+  denied: 8, // the server refused the credentials (401) or the role may not do this (403)
 } as const;
 
-export type CliErrorCode = 'CLI_USAGE' | 'CLI_IO' | 'CLI_INPUT';
+/**
+ * CLI_USAGE bad command line · CLI_IO local file or network failure · CLI_INPUT malformed input or a 4xx the
+ * server names as such (404 included) · CLI_DENIED 401/403 · CLI_REFUSED a well-formed request the server refuses
+ * in the current state (409, 422) · CLI_UNSUPPORTED the server lacks what was asked for · CLI_SERVER a 5xx or a
+ * response that breaks the API contract (size bound, media type, shape).
+ */
+export type CliErrorCode =
+  'CLI_USAGE' | 'CLI_IO' | 'CLI_INPUT' | 'CLI_DENIED' | 'CLI_REFUSED' | 'CLI_UNSUPPORTED' | 'CLI_SERVER';
 
 export class CliError extends Error {
   override readonly name = 'CliError';
   readonly code: CliErrorCode;
-  constructor(code: CliErrorCode, message: string, options?: { cause?: unknown }) {
+  /** Usage text printed on stderr after the error line (bad command lines). */
+  readonly usage: string | undefined;
+  /** The server's stable problem code (RFC 9457 `code` extension member), when the error is a problem document. */
+  readonly problem: string | undefined;
+  constructor(
+    code: CliErrorCode,
+    message: string,
+    options?: { cause?: unknown; usage?: string; problem?: string },
+  ) {
     super(message, options);
     this.code = code;
+    this.usage = options?.usage;
+    this.problem = options?.problem;
   }
 }
 
@@ -65,6 +83,10 @@ export function exitCodeFor(code: string | undefined): number {
   if (code === undefined) return ExitCode.internal;
   if (code === 'CLI_USAGE') return ExitCode.usage;
   if (code === 'CLI_IO') return ExitCode.io;
+  if (code === 'CLI_DENIED') return ExitCode.denied;
+  if (code === 'CLI_REFUSED') return ExitCode.rejected;
+  if (code === 'CLI_UNSUPPORTED') return ExitCode.unsupported;
+  if (code === 'CLI_SERVER') return ExitCode.internal;
   if (REJECTED.has(code)) return ExitCode.rejected;
   // A key store (PKCS#11 token) that is missing, locked, refuses the PIN or lacks the key: like an unreadable file.
   if (code.startsWith('FACTORY_TOKEN_') || code === 'FACTORY_KEY_NOT_FOUND' || code.startsWith('PKCS11_'))

@@ -1,5 +1,5 @@
 /** Output and file helpers shared by the CLI's commands. */
-import { closeSync, fsyncSync, openSync, renameSync, writeFileSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { CliError } from './errors.ts';
 
@@ -26,4 +26,48 @@ export function writeAtomic(path: string, bytes: Uint8Array): void {
   } catch (e) {
     throw new CliError('CLI_IO', `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`);
   }
+}
+
+/** Reads a local input file of at most `max` bytes (CLI_IO when unreadable, CLI_INPUT when too large). */
+export function readInput(path: string, max: number, what: string): Uint8Array {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new CliError(
+      'CLI_IO',
+      `cannot read ${what} ${path}: ${e instanceof Error ? e.message : String(e)}`,
+    );
+  }
+  try {
+    const size = fstatSync(fd).size;
+    if (size > max) throw new CliError('CLI_INPUT', `${what} ${path} is larger than ${max} bytes`);
+    return new Uint8Array(readFileSync(fd));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Text safe for a terminal: C0/C1 controls (escape sequences in server-supplied strings) shown as '?'. */
+export function safe(s: string): string {
+  return s.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
+}
+
+/** A plain text table: a header row and left-aligned columns (cells made terminal-safe). */
+export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const cells = [header, ...rows].map((r) => r.map(safe));
+  const widths = header.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
+  return cells
+    .map((r) =>
+      r
+        .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
+}
+
+/** A time in ms since the epoch as ISO 8601 (UTC, seconds). */
+export function when(ms: number | null): string {
+  return ms === null ? '-' : new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
