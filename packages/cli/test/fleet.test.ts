@@ -94,4 +94,63 @@ describe('fleet simulator', () => {
       await fleet.stop();
     }
   });
+
+  it('power cuts during install, a failing health check and late joiners: never bricked; server and flash agree', async () => {
+    const n = 12;
+    const cut = [0, 1, 2, 3, 4, 5];
+    const fleet = await FleetSimulator.start({
+      devices: n,
+      operatorUrl: s.f.server.operatorUrl,
+      token: ADMIN_TOKEN,
+      deviceUrl: s.f.server.deviceUrl!,
+      ca: s.f.serverCert.certPem,
+      mqttUrl: s.f.server.mqttUrl!,
+      anchors: s.anchors,
+      namePrefix: 'faults-',
+      group: 'faults',
+      startSpreadMs: 200,
+      offlineForMs: 4_000,
+      powerCutWindow: 40,
+      faults: { powerCutDuringInstall: cut, failHealthCheck: [6], offline: [7, 8] },
+    });
+    try {
+      expect(fleet.counts()).toMatchObject({ offline: 2 });
+      await fleet.waitFor((c) => c.idle === n - 2, 30_000);
+      const rel = await publishRelease(s.author, s.operator, { version: 3, signer: sim.keys().author });
+      const ro = await startRollout(s.operator, {
+        name: 'faults-v3',
+        releaseId: rel.releaseId,
+        target: { group: 'faults' },
+      });
+      // Every device, the late joiners included, ends with an outcome the server acknowledged.
+      await fleet.waitFor(
+        (_c, f) => f.devices.every((d) => d.online && d.reported !== undefined && !d.running),
+        90_000,
+      );
+      const snap = await fleet.snapshot();
+      expect(snap.reduce((a, d) => a + d.powerCuts, 0)).toBeGreaterThan(0);
+      for (const d of snap) {
+        expectHealthy(d);
+        const f = d.flash!;
+        if (d.index === 6) {
+          expect(d.reported?.state).toBe('rolled-back');
+          expect(f).toMatchObject({ bank: 'a', sequence: '1' });
+        } else if (d.reported?.state === 'confirmed') expect(f).toMatchObject({ bank: 'b', sequence: '3' });
+        else {
+          // Only a power-cut device may end on the old firmware, and then cleanly.
+          expect(cut).toContain(d.index);
+          expect(f).toMatchObject({ bank: 'a', sequence: '1' });
+        }
+        const ev = await lastReport(s, d.serverId!);
+        expect(ev?.details.transition, d.name).toBe(d.reported?.state);
+      }
+      // The late joiners updated too.
+      for (const i of [7, 8]) expect(snap[i]!.flash).toMatchObject({ bank: 'b', sequence: '3' });
+      const counts = await rolloutCounts(s.operator, ro);
+      expect(counts.total).toBe(n);
+      expect(counts.succeeded).toBe(snap.filter((d) => d.reported?.state === 'confirmed').length);
+    } finally {
+      await fleet.stop();
+    }
+  });
 });
