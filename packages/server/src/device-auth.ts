@@ -1,14 +1,24 @@
 /**
  * Device authentication cache (the mutual-TLS listener authenticates every request by the SHA-256 of the client
  * certificate). A successful lookup is reused for at most `DEVICE_AUTH_TTL_MS`, and every change of a device's
- * standing made by this process (`deviceStateChanged`: disable, enable, revocation by list, policy action) drops
- * all cached entries at once, so a device disabled here is refused on its next request. A change made by another
- * server instance sharing the database is seen within the TTL. Only successes are cached: unknown and disabled
- * certificates are looked up every time.
+ * standing drops all cached entries at once:
+ * - made by this process: `deviceStateChanged` (disable, enable, revocation by list, policy action);
+ * - made by any server instance on the same PostgreSQL: migration 11's trigger notifies `DEVICE_STANDING_CHANNEL`
+ *   in the changing transaction; every instance LISTENs (`watchDeviceStanding`) and drops its cache when the
+ *   notification arrives. Arrival lags the commit (under load by tens of milliseconds), so a cached entry is used
+ *   only after a round trip on the listening connection that started after the request arrived (`sync`, shared
+ *   by all requests waiting at that moment): every change committed before the device sent its request has been
+ *   delivered by then. While that connection is down (not yet connected, lost, reconnecting) nothing is cached,
+ *   since a notification could be missed; reconnecting drops the cache.
+ * On PGlite (one process owns the database) the local epoch suffices. Only successes are cached: unknown and
+ * disabled certificates are looked up every time.
  */
 import type { Principal } from './auth.ts';
+import type { Db } from './db/db.ts';
 
 export const DEVICE_AUTH_TTL_MS = 1000;
+/** PostgreSQL NOTIFY channel of device standing changes (migration 11's trigger on devices). */
+export const DEVICE_STANDING_CHANNEL = 'rotor_device_standing';
 const MAX_ENTRIES = 65_536;
 
 let epoch = 0;
@@ -24,7 +34,16 @@ interface Entry {
   readonly atMs: number;
 }
 
-export function createDeviceAuthCache(now: () => number = Date.now) {
+export interface DeviceAuthCacheOptions {
+  readonly now?: () => number;
+  /** Whether cross-instance invalidation is in force; while false nothing is cached (default: always). */
+  readonly live?: () => boolean;
+}
+
+export function createDeviceAuthCache(opts: DeviceAuthCacheOptions | (() => number) = {}) {
+  const o: DeviceAuthCacheOptions = typeof opts === 'function' ? { now: opts } : opts;
+  const now = o.now ?? Date.now;
+  const live = o.live ?? (() => true);
   const entries = new Map<string, Entry>();
   return {
     get(key: string): Principal | undefined {
@@ -39,10 +58,47 @@ export function createDeviceAuthCache(now: () => number = Date.now) {
     },
     /** `startEpoch`: the epoch read before the lookup began; a change during the lookup is not cached. */
     set(key: string, principal: Principal, startEpoch: number): void {
-      if (startEpoch !== epoch) return;
+      if (startEpoch !== epoch || !live()) return;
       if (entries.size >= MAX_ENTRIES) entries.clear();
       entries.set(key, { principal, epoch: startEpoch, atMs: now() });
     },
     epoch: (): number => epoch,
+  };
+}
+
+export interface StandingWatch {
+  /** True while notifications of other instances' changes are received (always on PGlite). */
+  readonly live: () => boolean;
+  /**
+   * Resolves once every change committed before the call has dropped the cache (PostgreSQL: a shared round trip
+   * on the listening connection; PGlite: at once).
+   */
+  readonly sync: () => Promise<void>;
+  readonly close: () => Promise<void>;
+}
+
+/**
+ * Listens for device standing changes made by other instances sharing the database (PostgreSQL). Every
+ * notification, every loss of the listening connection and every (re)connection drops the cache (a change may
+ * have been missed while disconnected).
+ */
+export function watchDeviceStanding(db: Db): StandingWatch {
+  if (db.listen === undefined)
+    return { live: () => true, sync: () => Promise.resolve(), close: () => Promise.resolve() };
+  let connected = false;
+  const l = db.listen(DEVICE_STANDING_CHANNEL, {
+    notify: deviceStateChanged,
+    connected(up: boolean): void {
+      connected = up;
+      deviceStateChanged();
+    },
+  });
+  return {
+    live: () => connected,
+    sync: l.sync,
+    close: async () => {
+      connected = false;
+      await l.stop();
+    },
   };
 }

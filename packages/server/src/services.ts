@@ -27,7 +27,12 @@ import { createRolloutService } from './rollouts.ts';
 import { createDeliveryService } from './delivery.ts';
 import { suitAuthenticator } from './suit-auth.ts';
 import { ServerError } from './errors.ts';
-import { createDeviceAuthCache, deviceStateChanged } from './device-auth.ts';
+import {
+  createDeviceAuthCache,
+  deviceStateChanged,
+  watchDeviceStanding,
+  type StandingWatch,
+} from './device-auth.ts';
 import { parseDeviceKek, parseKeyAgreementKey, type ContentKeyVault, type OperatorKey } from './keys.ts';
 
 /** Keys the server holds (keys.ts); each is optional: features that need a missing one refuse with a typed error. */
@@ -480,7 +485,9 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
     },
   };
 
-  const authCache = createDeviceAuthCache();
+  // Other instances' changes arrive by NOTIFY (PostgreSQL); the watch starts with the first device request.
+  let standing: StandingWatch | undefined;
+  const authCache = createDeviceAuthCache({ live: () => (standing ??= watchDeviceStanding(db)).live() });
   const devices = {
     async create(p: Principal, req: DeviceCreate): Promise<DeviceInfo> {
       authorize(p, 'device.create');
@@ -600,13 +607,21 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
     /**
      * Identifies a device by its TLS client certificate (SHA-256 of the DER). Unknown and disabled devices are
      * refused on every request; a success is cached briefly (device-auth.ts) and dropped by any change of a
-     * device's standing in this process, so disabling takes effect on the device's next request.
+     * device's standing, in this process or (PostgreSQL NOTIFY) in any other instance on the same database, so
+     * disabling takes effect on the device's next request wherever it lands.
      */
     async authenticate(certDer: Uint8Array): Promise<Principal> {
       const fp = sha256(certDer);
       const key = hex(fp);
-      const cached = authCache.get(key);
-      if (cached !== undefined) return cached;
+      if (authCache.get(key) !== undefined && standing !== undefined) {
+        // Changes committed by other instances before this request was sent are delivered first (device-auth.ts).
+        const ok = await standing.sync().then(
+          () => true,
+          () => false,
+        );
+        const cached = ok ? authCache.get(key) : undefined;
+        if (cached !== undefined) return cached;
+      }
       const startEpoch = authCache.epoch();
       const rows = await db.query<{ id: string; name: string; enabled: boolean }>(
         'SELECT id, name, enabled FROM devices WHERE cert_sha256 = $1',

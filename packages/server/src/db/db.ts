@@ -22,6 +22,27 @@ export interface Db extends Queryable {
   /** Runs `fn` on one dedicated connection (session-level advisory locks). */
   readonly session: <T>(fn: (s: Queryable) => Promise<T>) => Promise<T>;
   readonly close: () => Promise<void>;
+  /**
+   * PostgreSQL only: LISTEN on `channel` over a dedicated connection, reconnecting when it is lost; `connected`
+   * reports each change of that connection's state. Undefined on PGlite (one process owns the database: there is
+   * nobody else to hear from).
+   */
+  readonly listen?: (channel: string, handlers: ListenHandlers) => Listening;
+}
+
+export interface Listening {
+  /**
+   * Resolves once every notification committed before this call has been delivered to `notify` (a round trip on
+   * the listening connection, shared by concurrent callers; PostgreSQL sends pending notifications before the
+   * reply). Rejects if the connection is down.
+   */
+  readonly sync: () => Promise<void>;
+  readonly stop: () => Promise<void>;
+}
+
+export interface ListenHandlers {
+  readonly notify: (payload: string) => void;
+  readonly connected: (up: boolean) => void;
 }
 
 export function parseInt8(v: string): number {

@@ -6,8 +6,17 @@
 import { createHash } from 'node:crypto';
 import { ServerError } from '../errors.ts';
 import type { Db } from './db.ts';
-import { ATTESTATION_MIGRATION_SQL, TRUST_DISTRIBUTION_MIGRATION_SQL } from '../attestation/schema.ts';
-import { CAPABILITY_MIGRATION_SQL, CAPABILITY_ROLLOUT_MIGRATION_SQL } from '../capabilities/schema.ts';
+import { DEVICE_STANDING_CHANNEL } from '../device-auth.ts';
+import {
+  ATTESTATION_MIGRATION_SQL,
+  TRUST_DISTRIBUTION_MIGRATION_SQL,
+  VERIFIER_SECRET_MIGRATION_SQL,
+} from '../attestation/schema.ts';
+import {
+  CAPABILITY_MIGRATION_SQL,
+  CAPABILITY_REPORT_MIGRATION_SQL,
+  CAPABILITY_ROLLOUT_MIGRATION_SQL,
+} from '../capabilities/schema.ts';
 
 export interface Migration {
   readonly version: number;
@@ -307,6 +316,43 @@ CREATE TRIGGER rollout_devices_referenced_truncate BEFORE TRUNCATE ON rollouts
     version: 10,
     name: 'phased rollouts of capability modules',
     sql: CAPABILITY_ROLLOUT_MIGRATION_SQL,
+  },
+  {
+    version: 11,
+    name: 'check-in and report indexes; device standing notifications',
+    // Hot paths (EXPLAIN on 100,000 devices and a 1,000,000-device rollout): the check-in finds a device's active
+    // assignment through rollout_devices_one_active; a progress report and the delete guard of migration 9
+    // (rollout_devices_referenced) look a device up regardless of 'active', which without an index on device_id
+    // read the whole table (the primary key leads with rollout_id). The device history and rollout cancellation
+    // are already covered (device_events_device, the primary key).
+    //
+    // Device standing: any change of a device's identity or enabled state notifies ${DEVICE_STANDING_CHANNEL} in
+    // the same transaction (delivered at commit, PostgreSQL NOTIFY semantics), so every server instance listening
+    // on the database drops its cached device authentications at once (device-auth.ts).
+    sql: `
+CREATE INDEX rollout_devices_device ON rollout_devices (device_id);
+
+CREATE FUNCTION devices_standing_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('${DEVICE_STANDING_CHANNEL}', '');
+  RETURN NULL;
+END
+$$;
+CREATE TRIGGER devices_standing_notify AFTER UPDATE OF id, name, cert_sha256, enabled OR DELETE ON devices
+  FOR EACH STATEMENT EXECUTE FUNCTION devices_standing_notify();
+CREATE TRIGGER devices_standing_notify_truncate AFTER TRUNCATE ON devices
+  FOR EACH STATEMENT EXECUTE FUNCTION devices_standing_notify();
+`,
+  },
+  {
+    version: 12,
+    name: 'verifier secret shared by the instances on the database',
+    sql: VERIFIER_SECRET_MIGRATION_SQL,
+  },
+  {
+    version: 13,
+    name: 'capability module rollouts driven by device reports',
+    sql: CAPABILITY_REPORT_MIGRATION_SQL,
   },
 ];
 

@@ -1,9 +1,10 @@
 /** PostgreSQL through a `pg` connection pool behind the Db interface. */
 import pg from 'pg';
 import { ServerError } from '../errors.ts';
-import { parseInt8, type Db, type Queryable, type Row } from './db.ts';
+import { parseInt8, type Db, type ListenHandlers, type Listening, type Queryable, type Row } from './db.ts';
 
-const { Pool, types } = pg;
+const { Client, Pool, types } = pg;
+const RELISTEN_MS = 500;
 const INT8_OID = 20;
 const NUMERIC_OID = 1700;
 
@@ -54,6 +55,87 @@ export async function openPostgres(url: string, max: number): Promise<Db> {
     }
   };
   const base = wrap({ query: (sql, params) => pool.query(sql, params) });
+  const listeners = new Set<() => Promise<void>>();
+  const listen = (channel: string, h: ListenHandlers): Listening => {
+    if (!/^[a-z_][a-z0-9_]{0,62}$/.test(channel)) throw new ServerError('INTERNAL', 'bad channel name');
+    let current: pg.Client | undefined;
+    let stopped = false;
+    let retry: NodeJS.Timeout | undefined;
+    const lost = (c: pg.Client): void => {
+      if (current !== c) return;
+      current = undefined;
+      h.connected(false);
+      c.end().catch(() => undefined);
+      if (!stopped) {
+        retry = setTimeout(() => void connect(), RELISTEN_MS);
+        retry.unref();
+      }
+    };
+    const connect = async (): Promise<void> => {
+      retry = undefined;
+      const c = new Client({ connectionString: url });
+      current = c;
+      c.on('error', () => {
+        lost(c);
+      });
+      c.on('end', () => {
+        lost(c);
+      });
+      c.on('notification', (m) => {
+        if (current === c && m.channel === channel) h.notify(m.payload ?? '');
+      });
+      try {
+        await c.connect();
+        await c.query(`LISTEN ${channel}`);
+      } catch {
+        lost(c);
+        return;
+      }
+      if (stopped || current !== c) {
+        await c.end().catch(() => undefined);
+        return;
+      }
+      h.connected(true);
+    };
+    void connect();
+    const stop = async (): Promise<void> => {
+      stopped = true;
+      listeners.delete(stop);
+      if (retry !== undefined) clearTimeout(retry);
+      const c = current;
+      current = undefined;
+      if (c !== undefined) {
+        h.connected(false);
+        await c.end().catch(() => undefined);
+      }
+    };
+    listeners.add(stop);
+    // A ping started after the caller's request arrived; callers arriving while one is in flight share the next.
+    let inFlight: Promise<void> | undefined;
+    let next: Promise<void> | undefined;
+    const ping = (): Promise<void> => {
+      const c = current;
+      if (c === undefined) return Promise.reject(new ServerError('DB_UNAVAILABLE', 'not listening'));
+      return c.query('SELECT 1').then(() => undefined);
+    };
+    const sync = (): Promise<void> => {
+      if (inFlight === undefined) {
+        const p = ping().finally(() => {
+          inFlight = undefined;
+        });
+        inFlight = p;
+        return p;
+      }
+      next ??= inFlight
+        .catch(() => undefined)
+        .then(() => {
+          next = undefined;
+          return sync();
+        });
+      return next;
+    };
+    return { sync, stop };
+  };
   return {
     engine: 'postgres',
     query: base.query,
@@ -71,6 +153,10 @@ export async function openPostgres(url: string, max: number): Promise<Db> {
         }
       }),
     session: (fn) => withClient((c) => fn(wrap({ query: (sql, params) => c.query(sql, params) }))),
-    close: () => pool.end(),
+    listen,
+    close: async () => {
+      await Promise.all([...listeners].map((stop) => stop()));
+      await pool.end();
+    },
   };
 }
