@@ -15,6 +15,7 @@ import { join, resolve } from 'node:path';
 import { Alg, softwareKeyAgreement, softwareSigner, type KeyAgreement, type Signer } from '@rotor/cose';
 import { DeviceAgent, nodeFs, StatusTracker, type TrackerEvent } from '@rotor/device';
 import { group, type Command, type Subcommand } from './command.ts';
+import { deviceOpsSubcommands } from './device-ops.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { json, out } from './io.ts';
 
@@ -157,4 +158,7 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
   },
 };
 
-export const deviceCommand: Command = group('device', 'run a device agent (status tracker client)', [run]);
+export const deviceCommand: Command = group('device', 'run a device agent (status tracker client)', [
+  run,
+  ...deviceOpsSubcommands,
+]);
