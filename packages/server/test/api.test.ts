@@ -345,6 +345,26 @@ describe.each(BACKENDS)('fleet server API on %s', (backend) => {
         call: (c) => c.post('/v1/capabilities/rollouts/missing/cancel'),
       },
       {
+        name: 'POST /v1/capabilities/rollouts/:id/pause',
+        roles: ['operator'],
+        call: (c) => c.post('/v1/capabilities/rollouts/missing/pause'),
+      },
+      {
+        name: 'POST /v1/capabilities/rollouts/:id/resume',
+        roles: ['operator'],
+        call: (c) => c.post('/v1/capabilities/rollouts/missing/resume'),
+      },
+      {
+        name: 'GET /v1/capabilities/rollouts/:id',
+        roles: ['admin', 'author', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/capabilities/rollouts/missing'),
+      },
+      {
+        name: 'GET /v1/capabilities/devices/:id/modules',
+        roles: ['admin', 'author', 'operator', 'auditor'],
+        call: (c) => c.get('/v1/capabilities/devices/missing/modules'),
+      },
+      {
         name: 'GET /v1/capabilities/keys',
         roles: ['admin', 'author', 'operator', 'auditor'],
         call: (c) => c.get('/v1/capabilities/keys'),

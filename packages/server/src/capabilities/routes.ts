@@ -7,9 +7,11 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { CAPABILITY_MANIFEST_CONTENT_TYPE, REVOCATION_CONTENT_TYPE } from '@rotor/trust';
 import type { Principal } from '../auth.ts';
 import { ServerError } from '../errors.ts';
-import { OCTET_STREAM } from '../http.ts';
+import { OCTET_STREAM, SUIT_REPORT_TYPE, SUIT_SIGNED_REPORT_TYPE } from '../http.ts';
 import {
+  MAX_MODULE_REPORT_BYTES,
   MAX_MODULE_UPLOAD_BYTES,
+  MODULE_DEVICE_STATES,
   type ModulePhase,
   type ModuleRolloutTarget,
   type CapabilityService,
@@ -338,10 +340,30 @@ export function registerCapabilityRoutes(
   );
 
   const label = { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' } as const;
+  const phaseCounts = {
+    type: 'object',
+    additionalProperties: false,
+    required: ['total', ...MODULE_DEVICE_STATES],
+    properties: Object.fromEntries(['total', ...MODULE_DEVICE_STATES].map((k) => [k, { type: 'integer' }])),
+  } as const;
   const rolloutInfo = {
     type: 'object',
     additionalProperties: false,
-    required: ['id', 'moduleId', 'target', 'phases', 'state', 'startedAtMs', 'currentPercent', 'createdBy'],
+    required: [
+      'id',
+      'moduleId',
+      'target',
+      'phases',
+      'state',
+      'startedAtMs',
+      'currentPercent',
+      'currentPhase',
+      'phaseStartedAtMs',
+      'pauseReason',
+      'counts',
+      'phaseCounts',
+      'createdBy',
+    ],
     properties: {
       id: { type: 'string' },
       moduleId: { type: 'string' },
@@ -352,12 +374,22 @@ export function registerCapabilityRoutes(
           type: 'object',
           additionalProperties: false,
           required: ['percent', 'durationMs'],
-          properties: { percent: { type: 'integer' }, durationMs: { type: 'integer' } },
+          properties: {
+            percent: { type: 'integer' },
+            durationMs: { type: 'integer' },
+            successThreshold: { type: 'number' },
+            failureThreshold: { type: 'number' },
+          },
         },
       },
       state: { type: 'string' },
       startedAtMs: { type: 'integer' },
       currentPercent: { type: 'integer' },
+      currentPhase: { type: 'integer' },
+      phaseStartedAtMs: { type: 'integer' },
+      pauseReason: nullableText,
+      counts: phaseCounts,
+      phaseCounts: { type: 'array', items: phaseCounts },
       createdBy: { type: 'string' },
     },
   } as const;
@@ -403,6 +435,8 @@ export function registerCapabilityRoutes(
                 properties: {
                   percent: { type: 'integer', minimum: 1, maximum: 100 },
                   durationMs: { type: 'integer', minimum: 0, maximum: 30 * 86_400_000 },
+                  successThreshold: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+                  failureThreshold: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
                 },
               },
             },
@@ -430,13 +464,64 @@ export function registerCapabilityRoutes(
     },
     async (req) => ({ items: await s.listRollouts(principal(req)) }),
   );
-  op.post<{ Params: { id: string } }>(
-    '/v1/capabilities/rollouts/:id/cancel',
+  op.get<{ Params: { id: string } }>(
+    '/v1/capabilities/rollouts/:id',
     {
-      config: { summary: 'Cancel a module rollout: the module is offered to nobody (operator)' },
+      config: { summary: 'A module rollout with its per-phase device counts' },
       schema: { params: idParam, response: { 200: rolloutInfo } },
     },
-    async (req) => s.cancelRollout(principal(req), req.params.id),
+    async (req) => s.getRollout(principal(req), req.params.id),
+  );
+  const transitions = {
+    pause: 'Pause a module rollout: no new device is offered the module (operator)',
+    resume: "Resume a paused module rollout (the current phase's time restarts) (operator)",
+    cancel: 'Cancel a module rollout: the module is offered to nobody (operator)',
+  } as const;
+  for (const action of ['pause', 'resume', 'cancel'] as const)
+    op.post<{ Params: { id: string } }>(
+      `/v1/capabilities/rollouts/:id/${action}`,
+      {
+        config: { summary: transitions[action] },
+        schema: { params: idParam, response: { 200: rolloutInfo } },
+      },
+      async (req) => s.transitionRollout(principal(req), req.params.id, action),
+    );
+  op.get<{ Params: { id: string } }>(
+    '/v1/capabilities/devices/:id/modules',
+    {
+      config: {
+        summary: 'What each capability of a device last reported (installed, failed, reverted, unloaded)',
+      },
+      schema: {
+        params: idParam,
+        response: {
+          200: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['items'],
+            properties: {
+              items: {
+                type: 'array',
+                items: {
+                  type: 'object',
+                  additionalProperties: false,
+                  required: ['name', 'moduleId', 'version', 'state', 'reason', 'updatedAtMs'],
+                  properties: {
+                    name: { type: 'string' },
+                    moduleId: { type: 'string' },
+                    version: { type: 'string' },
+                    state: { type: 'string' },
+                    reason: nullableText,
+                    updatedAtMs: { type: 'integer' },
+                  },
+                },
+              },
+            },
+          },
+        },
+      },
+    },
+    async (req) => ({ items: await s.deviceModules(principal(req), req.params.id) }),
   );
 
   if (dev === undefined) return;
@@ -451,6 +536,32 @@ export function registerCapabilityRoutes(
       schema: { body: queryBody, response: { 200: queryAnswer } },
     },
     async (req) => s.query(principal(req), req.body),
+  );
+  dev.post<{ Body: Buffer }>(
+    '/d/v1/capabilities/reports',
+    {
+      bodyLimit: MAX_MODULE_REPORT_BYTES,
+      config: {
+        auth: 'device',
+        accepts: [SUIT_REPORT_TYPE, SUIT_SIGNED_REPORT_TYPE],
+        summary:
+          'A module-install report (SUIT report naming the module envelope; installed, failed, reverted, unloaded)',
+      },
+      schema: {
+        response: {
+          200: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['moduleId', 'rolloutId', 'state'],
+            properties: { moduleId: { type: 'string' }, rolloutId: nullableText, state: { type: 'string' } },
+          },
+        },
+      },
+    },
+    async (req) =>
+      s.report(principal(req), new Uint8Array(req.body), {
+        signed: req.headers['content-type']?.split(';')[0]?.trim().toLowerCase() === SUIT_SIGNED_REPORT_TYPE,
+      }),
   );
   dev.get(
     '/d/v1/capabilities/manifest',

@@ -23,6 +23,7 @@ import {
   decryptContent,
   encode,
   encodeEncrypt,
+  softwareVerifier,
 } from '@rotor/cose';
 import {
   buildModuleEnvelope,
@@ -44,6 +45,7 @@ import {
   type ModuleMetadata,
   type ModuleVersion,
 } from '@rotor/trust';
+import { decodeEnvelope, decodeReport, verifySignedReport, type SuitReport } from '@rotor/suit';
 import { appendAudit, type Json } from '../audit.ts';
 import { actorOf, authorize, SYSTEM, type Principal } from '../auth.ts';
 import { one, type Db, type Queryable } from '../db/db.ts';
@@ -64,6 +66,15 @@ export const DEFAULT_VENDOR_DOMAIN = 'rotor.example';
 export const REVOCATION_VALIDITY_S = 7 * 86_400;
 const MAX_DEPENDENCY_DEPTH = 8;
 const MAX_CANDIDATES = 1000;
+/** Largest module report accepted from a device. */
+export const MAX_MODULE_REPORT_BYTES = 64 * 1024;
+/**
+ * Rotor extension members of a SUIT_Report (the device's tracker/report.ts; draft-ietf-suit-report §4 allows
+ * extensions): -257 the transition, -258 the reason code, -259 a detail.
+ */
+const REPORT_TRANSITION = -257;
+const REPORT_REASON = -258;
+const REPORT_DETAIL = -259;
 
 const u8 = (b: Uint8Array): Uint8Array => (b instanceof Buffer ? new Uint8Array(b) : b);
 
@@ -199,10 +210,17 @@ export function decodeModuleUpload(body: Uint8Array): { metadataBytes: Uint8Arra
   }
 }
 
-/** A phase of a module rollout: the cumulative share of the target offered the module, held for durationMs. */
+/**
+ * A phase of a module rollout: the cumulative share of the target offered the module. The phase is held at least
+ * durationMs; with a successThreshold it advances only once that fraction of the devices offered the module in
+ * this phase reported it installed; with a failureThreshold, that fraction of them reporting failed or reverted
+ * pauses the rollout (issue 8 "Operators roll modules out like firmware"; as rollouts.ts for firmware).
+ */
 export interface ModulePhase {
   percent: number;
   durationMs: number;
+  successThreshold?: number;
+  failureThreshold?: number;
 }
 
 export interface ModuleRolloutTarget {
@@ -212,15 +230,26 @@ export interface ModuleRolloutTarget {
   attributes?: Record<string, string>;
 }
 
+export type ModuleRolloutState = 'active' | 'paused' | 'cancelled' | 'completed';
+export const MODULE_DEVICE_STATES = ['offered', 'installed', 'failed', 'reverted'] as const;
+export type ModuleDeviceState = (typeof MODULE_DEVICE_STATES)[number];
+/** Devices of a rollout (or of one phase) by their last state; total = every device offered the module. */
+export type ModulePhaseCounts = Record<ModuleDeviceState, number> & { total: number };
+
 export interface ModuleRolloutInfo {
   id: string;
   moduleId: string;
   target: ModuleRolloutTarget;
   phases: ModulePhase[];
-  state: 'active' | 'cancelled';
+  state: ModuleRolloutState;
   startedAtMs: number;
-  /** The share of the target offered the module now. */
+  /** The share of the target offered the module now (0 when cancelled). */
   currentPercent: number;
+  currentPhase: number;
+  phaseStartedAtMs: number;
+  pauseReason: string | null;
+  counts: ModulePhaseCounts;
+  phaseCounts: ModulePhaseCounts[];
   createdBy: string;
 }
 
@@ -229,12 +258,17 @@ interface RolloutRow {
   module_id: string;
   target: ModuleRolloutTarget;
   phases: ModulePhase[];
-  state: 'active' | 'cancelled';
+  state: ModuleRolloutState;
   started_at_ms: number | string;
+  current_phase: number;
+  phase_started_at_ms: number | string;
+  pause_reason: string | null;
   created_by: string;
 }
 
-/** Cumulative percent reached `elapsedMs` after the start (the last phase is 100). */
+const emptyCounts = (): ModulePhaseCounts => ({ total: 0, offered: 0, installed: 0, failed: 0, reverted: 0 });
+
+/** Cumulative percent reached `elapsedMs` after the start when every phase advances by time alone. */
 export function rolloutPercent(phases: readonly ModulePhase[], elapsedMs: number): number {
   let acc = 0;
   for (const p of phases) {
@@ -253,6 +287,63 @@ export function rolloutBucket(rolloutId: string, deviceId: string): number {
   );
 }
 
+/**
+ * Where a rollout stands given its per-phase counts (pure: the service applies it under the rollout's row lock).
+ * Failures first: a phase up to the current one whose (failed + reverted) / offered reaches its failureThreshold
+ * pauses the rollout. Then the current phase advances while its duration has passed and its successThreshold (if
+ * any) is met by the devices offered in it; past the last phase the rollout is completed.
+ */
+export function evaluateModuleRollout(
+  r: {
+    state: ModuleRolloutState;
+    phases: readonly ModulePhase[];
+    currentPhase: number;
+    phaseStartedAtMs: number;
+  },
+  counts: readonly ModulePhaseCounts[],
+  t: number,
+):
+  | { kind: 'unchanged' }
+  | { kind: 'paused'; phase: number; reason: string }
+  | { kind: 'advanced'; phase: number; phaseStartedAtMs: number; completed: boolean } {
+  if (r.state !== 'active') return { kind: 'unchanged' };
+  let phase = r.currentPhase;
+  let start = r.phaseStartedAtMs;
+  let moved = false;
+  for (;;) {
+    for (let i = 0; i <= phase; i++) {
+      const th = r.phases[i]?.failureThreshold;
+      const c = counts[i] ?? emptyCounts();
+      const bad = c.failed + c.reverted;
+      if (th !== undefined && bad > 0 && c.total > 0 && bad / c.total >= th)
+        return {
+          kind: 'paused',
+          phase,
+          reason: `phase ${i}: ${bad} of ${c.total} devices failed or reverted (threshold ${th})`,
+        };
+    }
+    const spec = r.phases[phase];
+    if (spec === undefined) return { kind: 'unchanged' };
+    const c = counts[phase] ?? emptyCounts();
+    const th = spec.successThreshold;
+    const succeeded = th === undefined || (c.total > 0 && c.installed / c.total >= th);
+    if (t - start < spec.durationMs || !succeeded)
+      return moved
+        ? { kind: 'advanced', phase, phaseStartedAtMs: start, completed: false }
+        : { kind: 'unchanged' };
+    if (phase + 1 >= r.phases.length)
+      return { kind: 'advanced', phase, phaseStartedAtMs: start, completed: true };
+    // A phase advanced by time alone keeps the schedule; one held by its threshold starts the next now.
+    start = th === undefined ? start + spec.durationMs : t;
+    phase++;
+    moved = true;
+  }
+}
+
+function thresholdOk(x: number | undefined): boolean {
+  return x === undefined || (Number.isFinite(x) && x > 0 && x <= 1);
+}
+
 function validatePhases(phases: readonly ModulePhase[]): void {
   if (phases.length === 0 || phases.length > 16)
     throw new ServerError('REQUEST_INVALID', 'phases: 1..16 phases');
@@ -261,6 +352,8 @@ function validatePhases(phases: readonly ModulePhase[]): void {
     if (!Number.isInteger(p.percent) || p.percent < 1 || p.percent > 100 || p.percent < prev)
       throw new ServerError('REQUEST_INVALID', `phases[${i}].percent must be 1..100 and non-decreasing`);
     prev = p.percent;
+    if (!thresholdOk(p.successThreshold) || !thresholdOk(p.failureThreshold))
+      throw new ServerError('REQUEST_INVALID', `phases[${i}]: thresholds are fractions in (0, 1]`);
   }
   if (prev !== 100) throw new ServerError('REQUEST_INVALID', 'the last phase reaches 100 percent');
 }
@@ -388,18 +481,138 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
     return version;
   }
 
-  function rolloutInfo(r: RolloutRow): ModuleRolloutInfo {
-    const started = Number(r.started_at_ms);
-    return {
-      id: r.id,
-      moduleId: r.module_id,
-      target: r.target,
-      phases: r.phases,
-      state: r.state,
-      startedAtMs: started,
-      currentPercent: r.state === 'active' ? rolloutPercent(r.phases, now() - started) : 0,
-      createdBy: r.created_by,
-    };
+  /** Per-rollout counts, overall and per phase, for several rollouts in one query. */
+  async function rolloutInfos(q: Queryable, rows: readonly RolloutRow[]): Promise<ModuleRolloutInfo[]> {
+    const counted =
+      rows.length === 0
+        ? []
+        : await q.query<{ rollout_id: string; phase: number; state: ModuleDeviceState; n: number }>(
+            `SELECT rollout_id, phase, state, count(*)::int AS n FROM capability_rollout_devices
+             WHERE rollout_id = ANY($1::text[]) GROUP BY rollout_id, phase, state`,
+            [rows.map((r) => r.id)],
+          );
+    return rows.map((r) => {
+      const counts = emptyCounts();
+      const phaseCounts = r.phases.map(emptyCounts);
+      for (const c of counted) {
+        if (c.rollout_id !== r.id) continue;
+        counts[c.state] += c.n;
+        counts.total += c.n;
+        const pc = phaseCounts[c.phase];
+        if (pc !== undefined) {
+          pc[c.state] += c.n;
+          pc.total += c.n;
+        }
+      }
+      const percent =
+        r.state === 'cancelled'
+          ? 0
+          : r.state === 'completed'
+            ? 100
+            : (r.phases[r.current_phase]?.percent ?? 100);
+      return {
+        id: r.id,
+        moduleId: r.module_id,
+        target: r.target,
+        phases: r.phases,
+        state: r.state,
+        startedAtMs: Number(r.started_at_ms),
+        currentPercent: percent,
+        currentPhase: r.current_phase,
+        phaseStartedAtMs: Number(r.phase_started_at_ms),
+        pauseReason: r.pause_reason,
+        counts,
+        phaseCounts,
+        createdBy: r.created_by,
+      };
+    });
+  }
+
+  async function rolloutInfo(q: Queryable, r: RolloutRow): Promise<ModuleRolloutInfo> {
+    return one(await rolloutInfos(q, [r]), 'rollout');
+  }
+
+  async function lockRollout(tx: Queryable, id: string): Promise<RolloutRow> {
+    return one(
+      await tx.query<RolloutRow>('SELECT * FROM capability_rollouts WHERE id = $1 FOR UPDATE', [id]),
+      'rollout',
+    );
+  }
+
+  /** Applies evaluateModuleRollout to a locked rollout row; returns the row as it is now. */
+  async function evaluateLocked(tx: Queryable, r: RolloutRow): Promise<RolloutRow> {
+    if (r.state !== 'active') return r;
+    const info = await rolloutInfo(tx, r);
+    const t = now();
+    const e = evaluateModuleRollout(
+      {
+        state: r.state,
+        phases: r.phases,
+        currentPhase: r.current_phase,
+        phaseStartedAtMs: Number(r.phase_started_at_ms),
+      },
+      info.phaseCounts,
+      t,
+    );
+    const subject = `capability-rollout:${r.id}`;
+    if (e.kind === 'unchanged') return r;
+    if (e.kind === 'paused') {
+      await appendAudit(
+        tx,
+        {
+          actor: actorOf(SYSTEM),
+          action: 'capability.rollout.autopause',
+          subject,
+          details: { phase: e.phase, reason: e.reason },
+        },
+        t,
+      );
+      return one(
+        await tx.query<RolloutRow>(
+          "UPDATE capability_rollouts SET state = 'paused', pause_reason = $2, current_phase = $3, updated_at_ms = $4 WHERE id = $1 RETURNING *",
+          [r.id, e.reason, e.phase, t],
+        ),
+        'rollout',
+      );
+    }
+    await appendAudit(
+      tx,
+      {
+        actor: actorOf(SYSTEM),
+        action: e.completed ? 'capability.rollout.complete' : 'capability.rollout.advance',
+        subject,
+        details: { phase: e.phase },
+      },
+      t,
+    );
+    return one(
+      await tx.query<RolloutRow>(
+        'UPDATE capability_rollouts SET state = $2, current_phase = $3, phase_started_at_ms = $4, updated_at_ms = $5 WHERE id = $1 RETURNING *',
+        [r.id, e.completed ? 'completed' : 'active', e.phase, e.phaseStartedAtMs, t],
+      ),
+      'rollout',
+    );
+  }
+
+  /**
+   * Brings active rollouts whose current phase has run its duration up to date (phases advance with time even
+   * when no report arrives; the server needs no timer of its own for it). Cheap when nothing is due.
+   */
+  async function advanceDue(rows: readonly RolloutRow[]): Promise<RolloutRow[]> {
+    const out: RolloutRow[] = [];
+    for (const r of rows) {
+      const spec = r.phases[r.current_phase];
+      if (
+        r.state !== 'active' ||
+        spec === undefined ||
+        now() - Number(r.phase_started_at_ms) < spec.durationMs
+      ) {
+        out.push(r);
+        continue;
+      }
+      out.push(await db.transaction(async (tx) => evaluateLocked(tx, await lockRollout(tx, r.id))));
+    }
+    return out;
   }
 
   async function deviceRow(deviceId: string) {
@@ -685,17 +898,21 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         );
         if (m.revoked_at_ms !== null) throw new ServerError('CONFLICT', 'the module is revoked');
         const have = await tx.query(
-          "SELECT id FROM capability_rollouts WHERE module_id = $1 AND state = 'active'",
+          "SELECT id FROM capability_rollouts WHERE module_id = $1 AND state IN ('active', 'paused')",
           [input.moduleId],
         );
-        if (have.length > 0) throw new ServerError('CONFLICT', 'the module already has an active rollout');
+        if (have.length > 0) throw new ServerError('CONFLICT', 'the module already has a live rollout');
+        const t = now();
         const rows = await tx.query<RolloutRow>(
-          `INSERT INTO capability_rollouts (id, module_id, target, phases, state, started_at_ms, created_by, updated_at_ms)
-           VALUES ($1, $2, $3, $4, 'active', $5, $6, $5) RETURNING *`,
-          [id, input.moduleId, JSON.stringify(input.target), JSON.stringify(input.phases), now(), actorOf(p)],
+          `INSERT INTO capability_rollouts (id, module_id, target, phases, state, started_at_ms, created_by, updated_at_ms,
+             current_phase, phase_started_at_ms)
+           VALUES ($1, $2, $3, $4, 'active', $5, $6, $5, 0, $5) RETURNING *`,
+          [id, input.moduleId, JSON.stringify(input.target), JSON.stringify(input.phases), t, actorOf(p)],
         );
+        // Phases of no duration and no threshold are passed at once.
+        const r = await evaluateLocked(tx, one(rows, 'rollout'));
         return {
-          result: rolloutInfo(one(rows, 'rollout')),
+          result: await rolloutInfo(tx, r),
           subject: `capability-rollout:${id}`,
           details: {
             moduleId: input.moduleId,
@@ -706,19 +923,55 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       });
     },
 
-    async cancelRollout(p: Principal, id: string): Promise<ModuleRolloutInfo> {
+    /** Pause (active → paused: offered to no new device), resume (paused → active, the phase restarts), cancel. */
+    async transitionRollout(
+      p: Principal,
+      id: string,
+      action: 'pause' | 'resume' | 'cancel',
+    ): Promise<ModuleRolloutInfo> {
       authorize(p, 'capability.rollout');
-      return audited(p, 'capability.rollout.cancel', async (tx) => {
-        const rows = await tx.query<RolloutRow>(
-          "UPDATE capability_rollouts SET state = 'cancelled', updated_at_ms = $2 WHERE id = $1 AND state = 'active' RETURNING *",
-          [id, now()],
-        );
-        if (rows[0] === undefined) {
-          one(await tx.query('SELECT id FROM capability_rollouts WHERE id = $1', [id]), 'rollout');
-          throw new ServerError('CONFLICT', 'the rollout is not active');
+      return audited(p, `capability.rollout.${action}`, async (tx) => {
+        const r = await lockRollout(tx, id);
+        const t = now();
+        let rows: RolloutRow[];
+        if (action === 'pause') {
+          if (r.state !== 'active')
+            throw new ServerError('CONFLICT', `a ${r.state} rollout cannot be paused`);
+          rows = await tx.query<RolloutRow>(
+            "UPDATE capability_rollouts SET state = 'paused', pause_reason = 'paused by operator', updated_at_ms = $2 WHERE id = $1 RETURNING *",
+            [id, t],
+          );
+        } else if (action === 'resume') {
+          if (r.state !== 'paused')
+            throw new ServerError('CONFLICT', `a ${r.state} rollout cannot be resumed`);
+          // The phase's time restarts: its devices get their full duration after a pause.
+          rows = await tx.query<RolloutRow>(
+            "UPDATE capability_rollouts SET state = 'active', pause_reason = NULL, phase_started_at_ms = $2, updated_at_ms = $2 WHERE id = $1 RETURNING *",
+            [id, t],
+          );
+        } else {
+          if (r.state !== 'active' && r.state !== 'paused')
+            throw new ServerError('CONFLICT', 'the rollout is not active');
+          rows = await tx.query<RolloutRow>(
+            "UPDATE capability_rollouts SET state = 'cancelled', updated_at_ms = $2 WHERE id = $1 RETURNING *",
+            [id, t],
+          );
         }
-        return { result: rolloutInfo(rows[0]), subject: `capability-rollout:${id}` };
+        return { result: await rolloutInfo(tx, one(rows, 'rollout')), subject: `capability-rollout:${id}` };
       });
+    },
+
+    cancelRollout(p: Principal, id: string): Promise<ModuleRolloutInfo> {
+      return this.transitionRollout(p, id, 'cancel');
+    },
+
+    async getRollout(p: Principal, id: string): Promise<ModuleRolloutInfo> {
+      authorize(p, 'capability.read');
+      const r = one(
+        await db.query<RolloutRow>('SELECT * FROM capability_rollouts WHERE id = $1', [id]),
+        'rollout',
+      );
+      return rolloutInfo(db, one(await advanceDue([r]), 'rollout'));
     },
 
     async listRollouts(p: Principal): Promise<ModuleRolloutInfo[]> {
@@ -726,7 +979,7 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       const rows = await db.query<RolloutRow>(
         'SELECT * FROM capability_rollouts ORDER BY started_at_ms DESC LIMIT 1000',
       );
-      return rows.map(rolloutInfo);
+      return rolloutInfos(db, await advanceDue(rows));
     },
 
     // -------------------------------------------------------------------------------------------------------------
@@ -812,13 +1065,41 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       for (const m of input.installed ?? [])
         installed.set(m.name, parseVersionText(m.version, `installed ${m.name}`));
 
-      const rollouts = await db.query<RolloutRow>("SELECT * FROM capability_rollouts WHERE state = 'active'");
+      // The newest rollout of a module governs who is offered it: active or completed — the target up to the
+      // current phase's percent (stable per-device buckets); paused — only devices that already installed it (no
+      // new device); cancelled — nobody. A device offered the module once stays offered while the rollout lives.
+      const rollouts = await advanceDue(
+        await db.query<RolloutRow>(
+          'SELECT DISTINCT ON (module_id) * FROM capability_rollouts ORDER BY module_id, started_at_ms DESC, id',
+        ),
+      );
       const gated = new Map(rollouts.map((r) => [r.module_id, r]));
+      const mine = new Map(
+        (
+          await db.query<{ rollout_id: string; state: ModuleDeviceState }>(
+            'SELECT rollout_id, state FROM capability_rollout_devices WHERE device_id = $1',
+            [deviceId],
+          )
+        ).map((x) => [x.rollout_id, x.state]),
+      );
       const offered = (moduleId: string): boolean => {
         const r = gated.get(moduleId);
         if (r === undefined) return true;
-        if (!inTarget(r.target, dev)) return false;
-        return rolloutBucket(r.id, deviceId) < rolloutPercent(r.phases, now() - Number(r.started_at_ms));
+        const had = mine.get(r.id);
+        switch (r.state) {
+          case 'cancelled':
+            return false;
+          case 'paused':
+            return had === 'installed';
+          case 'completed':
+            return had !== undefined || inTarget(r.target, dev);
+          case 'active':
+            return (
+              had !== undefined ||
+              (inTarget(r.target, dev) &&
+                rolloutBucket(r.id, deviceId) < (r.phases[r.current_phase]?.percent ?? 100))
+            );
+        }
       };
       type Pick = { row: ModuleRow; md: ModuleMetadata };
       const reasons = new Map<string, string>();
@@ -980,6 +1261,24 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         cek.fill(0);
         kek?.fill(0);
       }
+      // Remember the envelope (its SUIT digest is what the device's report names, report §4 suit-reference) and,
+      // under a live rollout, that this device was offered the module in the current phase.
+      const digest = decodeEnvelope(envelope).digest.bytes;
+      const r = gated.get(row.id);
+      const live = r !== undefined && (r.state === 'active' || r.state === 'completed') ? r : undefined;
+      await db.transaction(async (tx) => {
+        await tx.query(
+          `INSERT INTO capability_offers (manifest_digest, device_id, module_id, rollout_id, phase, created_at_ms)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (manifest_digest) DO NOTHING`,
+          [digest, deviceId, row.id, live?.id ?? null, live?.current_phase ?? null, now()],
+        );
+        if (live !== undefined)
+          await tx.query(
+            `INSERT INTO capability_rollout_devices (rollout_id, device_id, phase, state, updated_at_ms)
+             VALUES ($1, $2, $3, 'offered', $4) ON CONFLICT (rollout_id, device_id) DO NOTHING`,
+            [live.id, deviceId, live.current_phase, now()],
+          );
+      });
       return {
         moduleId: row.id,
         name: row.name,
@@ -990,6 +1289,160 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         payloadUrl: payloadUrl(u8(row.ciphertext_sha256)),
         requires: deps,
       };
+    },
+
+    /**
+     * A device's module-install report (draft-ietf-suit-report §4; signed with the device's registered report key
+     * when it has one, §5 — the same rule as firmware reports, rollouts.ts). Its suit-reference digest names a
+     * module envelope the server signed for this device; the Rotor transition member (-257) says installed, failed
+     * (refused before it served: verification, health check), reverted (stopped after a fault and rolled back) or
+     * unloaded (on request or revoked: history only). The outcome is recorded for the device, counted for the
+     * module's rollout and the rollout re-evaluated in the same transaction (thresholds, auto-pause, phases).
+     */
+    async report(
+      p: Principal,
+      bytes: Uint8Array,
+      opts: { signed?: boolean } = {},
+    ): Promise<{ moduleId: string; rolloutId: string | null; state: ModuleDeviceState | 'unloaded' }> {
+      const deviceId = selfOf(p);
+      authorize(p, 'device.report');
+      if (bytes.length > MAX_MODULE_REPORT_BYTES)
+        throw new ServerError('PAYLOAD_TOO_LARGE', 'report too large');
+      const key = one(
+        await db.query<{ report_key_spki: Uint8Array | null; report_key_alg: number | null }>(
+          'SELECT report_key_spki, report_key_alg FROM devices WHERE id = $1',
+          [deviceId],
+        ),
+        'device',
+      );
+      let rep: SuitReport;
+      if (opts.signed === true) {
+        // Report §5: COSE_Sign1 verified with the key registered for this device, never one carried in the message.
+        if (key.report_key_spki === null || key.report_key_alg === null)
+          throw new ServerError('REPORT_KEY_MISSING', 'no report key is registered for this device');
+        const verifier = softwareVerifier(
+          createPublicKey({ key: Buffer.from(key.report_key_spki), format: 'der', type: 'spki' }),
+          key.report_key_alg,
+        );
+        rep = verifySignedReport(bytes, verifier, new Set([key.report_key_alg]));
+      } else {
+        if (key.report_key_spki !== null)
+          throw new ServerError('REPORT_SIGNATURE_REQUIRED', 'this device must sign its reports');
+        rep = decodeReport(bytes);
+      }
+      const ext = (k: number): string | undefined => {
+        const v = rep.extensions?.get(k);
+        return typeof v === 'string' ? v : undefined;
+      };
+      const transition = ext(REPORT_TRANSITION);
+      let state: ModuleDeviceState | 'unloaded';
+      if (transition === undefined) state = rep.result === true ? 'installed' : 'failed';
+      else if (
+        transition === 'installed' ||
+        transition === 'failed' ||
+        transition === 'reverted' ||
+        transition === 'unloaded'
+      )
+        state = transition;
+      else
+        throw new ServerError(
+          'REQUEST_INVALID',
+          'a module report is installed, failed, reverted or unloaded',
+        );
+      const reason = ext(REPORT_REASON)?.slice(0, 64) ?? null;
+      const detail = ext(REPORT_DETAIL)?.slice(0, 256);
+      const digest = rep.reference.digest.bytes;
+      const t = now();
+      const res = await db.transaction(async (tx) => {
+        const offer = (
+          await tx.query<{
+            module_id: string;
+            rollout_id: string | null;
+            phase: number | null;
+            name: string;
+          }>(
+            `SELECT o.module_id, o.rollout_id, o.phase, m.name FROM capability_offers o
+             JOIN capability_modules m ON m.id = o.module_id WHERE o.manifest_digest = $1 AND o.device_id = $2`,
+            [digest, deviceId],
+          )
+        )[0];
+        if (offer === undefined)
+          throw new ServerError(
+            'CONFLICT',
+            'no module envelope signed for this device has the reported digest',
+          );
+        // Lock order as for firmware: rollout row, then the device's rows.
+        const r = offer.rollout_id === null ? undefined : await lockRollout(tx, offer.rollout_id);
+        if (r !== undefined && state !== 'unloaded')
+          await tx.query(
+            `INSERT INTO capability_rollout_devices (rollout_id, device_id, phase, state, reason, updated_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (rollout_id, device_id) DO UPDATE SET state = $4, reason = $5, updated_at_ms = $6`,
+            [r.id, deviceId, offer.phase ?? r.current_phase, state, reason, t],
+          );
+        await tx.query(
+          `INSERT INTO capability_device_modules (device_id, name, module_id, state, reason, updated_at_ms)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (device_id, name) DO UPDATE SET module_id = $3, state = $4, reason = $5, updated_at_ms = $6`,
+          [deviceId, offer.name, offer.module_id, state, reason, t],
+        );
+        await tx.query(
+          "INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details) VALUES ($1, $2, $3, 'capability.report', $4::jsonb)",
+          [
+            deviceId,
+            offer.rollout_id,
+            t,
+            JSON.stringify({
+              moduleId: offer.module_id,
+              name: offer.name,
+              state,
+              manifestDigest: hex(digest),
+              ...(reason === null ? {} : { reasonCode: reason }),
+              ...(detail === undefined ? {} : { detail }),
+            }),
+          ],
+        );
+        if (r !== undefined) await evaluateLocked(tx, r);
+        return { moduleId: offer.module_id, rolloutId: offer.rollout_id, state };
+      });
+      return res;
+    },
+
+    /** What each capability of a device last reported (operator view). */
+    async deviceModules(
+      p: Principal,
+      deviceId: string,
+    ): Promise<
+      {
+        name: string;
+        moduleId: string;
+        version: string;
+        state: string;
+        reason: string | null;
+        updatedAtMs: number;
+      }[]
+    > {
+      authorize(p, 'capability.read');
+      const rows = await db.query<{
+        name: string;
+        module_id: string;
+        version: string;
+        state: string;
+        reason: string | null;
+        updated_at_ms: number | string;
+      }>(
+        `SELECT d.name, d.module_id, m.version, d.state, d.reason, d.updated_at_ms FROM capability_device_modules d
+         JOIN capability_modules m ON m.id = d.module_id WHERE d.device_id = $1 ORDER BY d.name`,
+        [deviceId],
+      );
+      return rows.map((r) => ({
+        name: r.name,
+        moduleId: r.module_id,
+        version: r.version,
+        state: r.state,
+        reason: r.reason,
+        updatedAtMs: Number(r.updated_at_ms),
+      }));
     },
 
     /** A module ciphertext, to a device only (it is useless without the device's wrapped key). */
