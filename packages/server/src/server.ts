@@ -32,6 +32,7 @@ import {
   registerDistributionRoutes,
 } from './attestation/distribution.ts';
 import { createPolicyService } from './attestation/policy.ts';
+import { loadVerifierSecret } from './attestation/secret.ts';
 import {
   capabilityKeyFromPem,
   createCapabilityService,
@@ -179,7 +180,15 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     registerAttestationRoutes(
       op.app,
       dev?.app,
-      createAttestationService(db, opts.now === undefined ? {} : { now: opts.now }),
+      createAttestationService(db, {
+        ...(opts.now === undefined ? {} : { now: opts.now }),
+        // Issue 7: one verifier secret for every instance on the database, kept across restarts (secret.ts).
+        secret: await loadVerifierSecret(db, {
+          vault: keys.vault,
+          dataDir: config.dataDir,
+          ...(opts.now === undefined ? {} : { now: opts.now }),
+        }),
+      }),
     );
     registerDistributionRoutes(op.app, dev?.app, distribution, createPolicyService(db, opts.now));
     const capabilityKeys: CapabilityKeys | undefined =

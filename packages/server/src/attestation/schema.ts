@@ -97,3 +97,17 @@ CREATE TABLE device_policy_state (
   updated_at_ms  bigint NOT NULL
 );
 `;
+
+/**
+ * Migration 12: the verifier's persisted secret (issue 7 multi-instance): one 32-byte secret per name, stored
+ * wrapped under the content-key vault (A256KW, RFC 3394 — integrity-protected), created once by whichever
+ * instance starts first (INSERT … ON CONFLICT DO NOTHING) and read by every instance on the database. The nonce
+ * MAC key and the result-signing key are derived from it (attestation/secret.ts).
+ */
+export const VERIFIER_SECRET_MIGRATION_SQL = `
+CREATE TABLE verifier_secrets (
+  name          text PRIMARY KEY,
+  wrapped       bytea NOT NULL CHECK (octet_length(wrapped) = 40),
+  created_at_ms bigint NOT NULL
+);
+`;

@@ -43,6 +43,7 @@ import { ServerError } from '../errors.ts';
 import { auditedTransaction } from '../tx.ts';
 import { deviceStateChanged } from '../device-auth.ts';
 import { evaluateResult, periodicAttestationDue, type PolicyDocument } from './policy.ts';
+import { nonceKeyOf, resultKeyPairOf } from './secret.ts';
 
 /** RoT algorithms the verifier accepts (the enclave's ROT_ALGS). */
 export const ROT_ALGS: ReadonlySet<number> = new Set<number>([Alg.ES256, Alg.EdDSA]);
@@ -59,10 +60,15 @@ export interface AttestationServiceOptions {
   readonly resultKey?: { signer: Signer; publicKey: KeyObject };
   readonly nonceTtlMs?: number;
   /**
-   * Key that MACs the nonces (32 bytes). Default: random per process — nonces then do not survive a restart (they
-   * live 60 s); servers behind one load balancer must share it.
+   * Key that MACs the nonces (32 bytes). Default: derived from `secret`, else random per process (nonces then do
+   * not survive a restart, and instances on one database do not accept each other's).
    */
   readonly nonceKey?: Uint8Array;
+  /**
+   * The verifier secret (secret.ts loadVerifierSecret: shared by every instance on the database, persistent): the
+   * nonce MAC key and the result-signing key derive from it unless given explicitly.
+   */
+  readonly secret?: Uint8Array;
 }
 
 export interface AppraisalOutcome {
@@ -157,8 +163,11 @@ function requireDevice(p: Principal): string {
   return p.deviceId;
 }
 
-function softwareResultKey(): { signer: Signer; publicKey: KeyObject } {
-  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+function softwareResultKey(pair?: { privateKey: KeyObject; publicKey: KeyObject }): {
+  signer: Signer;
+  publicKey: KeyObject;
+} {
+  const { privateKey, publicKey } = pair ?? generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
   const spki = publicKey.export({ type: 'spki', format: 'der' });
   const kid = sha256(new Uint8Array(spki)).subarray(0, 16);
   return {
@@ -177,8 +186,11 @@ export type AttestationService = ReturnType<typeof createAttestationService>;
 export function createAttestationService(db: Db, opts: AttestationServiceOptions = {}) {
   const now = opts.now ?? Date.now;
   const ttl = opts.nonceTtlMs ?? DEFAULT_NONCE_TTL_MS;
-  const resultKey = opts.resultKey ?? softwareResultKey();
-  const nonceKey = opts.nonceKey ?? new Uint8Array(randomBytes(32));
+  const secret = opts.secret;
+  const resultKey =
+    opts.resultKey ?? softwareResultKey(secret === undefined ? undefined : resultKeyPairOf(secret));
+  const nonceKey =
+    opts.nonceKey ?? (secret === undefined ? new Uint8Array(randomBytes(32)) : nonceKeyOf(secret));
   const nonceHmac = hmacSha256(nonceKey);
   const audited = auditedTransaction(db, now);
   /** Verified chains by device: re-verified only when the stored chain changes. */
