@@ -14,6 +14,7 @@ import { attestBench } from './benches/attest.ts';
 import { keydeliveryBench } from './benches/keydelivery.ts';
 import { checkinBench } from './benches/checkin.ts';
 import { modulesBench } from './benches/modules.ts';
+import { fleetBench } from './benches/fleet.ts';
 
 const BENCHES: readonly Benchmark[] = [
   manifestBench,
@@ -26,6 +27,7 @@ const BENCHES: readonly Benchmark[] = [
   checkinBench,
   provisionBench,
   modulesBench,
+  fleetBench,
 ];
 
 async function main(): Promise<number> {

@@ -143,6 +143,8 @@ export class SimDevice {
   nudged = false;
   failures = 0;
   checkins = 0;
+  /** The push listener has connected (and subscribed) at least once. */
+  pushConnected = false;
 
   constructor(o: SimDeviceOptions) {
     this.o = o;
@@ -250,6 +252,7 @@ export class SimDevice {
       maxBackoffMs: 30_000,
       onNudge: (why) => {
         if (why === 'push') this.o.onNudge(this);
+        else this.pushConnected = true;
       },
     });
     this.#push.start();

@@ -453,6 +453,26 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
     } else await d.goOffline();
   }
 
+  /**
+   * One bare check-in (POST /d/v1/checkin, nothing else) per online device, `concurrency` at a time, over each
+   * device's own mutual-TLS client: the protocol's floor, a baseline for a rollout's wall time.
+   */
+  async checkinRound(
+    concurrency = this.opts.concurrency ?? 256,
+  ): Promise<{ seconds: number; errors: number }> {
+    const online = this.devices.filter((d) => d.online && d.tracker !== undefined);
+    let errors = 0;
+    const t0 = performance.now();
+    await pool(online, concurrency, async (d) => {
+      try {
+        await d.tracker!.checkin();
+      } catch {
+        errors++;
+      }
+    });
+    return { seconds: (performance.now() - t0) / 1000, errors };
+  }
+
   /** Every device's state, read from its flash through its agent. */
   async snapshot(): Promise<DeviceSnapshot[]> {
     const out: DeviceSnapshot[] = [];
