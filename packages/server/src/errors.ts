@@ -32,6 +32,8 @@ export const SERVER_ERROR_CODES = [
   'DEVICE_UNKNOWN', // certificate fingerprint not registered
   'DEVICE_DISABLED', // device registered but disabled
   'DEVICE_FORBIDDEN', // a device asked for another device's resource
+  'DEVICE_PROXY_INVALID', // an RFC 3820 proxy client certificate that breaks the path rules (device-tls.ts)
+  'DEVICE_PROXY_EXPIRED', // a proxy client certificate outside its validity or over the lifetime bound
   // Releases and payloads
   'PAYLOAD_DIGEST_MISMATCH', // uploaded bytes do not hash to the digest named in the URL
   'PAYLOAD_MISSING', // a release references a payload digest the server does not hold
@@ -98,6 +100,8 @@ const STATUS: Record<ServerErrorCode, number> = {
   DEVICE_UNKNOWN: 403,
   DEVICE_DISABLED: 403,
   DEVICE_FORBIDDEN: 403,
+  DEVICE_PROXY_INVALID: 401,
+  DEVICE_PROXY_EXPIRED: 401,
   PAYLOAD_DIGEST_MISMATCH: 422,
   PAYLOAD_MISSING: 422,
   RELEASE_INVALID: 422,

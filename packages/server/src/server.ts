@@ -6,12 +6,12 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import { bearerToken, type Principal } from './auth.ts';
 import { loadConfig, type ServerConfig } from './config.ts';
 import { openDatabase, type Db } from './db/db.ts';
 import { migrate } from './db/migrations.ts';
-import { ServerError } from './errors.ts';
+import { createDeviceTls, deviceTlsServerOptions } from './device-tls.ts';
 import { createBaseApp, openApiDocument, type RouteRecord } from './http.ts';
 import { createMetrics, type Metrics } from './metrics.ts';
 import {
@@ -74,33 +74,6 @@ export interface StartOptions {
   readonly capabilityKeys?: CapabilityKeys;
 }
 
-/**
- * Client certificate per TLS connection: read once (getPeerCertificate builds a whole object per call). The
- * connection proved possession of this certificate's key in its handshake; who the certificate belongs to and
- * whether that device is still enabled is decided on every request (services.devices.authenticate).
- */
-const peerCertificates = new WeakMap<object, Uint8Array>();
-
-function deviceCertificate(req: FastifyRequest, caConfigured: boolean): Uint8Array {
-  const sock = req.raw.socket as Partial<TLSSocket>;
-  const known = peerCertificates.get(sock);
-  if (known !== undefined) return known;
-  const der = peerCertificate(sock, caConfigured);
-  peerCertificates.set(sock, der);
-  return der;
-}
-
-function peerCertificate(sock: Partial<TLSSocket>, caConfigured: boolean): Uint8Array {
-  if (typeof sock.getPeerCertificate !== 'function')
-    throw new ServerError('DEVICE_CERT_REQUIRED', 'device API requires TLS');
-  const cert = sock.getPeerCertificate(false) as { raw?: Buffer } | null;
-  if (cert?.raw === undefined) throw new ServerError('DEVICE_CERT_REQUIRED', 'client certificate required');
-  // With a device CA the handshake already refused other chains (rejectUnauthorized); this is a second check.
-  if (caConfigured && sock.authorized !== true)
-    throw new ServerError('DEVICE_CERT_REQUIRED', 'client certificate not issued by the device CA');
-  return new Uint8Array(cert.raw);
-}
-
 export async function startServer(config: ServerConfig, opts: StartOptions = {}): Promise<RotorServer> {
   const ownDb = opts.db === undefined;
   if (ownDb && config.databaseUrl === undefined)
@@ -143,7 +116,13 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     operatorApp = op.app;
     let dev: { app: FastifyInstance; routes: RouteRecord[] } | undefined;
     if (config.tls !== undefined) {
-      const caConfigured = config.deviceCa !== undefined;
+      // Client certificates: plain device certificates verified by OpenSSL against the device CA, and RFC 3820 proxy
+      // certificates of registered devices, decided per connection in device-tls.ts (which is why OpenSSL's verdict
+      // does not end the handshake: rejectUnauthorized false).
+      const deviceTls = createDeviceTls({
+        deviceCa: config.deviceCa,
+        ...(opts.now === undefined ? {} : { now: opts.now }),
+      });
       dev = createBaseApp({
         listener: 'device',
         logLevel: config.logLevel,
@@ -152,13 +131,11 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
         https: {
           cert: config.tls.cert,
           key: config.tls.key,
-          requestCert: true,
-          // Without a device CA any certificate completes the handshake and the registry decides by fingerprint.
-          rejectUnauthorized: caConfigured,
-          ...(caConfigured ? { ca: config.deviceCa } : {}),
+          ...deviceTlsServerOptions(config.deviceCa),
           minVersion: 'TLSv1.2',
         },
-        authenticate: (req) => services.devices.authenticate(deviceCertificate(req, caConfigured)),
+        authenticate: (req) =>
+          services.devices.authenticate(deviceTls.certificate(req.raw.socket as Partial<TLSSocket>)),
       });
       deviceApp = dev.app;
     }

@@ -200,6 +200,7 @@ beforeAll(async () => {
       ROTOR_DEVICE_CA_FILE: join(dir, 'device-ca.pem'),
     },
   });
+  mkdirSync(join(dir, 'data'), { recursive: true });
   server = await startServer(config, { db: await openDatabase({}) });
 });
 
@@ -275,8 +276,10 @@ describe('manufacturing provisioning', () => {
     expect(unknown.status).toBe(403);
     expect(JSON.parse(unknown.body)).toMatchObject({ code: 'DEVICE_UNKNOWN' });
 
-    // Forged: the same device id and a look-alike issuer, signed by a CA outside the factory chain; refused in the
-    // TLS handshake (RFC 5280 §6 path validation fails), whatever the registry says.
+    // Forged: the same device id and a look-alike issuer, signed by a CA outside the factory chain; refused (RFC 5280
+    // §6 path validation by OpenSSL fails), whatever the registry says. The listener completes handshakes that
+    // OpenSSL does not verify (RFC 3820 proxy certificates are decided in the application, device-tls.ts), so the
+    // refusal is a typed 401 on the request.
     const forgedRootKey = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
     const fspki = new Uint8Array(forgedRootKey.publicKey.export({ type: 'spki', format: 'der' }));
     const fk = { signer: softwareSigner(forgedRootKey.privateKey, -7), spki: fspki, type: 'P-256' as const };
@@ -295,11 +298,16 @@ describe('manufacturing provisioning', () => {
       { spki: devSpki, type: 'P-256', deviceId: r.deviceIds[1]! },
       { validityDays: 1, now: new Date(Date.now() - 60_000) },
     );
-    await expect(
-      checkIn(toPem(forged.der), devKey.export({ type: 'pkcs8', format: 'pem' }).toString()),
-    ).rejects.toThrow();
-    // No client certificate at all: refused in the handshake too.
-    await expect(checkIn(undefined, undefined)).rejects.toThrow();
+    const forgedIn = await checkIn(
+      toPem(forged.der),
+      devKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    );
+    expect(forgedIn.status).toBe(401);
+    expect(JSON.parse(forgedIn.body)).toMatchObject({ code: 'DEVICE_CERT_REQUIRED' });
+    // No client certificate at all.
+    const none = await checkIn(undefined, undefined);
+    expect(none.status).toBe(401);
+    expect(JSON.parse(none.body)).toMatchObject({ code: 'DEVICE_CERT_REQUIRED' });
 
     // Disabled: takes effect on the next request.
     const id = rows.find((x) => x.name === b.deviceId)!.id;
