@@ -253,7 +253,11 @@ export class ImageWriter {
   ) {
     this.#flash = flash;
     this.#dir = dir;
-    this.#bufs = Array.from({ length: WRITE_BUFFERS }, () => new Uint8Array(flash.chunkSize));
+    // From the file system when it has buffers suited to its writes (nodeFs: aligned for direct I/O, pooled).
+    const fs = flash.fs;
+    this.#bufs = Array.from({ length: WRITE_BUFFERS }, () =>
+      fs.allocBuffer === undefined ? new Uint8Array(flash.chunkSize) : fs.allocBuffer(flash.chunkSize),
+    );
     this.#busy = this.#bufs.map(() => undefined);
     this.#index = startChunk;
     this.#size = startChunk * flash.chunkSize;
@@ -396,10 +400,16 @@ export class ImageWriter {
     return this.#size;
   }
 
-  /** The chunk buffers go now, not at the next major GC (nothing refers to them once the writer is done). */
+  /**
+   * The chunk buffers go now (no write from them is in flight any more), not at the next major GC: back to the
+   * file system's pool, or freed.
+   */
   #freeBuffers(): void {
-    for (const b of this.#bufs)
-      if (b.buffer instanceof ArrayBuffer && !b.buffer.detached) b.buffer.transfer(0);
+    const fs = this.#flash.fs;
+    for (const b of this.#bufs.splice(0)) {
+      if (fs.releaseBuffer !== undefined) fs.releaseBuffer(b);
+      else if (b.buffer instanceof ArrayBuffer && !b.buffer.detached) b.buffer.transfer(0);
+    }
   }
 
   /**
