@@ -48,6 +48,7 @@ import { group, type Command, type Subcommand } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { enclaveDevices } from './factory-device.ts';
 import { json, out, writeAtomic } from './io.ts';
+import { progressBar as liveProgressBar } from './progress.ts';
 
 const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 const MAX_FILE = 1 << 20;
@@ -528,27 +529,12 @@ export async function openFactoryCa(dir: string, pin: () => string): Promise<Fac
   }
 }
 
-/** A progress bar on stderr: redrawn in place on a TTY (colour unless NO_COLOR), a line per 10% otherwise. */
-export function progressBar(label: string): (done: number, total: number) => void {
-  const tty = process.stderr.isTTY;
-  const color = tty && !process.env.NO_COLOR;
-  let lastTenth = -1;
-  return (done, total) => {
-    const frac = total === 0 ? 1 : done / total;
-    if (tty) {
-      const w = 30;
-      const n = Math.round(frac * w);
-      const bar = '#'.repeat(n) + '.'.repeat(w - n);
-      const shown = color ? `\x1b[32m${bar}\x1b[0m` : bar;
-      process.stderr.write(`\r${label} [${shown}] ${done}/${total}${done === total ? '\n' : ''}`);
-    } else {
-      const tenth = Math.floor(frac * 10);
-      if (tenth !== lastTenth) {
-        lastTenth = tenth;
-        process.stderr.write(`${label}: ${done}/${total}\n`);
-      }
-    }
-  };
+/**
+ * A progress bar on stderr (progress.ts): redrawn in place on a terminal (colour unless NO_COLOR), a line per 10%
+ * otherwise, nothing when disabled (--json).
+ */
+export function progressBar(label: string, enabled = true): (done: number, total: number) => void {
+  return liveProgressBar(label, { enabled });
 }
 
 const provision: Subcommand = {
@@ -598,7 +584,7 @@ DATABASE_URL, else the embedded database in --data-dir/pg (default ./rotor-data;
           devices: enclaveDevices({ dir: join(dir, 'devices', batch) }),
           registry: dbRegistry(db, { station: `factory:${batch}` }),
           concurrency,
-          onProgress: progressBar(`provisioning ${batch}`),
+          onProgress: progressBar(`provisioning ${batch}`, values.json !== true),
         });
         if (values.json === true) json(r);
         else
