@@ -6,7 +6,9 @@
  * recorded as a 'failed' SUIT report record with that reason. A stored dependency that is tampered with is caught
  * by the boot stage on the next boot, which falls back to the other bank or to the recovery image.
  */
-import { describe, expect, it } from 'vitest';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, describe, expect, it } from 'vitest';
 import { createSign1, type Signer } from '@rotor/cose';
 import {
   encodeEnvelope,
@@ -17,6 +19,7 @@ import {
   type SuitCommand,
 } from '@rotor/suit';
 import type { DeviceAgent } from '../src/agent/agent.ts';
+import { httpSource } from '../src/fetch/source.ts';
 import { bankName, decodeBank, encodeAnchors, encodeBank } from '../src/flash/nvstate.ts';
 import type { SimulatedFs } from '../src/storage/sim.ts';
 import { FW, image, keys, newAgent, provisioned, release, URI } from './agent-fixture.ts';
@@ -346,5 +349,60 @@ describe('a stored dependency tampered on flash (boot stage, RFC 9019 §4.1)', (
       reason: 'NO_BOOTABLE_IMAGE',
     });
     expect([...(await after.nv.counters()).values()]).toContain(2n);
+  });
+});
+
+describe('a dependency fetched from a hostile server (HTTP over loopback)', () => {
+  const servers: Server[] = [];
+  afterAll(() => {
+    for (const s of servers) s.close();
+  });
+
+  async function serve(handler: Parameters<typeof createServer>[1]): Promise<string> {
+    const s = createServer(handler);
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
+  }
+
+  it('a slow drip is cut off by the deadline (FETCH_DEADLINE), an endless one at the announced size', async () => {
+    const { agent, resources } = await provisioned();
+    const a2 = await authored(resources, 2);
+    const base = await serve((req, res) => {
+      if (req.url === '/slow') {
+        res.writeHead(200, { 'content-length': String(a2.length) });
+        let i = 0;
+        const t = setInterval(() => {
+          if (i < a2.length) res.write(a2.subarray(i, ++i));
+        }, 20);
+        res.on('close', () => {
+          clearInterval(t);
+        });
+        return;
+      }
+      // Endless, without a length.
+      res.writeHead(200);
+      const chunk = Buffer.alloc(16 * 1024, 7);
+      const pump = (): void => {
+        while (res.write(chunk));
+        res.once('drain', pump);
+      };
+      pump();
+      res.on('close', () => res.removeAllListeners('drain'));
+    });
+    agent.fetchPolicy = { source: httpSource(), retries: 1, backoffMs: 1, deadlineMs: 400 };
+    await expectRefused(
+      agent,
+      await dependent([{ envelope: a2, uri: `${base}/slow` }]),
+      'FETCH_DEADLINE',
+      'SUIT_OPERATION_FAILED',
+    );
+    agent.fetchPolicy = { source: httpSource(), retries: 1, backoffMs: 1, deadlineMs: 10_000 };
+    await expectRefused(
+      agent,
+      await dependent([{ envelope: a2, uri: `${base}/endless` }]),
+      'MANIFEST_REJECTED',
+      'SUIT_OPERATION_FAILED',
+    );
   });
 });

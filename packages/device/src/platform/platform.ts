@@ -48,6 +48,7 @@ import {
   type PayloadDecryption,
   type PayloadInput,
 } from '../fetch/pipeline.ts';
+import type { SourceResponse } from '../fetch/source.ts';
 
 /** Largest stored image read() returns as real bytes (dependency envelopes, small components). */
 const INLINE_READ = 64 * 1024;
@@ -154,21 +155,48 @@ export class DevicePlatform {
       );
     const policy = this.#o.fetch;
     if (policy === undefined) throw new DeviceError('FETCH_FAILED', 'this platform has no payload source');
+    const uri = ref.input.uri;
+    // Bounded like an image (fetch/pipeline.ts): in size (the announced image-size, never above MAX_ENVELOPE) and
+    // by one overall deadline, so that a slow-drip server cannot hold the update (issue 4: slow retrieval).
+    const announced = ref.input.expectedSize;
+    const bound =
+      announced !== undefined && announced < BigInt(MAX_ENVELOPE) ? Number(announced) : MAX_ENVELOPE;
+    const deadlineMs = policy.deadlineMs ?? 600_000;
     const ac = new AbortController();
-    const res = await policy.source.open(ref.input.uri, { offset: 0, etag: undefined, signal: ac.signal });
+    const timer = setTimeout(() => {
+      ac.abort();
+    }, deadlineMs);
+    const deadline = (e?: unknown): DeviceError =>
+      new DeviceError('FETCH_DEADLINE', `retrieval of ${uri} exceeded ${deadlineMs} ms`, { cause: e });
+    let res: SourceResponse | undefined;
     try {
+      res = await policy.source.open(uri, { offset: 0, etag: undefined, signal: ac.signal });
+      if (res.start !== 0)
+        throw new DeviceError('FETCH_PROTOCOL', `${uri} answered a range that was not asked`);
+      if (res.total !== undefined && res.total > bound)
+        throw new DeviceError('MANIFEST_REJECTED', `dependency envelope ${uri} exceeds ${bound} bytes`);
       const parts: Uint8Array[] = [];
       let n = 0;
       for await (const p of res.body) {
         n += p.length;
-        if (n > MAX_ENVELOPE)
-          throw new DeviceError('MANIFEST_REJECTED', `dependency envelope exceeds ${MAX_ENVELOPE} bytes`);
+        if (n > bound)
+          throw new DeviceError('MANIFEST_REJECTED', `dependency envelope ${uri} exceeds ${bound} bytes`);
         parts.push(p.slice());
+        if (ac.signal.aborted) throw deadline();
       }
       return Buffer.concat(parts);
+    } catch (e) {
+      if (ac.signal.aborted) throw deadline(e);
+      if (e instanceof DeviceError) throw e;
+      throw new DeviceError(
+        'FETCH_FAILED',
+        `retrieval of ${uri} failed: ${e instanceof Error ? e.message : String(e)}`,
+        { cause: e },
+      );
     } finally {
+      clearTimeout(timer);
       ac.abort();
-      res.close();
+      res?.close();
     }
   }
 
