@@ -3,6 +3,7 @@
  * errors print `error: <CODE>: <message>` on stderr and exit with the code from errors.ts.
  */
 import { CliError, errorCode, exitCodeFor, ExitCode } from './errors.ts';
+import { demoCommand } from './demo/index.ts';
 import { deviceCommand } from './device.ts';
 import { factoryCommand } from './factory.ts';
 import { manifestCommand } from './manifest.ts';
@@ -27,6 +28,7 @@ const COMMANDS: readonly Command[] = [
   tokenCommand,
   serverCommand,
   auditCommand,
+  demoCommand,
 ];
 
 const USAGE = `rotor — secure firmware lifecycle for device fleets

@@ -1,0 +1,571 @@
+/**
+ * `rotor demo`: the whole story in one run, across real processes — the fleet server is a child process
+ * (`rotor server` on ephemeral ports), the devices run in another (the fleet simulator: real device agents and status
+ * tracker clients over HTTPS with mutual TLS and MQTT, storage on disk), and this process is the author and the
+ * operator, driving the operator API. Each step checks its outcome; a step whose piece of Rotor is not there yet says
+ * precisely what is missing. Exit 0 only when the whole story happened (with --partial: when every step that could
+ * run succeeded).
+ */
+import 'reflect-metadata';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import * as x509 from '@peculiar/x509';
+import { dbRegistry, migrate, openDatabase, provisionDevices } from '@rotor/server';
+import { CliError, ExitCode } from '../errors.ts';
+import { enclaveDevices } from '../factory-device.ts';
+import { openFactoryCa } from '../factory.ts';
+import { json, out } from '../io.ts';
+import { DemoClient, listDevices, type DeviceInfo, type RolloutInfo } from './client.ts';
+import { narrator, table, type Narrator } from './narrate.ts';
+import {
+  freePort,
+  startFleetProcess,
+  startServerProcess,
+  type FleetMessage,
+  type FleetProcess,
+  type ServerProcess,
+} from './processes.ts';
+import { authorRelease, demoImage, ensureDataDir, sequenceOf, serverArgs, type DataDir } from './setup.ts';
+
+export interface DemoOptions {
+  readonly devices: number;
+  /** Run directory (kept); default: a temporary directory, removed at the end unless keep. */
+  readonly dir: string | undefined;
+  readonly json: boolean;
+  readonly keep: boolean;
+  /** Exit 0 when every step that could run succeeded, even if some pieces are missing. */
+  readonly partial: boolean;
+}
+
+export type StepStatus = 'ok' | 'failed' | 'missing';
+
+export interface StepResult {
+  readonly n: number;
+  readonly title: string;
+  readonly status: StepStatus;
+  readonly detail: string;
+}
+
+export interface DeviceRow {
+  readonly name: string;
+  readonly serverId: string;
+  readonly version: string;
+  readonly sequence: string;
+  readonly bank: string;
+  readonly lastOutcome: string;
+  readonly powerCuts: number;
+  readonly attestation: string;
+  readonly rotIndex: string;
+  readonly module: string;
+}
+
+export interface DemoResult {
+  readonly ok: boolean;
+  readonly dir: string;
+  readonly steps: StepResult[];
+  readonly devices: DeviceRow[];
+  readonly server: { readonly operatorUrl: string; readonly deviceUrl: string } | undefined;
+  readonly rollouts: Record<string, RolloutInfo>;
+}
+
+class StepFailed extends Error {
+  override readonly name = 'StepFailed';
+}
+class StepMissing extends Error {
+  override readonly name = 'StepMissing';
+}
+
+const check = (cond: boolean, why: string): void => {
+  if (!cond) throw new StepFailed(why);
+};
+
+const versionOf = (seq: string | number | bigint): string => {
+  const n = Number(seq);
+  return n >= 100 ? `${Math.floor(n / 100)}.${n % 100}` : `seq ${n}`;
+};
+
+const sha256hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Polls a rollout until `done` holds, drawing its progress; fails after `timeoutMs`. */
+async function watchRollout(
+  api: DemoClient,
+  id: string,
+  total: number,
+  say: Narrator,
+  label: string,
+  done: (r: RolloutInfo) => boolean,
+  timeoutMs: number,
+): Promise<RolloutInfo> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await api.get<RolloutInfo>(`/v1/rollouts/${id}`);
+    const c = r.counts;
+    say.progress(
+      label,
+      c.succeeded ?? 0,
+      total,
+      `phase ${r.currentPhase + 1} · ${c.in_progress ?? 0} updating · ${c.failed ?? 0} failed · ${r.state}`,
+    );
+    if (done(r)) {
+      say.end();
+      return r;
+    }
+    if (Date.now() > end) {
+      say.end();
+      throw new StepFailed(
+        `rollout ${id} did not get there in time (state ${r.state}, counts ${JSON.stringify(c)})`,
+      );
+    }
+    await sleep(250);
+  }
+}
+
+interface Snapshot {
+  readonly index: number;
+  readonly name: string;
+  readonly serverId?: string;
+  readonly state: string;
+  readonly powerCuts: number;
+  readonly reported?: { state: string; sequence: string };
+  readonly flash?: { bank: string; sequence: string; trial: boolean; updating: boolean };
+}
+
+async function snapshot(fleet: FleetProcess): Promise<Snapshot[]> {
+  const wait = fleet.next((m) => m.type === 'snapshot', 'a fleet snapshot', 30_000);
+  fleet.send({ cmd: 'snapshot' });
+  return (await wait).devices as Snapshot[];
+}
+
+export async function runDemo(o: DemoOptions): Promise<DemoResult> {
+  const say = narrator({ json: o.json });
+  const runDir = o.dir === undefined ? mkdtempSync(join(tmpdir(), 'rotor-demo-')) : resolve(o.dir);
+  mkdirSync(runDir, { recursive: true });
+  const n = o.devices;
+  const steps: StepResult[] = [];
+  const rollouts: Record<string, RolloutInfo> = {};
+  const TITLES = [
+    `The factory provisions ${n} devices`,
+    'The fleet server starts (its own process)',
+    'The devices power on and check in (their own process)',
+    'The author builds and signs firmware 1.1',
+    'The operator approves 1.1 (per-device encryption)',
+    'Rollout of 1.1: a canary phase, then everyone',
+    'A device loses power mid-install and recovers',
+    'A bad image: the canary rolls back and the rollout pauses',
+    'Updated devices attest; the server appraises the new measurements',
+    "A device's root of trust is rotated while it keeps answering",
+    'A capability module is hot-swapped on a group, then revoked on one device',
+    'The fleet',
+  ];
+  const total = TITLES.length;
+  let server: ServerProcess | undefined;
+  let fleet: FleetProcess | undefined;
+  let d: DataDir | undefined;
+  let admin: DemoClient | undefined;
+  let author: DemoClient | undefined;
+  let operator: DemoClient | undefined;
+  let fleetDevices: { index: number; name: string; serverId: string }[] = [];
+  let finalSnapshot: Snapshot[] = [];
+  const powerCutIndex = n > 2 ? 1 : 0;
+  let badDeviceId: string | undefined;
+  /** The device process's state when its plug was pulled (step 6), and where it was then. */
+  let cut: { state: string; name: string } | undefined;
+
+  const step = async (i: number, f: () => Promise<string>): Promise<boolean> => {
+    const title = TITLES[i - 1]!;
+    say.step(i, total, title);
+    try {
+      const detail = await f();
+      say.ok(detail);
+      steps.push({ n: i, title, status: 'ok', detail });
+      return true;
+    } catch (e) {
+      say.end();
+      const detail = e instanceof Error ? e.message : String(e);
+      if (e instanceof StepMissing) {
+        say.missing(detail);
+        steps.push({ n: i, title, status: 'missing', detail });
+        return true;
+      }
+      say.fail(detail);
+      steps.push({ n: i, title, status: 'failed', detail });
+      return false;
+    }
+  };
+
+  try {
+    say.info(`run directory ${runDir}`);
+    let go = await step(1, async () => {
+      d = await ensureDataDir(join(runDir, 'data'));
+      const ca = await openFactoryCa(d.factoryDir, () => {
+        throw new CliError('CLI_USAGE', 'the demo factory keeps its keys in files');
+      });
+      const db = await openDatabase({ databaseUrl: undefined, dataDir: join(d.dir, 'pg') });
+      try {
+        await migrate(db);
+        mkdirSync(join(d.factoryDir, 'batches'), { recursive: true });
+        const devices = enclaveDevices({ dir: join(d.factoryDir, 'devices', 'demo') });
+        const r = await provisionDevices({
+          root: ca.root,
+          issuing: ca.issuing,
+          profile: ca.factory.profile,
+          journalPath: join(d.factoryDir, 'batches', 'demo.journal'),
+          count: n,
+          devices,
+          registry: dbRegistry(db, { station: 'factory:demo' }),
+          concurrency: 4,
+          onProgress: (done, all) => {
+            say.progress('provisioned', done, all);
+          },
+        });
+        say.end();
+        check(r.deviceIds.length === n, `${r.deviceIds.length} of ${n} devices provisioned`);
+        const issuing = ca.issuing.cert;
+        for (let i = 0; i < n; i++) {
+          const b = await devices.bundle(i);
+          check(b !== undefined, `device ${i} holds no identity bundle`);
+          const cert = new x509.X509Certificate(b!.certificatePem);
+          check(
+            await cert.verify({ publicKey: issuing.publicKey, signatureOnly: true }),
+            `device ${i}: certificate not issued by the factory's issuing CA`,
+          );
+        }
+        const rows = await db.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM devices WHERE 'factory' = ANY(tags)",
+        );
+        check((rows[0]?.n ?? 0) >= n, 'the factory registrations are not in the server database');
+        say.info(
+          `identity keys born in each device's enclave; certificates from the issuing CA (${d.factoryDir}/device-ca.pem); firmware 1.0 installed; registered and audited`,
+        );
+        return `${n} devices provisioned (${r.provisioned} now, ${n - r.provisioned} already done)`;
+      } finally {
+        await db.close();
+        await ca.close();
+      }
+    });
+    if (!go || d === undefined) throw new StepFailed('stopped');
+    const data: DataDir = d;
+
+    go = await step(2, async () => {
+      const mqttPort = await freePort();
+      server = await startServerProcess(
+        serverArgs(
+          data,
+          { port: 0, devicePort: 0, mqttPort },
+          { deviceCa: false, rolloutTickMs: 300, checkinIntervalS: 1 },
+        ),
+        { env: { ROTOR_ADMIN_TOKEN: data.adminToken }, log: join(runDir, 'server.log'), mqttPort },
+      );
+      admin = new DemoClient(server.operatorUrl, data.adminToken);
+      const token = async (role: string): Promise<DemoClient> => {
+        const t = await admin!.post<{ token: string }>('/v1/tokens', { name: `demo ${role}`, role });
+        return admin!.withToken(t.token);
+      };
+      author = await token('author');
+      operator = await token('operator');
+      const keys = await admin.get<{ items: { publicKeyPem?: string; name: string }[] }>('/v1/author-keys');
+      if (!keys.items.some((k) => k.name === 'demo author'))
+        await admin.post('/v1/author-keys', {
+          name: 'demo author',
+          alg: 'ESP256',
+          publicKeyPem: data.authorPubPem,
+        });
+      say.info(
+        `operator API ${server.operatorUrl} · device API ${server.deviceUrl} (mutual TLS) · MQTT ${server.mqttUrl}`,
+      );
+      say.info(`server pid ${server.pid}, log ${server.log}`);
+      return 'server up; author key registered; author and operator tokens issued';
+    });
+    if (!go || server === undefined || admin === undefined || author === undefined || operator === undefined)
+      throw new StepFailed('stopped');
+    const srv: ServerProcess = server;
+    const adm: DemoClient = admin;
+    const auth: DemoClient = author;
+    const op: DemoClient = operator;
+
+    const fleetOptions = (): Record<string, unknown> => ({
+      devices: n,
+      operatorUrl: srv.operatorUrl,
+      tokenFile: data.adminTokenFile,
+      deviceUrl: srv.deviceUrl,
+      mqttUrl: srv.mqttUrl,
+      caFile: data.tlsCa,
+      storageDir: data.devicesDir,
+      authorPubPem: data.authorPubPem,
+      operatorPubPem: data.operatorPubPem,
+      group: 'demo',
+      namePrefix: 'dev-',
+      checkinMs: 1000,
+    });
+    go = await step(3, async () => {
+      fleet = startFleetProcess(fleetOptions(), join(runDir, 'devices.log'));
+      const ready = await fleet.next((m) => m.type === 'ready', 'the fleet to power on', 120_000, true);
+      fleetDevices = (ready.devices as { index: number; name: string; serverId: string }[]).slice();
+      const end = Date.now() + 60_000;
+      let seen: DeviceInfo[] = [];
+      for (;;) {
+        seen = (await listDevices(adm, 'demo')).filter((x) => x.lastSeenMs !== null);
+        say.progress('checked in', seen.length, n);
+        if (seen.length >= n) break;
+        if (Date.now() > end) throw new StepFailed(`${seen.length} of ${n} devices checked in`);
+        await sleep(250);
+      }
+      say.end();
+      say.info(`device process pid ${fleet.pid}, log ${fleet.log}; storage ${data.devicesDir}`);
+      say.info(
+        "devices use software TLS identities registered by fingerprint: factory devices' enclave-held identity (RFC 3820 proxy credential) is not wired into the fleet simulator yet",
+      );
+      return `${n} devices running firmware 1.0 checked in`;
+    });
+    if (!go || fleet === undefined) throw new StepFailed('stopped');
+    let fl: FleetProcess = fleet;
+
+    let release11 = '';
+    go = await step(4, async () => {
+      const img = demoImage(sequenceOf('1.1'), 256 * 1024);
+      const env = await authorRelease(readFileSync(data.authorKey, 'utf8'), '1.1', img);
+      await auth.expect([200, 201], 'PUT', `/v1/payloads/${sha256hex(img)}`, img, 'application/octet-stream');
+      const rel = await auth.expect<{ id: string; sequenceNumber: number }>(
+        [201],
+        'POST',
+        '/v1/releases',
+        env,
+        'application/suit-envelope+cose',
+      );
+      release11 = rel.id;
+      return `release ${rel.id}: SUIT envelope (${env.length} bytes) signed by the author, sequence ${sequenceOf('1.1')}, payload ${img.length} bytes`;
+    });
+    if (!go) throw new StepFailed('stopped');
+
+    go = await step(5, async () => {
+      await op.post(`/v1/releases/${release11}/approve`);
+      const r = await op.get<{ status: string }>(`/v1/releases/${release11}`);
+      check(r.status === 'approved', `release status ${r.status}`);
+      return 'co-signed by the operator; payload encrypted once, its key wrapped for each device at delivery';
+    });
+    if (!go) throw new StepFailed('stopped');
+
+    go = await step(6, async () => {
+      // Canary: the first quarter of the fleet (ceil(n · 25 / 100) devices) must all confirm before the rest start.
+      const ro = await op.post<RolloutInfo & { assigned: number }>('/v1/rollouts', {
+        name: 'demo 1.1',
+        releaseId: release11,
+        target: { group: 'demo' },
+        phases: [
+          { percent: 25, successThreshold: 1, failureThreshold: 0.5, timeoutMs: 600_000 },
+          { percent: 100, successThreshold: 1, failureThreshold: 0.5, timeoutMs: 600_000 },
+        ],
+      });
+      check(ro.assigned === n, `${ro.assigned} of ${n} devices assigned`);
+      check(
+        ro.state === 'active' && ro.currentPhase === 0,
+        `rollout starts ${ro.state} in phase ${ro.currentPhase + 1}`,
+      );
+      // Power loss: when the chosen device starts writing 1.1 to flash, the device process gets SIGKILL (no shutdown,
+      // no flush, every device in it goes dark at once) and is started again on the same storage.
+      const victim = fleetDevices.find((x) => x.index === powerCutIndex)?.name ?? `dev-${powerCutIndex}`;
+      const pulling = fl
+        .next(
+          (m) =>
+            m.type === 'transition' &&
+            m.index === powerCutIndex &&
+            (m.to === 'downloading' || m.to === 'installing'),
+          `${victim} to start its install`,
+          240_000,
+        )
+        .then(async (m) => {
+          await fl.powerCut();
+          cut = { state: String(m.to), name: victim };
+          say.end();
+          say.info(`power cut: the device process was killed while ${victim} was ${String(m.to)} 1.1`);
+          fl = startFleetProcess(fleetOptions(), join(runDir, 'devices-after-power-cut.log'));
+          fleet = fl;
+          await fl.next((x) => x.type === 'ready', 'the fleet to power on again', 120_000, true);
+          say.info('power restored: the devices booted from what was durable on their flash');
+        });
+      const r = await watchRollout(op, ro.id, n, say, 'confirmed', (x) => x.state !== 'active', 240_000);
+      await pulling;
+      rollouts.v11 = r;
+      check(
+        r.state === 'completed',
+        `rollout ${r.state}${r.pauseReason === null ? '' : `: ${r.pauseReason}`}`,
+      );
+      check(r.counts.succeeded === n, `${r.counts.succeeded} of ${n} confirmed`);
+      const snap = await snapshot(fl);
+      const on11 = snap.filter(
+        (s) => s.flash !== undefined && s.flash.sequence === String(sequenceOf('1.1')),
+      );
+      check(on11.length === n, `${on11.length} of ${n} devices run 1.1 from flash`);
+      return `${n}/${n} devices downloaded, installed, rebooted into 1.1 and confirmed (canary phase of ${Math.ceil(n / 4)}, then everyone)`;
+    });
+    if (!go) throw new StepFailed('stopped');
+
+    await step(7, async () => {
+      check(cut !== undefined, 'the power cut did not happen');
+      const snap = await snapshot(fl);
+      const s = snap.find((x) => x.index === powerCutIndex);
+      check(s !== undefined, `${cut!.name} is not in the snapshot`);
+      check(
+        s!.flash?.sequence === String(sequenceOf('1.1')) && s!.reported?.state === 'confirmed',
+        `${s!.name} runs ${s!.flash?.sequence ?? '?'} (last report ${s!.reported?.state ?? 'none'})`,
+      );
+      return `${s!.name} lost power while ${cut!.state}, rebooted on what was durable on its flash, resumed the update and confirmed 1.1 (bank ${s!.flash?.bank ?? '?'})`;
+    });
+
+    go = await step(8, async () => {
+      const img = demoImage(sequenceOf('1.2'), 4096, false);
+      const env = await authorRelease(readFileSync(data.authorKey, 'utf8'), '1.2', img);
+      await auth.expect([200, 201], 'PUT', `/v1/payloads/${sha256hex(img)}`, img, 'application/octet-stream');
+      const rel = await auth.expect<{ id: string }>(
+        [201],
+        'POST',
+        '/v1/releases',
+        env,
+        'application/suit-envelope+cose',
+      );
+      await op.post(`/v1/releases/${rel.id}/approve`);
+      // A one-device canary (ceil(n · p / 100) = 1) and a failure threshold of 50%: its failure pauses the rollout.
+      const pct = Math.max(1, Math.floor(100 / n));
+      const ro = await op.post<RolloutInfo>('/v1/rollouts', {
+        name: 'demo 1.2 (bad build)',
+        releaseId: rel.id,
+        target: { group: 'demo' },
+        phases: [
+          { percent: pct, successThreshold: 1, failureThreshold: 0.5, timeoutMs: 600_000 },
+          { percent: 100, successThreshold: 1, failureThreshold: 0.5, timeoutMs: 600_000 },
+        ],
+      });
+      const r = await watchRollout(op, ro.id, n, say, 'confirmed', (x) => x.state !== 'active', 180_000);
+      rollouts.v12 = r;
+      check(r.state === 'paused', `rollout ${r.state}, expected paused`);
+      check(r.counts.failed === 1 && r.counts.succeeded === 0, `counts ${JSON.stringify(r.counts)}`);
+      const snap = await snapshot(fl);
+      const still = snap.filter((s) => s.flash?.sequence === String(sequenceOf('1.1')));
+      check(still.length === n, `${still.length} of ${n} devices still run 1.1 from flash`);
+      const bad = snap.find((s) => s.reported?.state === 'rolled-back' || s.reported?.state === 'failed');
+      check(bad !== undefined, 'no device reports the rollback');
+      badDeviceId = bad!.serverId;
+      return `${bad!.name} booted 1.2, failed its health check and rolled back to 1.1; rollout paused: ${r.pauseReason ?? ''}; the other ${n - 1} devices never got 1.2`;
+    });
+    if (!go) throw new StepFailed('stopped');
+
+    await step(9, async () => {
+      const devs = await listDevices(op, 'demo');
+      let results = 0;
+      for (const x of devs) {
+        const r = await op.request('GET', `/v1/devices/${x.id}/attestation/results`);
+        const items = (r.json as { items?: unknown[] } | undefined)?.items ?? [];
+        results += items.length;
+      }
+      if (results === 0)
+        throw new StepMissing(
+          'no device attested: the device agent/status tracker has no attestation client yet (the server side — nonce, evidence appraisal against release reference values — is there: /d/v1/attestation/nonce, /d/v1/attestation/evidence)',
+        );
+      return `${results} attestation results`;
+    });
+
+    await step(10, async () => {
+      const target = fleetDevices[0]?.serverId;
+      if (target === undefined) throw new StepFailed('no device');
+      const r = await op.request('POST', `/v1/devices/${target}/rot/rotate`, {});
+      throw new StepMissing(
+        `server answered ${r.status} to rot/rotate, but no device in the simulator runs the root-of-trust rotation client (/d/v1/attestation/rot) yet`,
+      );
+    });
+
+    await step(11, () => {
+      throw new StepMissing(
+        'the fleet simulator does not run the device CapabilityManager yet (server: /v1/capabilities/modules, manifests, rollouts, revoke are there)',
+      );
+    });
+
+    await step(12, async () => {
+      finalSnapshot = await snapshot(fl);
+      check(finalSnapshot.length === n, `${finalSnapshot.length} devices in the snapshot`);
+      return `${n} devices`;
+    });
+  } catch (e) {
+    if (!(e instanceof StepFailed)) {
+      const detail = e instanceof Error ? e.message : String(e);
+      say.fail(detail);
+      steps.push({ n: 0, title: 'demo', status: 'failed', detail });
+    }
+  } finally {
+    say.end();
+    const f = fleet;
+    if (f !== undefined) {
+      const fin = f.next(
+        (m: FleetMessage) => m.type === 'snapshot' && m.final === true,
+        'the final snapshot',
+        30_000,
+      );
+      await f.stop();
+      const last = await fin.catch(() => undefined);
+      if (last !== undefined) finalSnapshot = last.devices as Snapshot[];
+    }
+    await server?.stop();
+  }
+
+  const devices: DeviceRow[] = finalSnapshot.map((s) => ({
+    name: s.name,
+    serverId: s.serverId ?? '',
+    version: s.flash === undefined ? '?' : versionOf(s.flash.sequence),
+    sequence: s.flash?.sequence ?? '',
+    bank: s.flash?.bank ?? '?',
+    lastOutcome: [
+      s.flash === undefined ? '' : s.flash.trial ? 'on trial' : 'confirmed',
+      cut !== undefined && s.name === cut.name ? 'power cut during 1.1' : '',
+      s.serverId !== undefined && s.serverId === badDeviceId ? 'bad 1.2 rolled back' : '',
+    ]
+      .filter((x) => x !== '')
+      .join(', '),
+    powerCuts: s.powerCuts,
+    attestation: 'n/a',
+    rotIndex: 'n/a',
+    module: 'n/a',
+  }));
+  const ok =
+    steps.every((s) => s.status === 'ok' || (o.partial && s.status === 'missing')) && steps.length === 12;
+  const srvUrls = server;
+  const result: DemoResult = {
+    ok,
+    dir: runDir,
+    steps,
+    devices,
+    server:
+      srvUrls === undefined ? undefined : { operatorUrl: srvUrls.operatorUrl, deviceUrl: srvUrls.deviceUrl },
+    rollouts,
+  };
+  if (!o.json) {
+    out('');
+    out(
+      table(
+        ['device', 'firmware', 'bank', 'state', 'attestation', 'RoT', 'module'],
+        devices.map((r) => [r.name, r.version, r.bank, r.lastOutcome, r.attestation, r.rotIndex, r.module]),
+      ),
+    );
+    out('');
+    const missing = steps.filter((s) => s.status === 'missing');
+    const failed = steps.filter((s) => s.status === 'failed');
+    out(
+      `${steps.filter((s) => s.status === 'ok').length} steps happened as told, ${missing.length} not yet possible, ${failed.length} failed` +
+        (o.keep || o.dir !== undefined ? `; everything is in ${runDir}` : ''),
+    );
+    for (const s of missing) out(`  not yet: [${s.n}] ${s.title}`);
+    for (const s of failed) out(`  FAILED:  [${s.n}] ${s.title}: ${s.detail}`);
+  }
+  if (o.dir === undefined && !o.keep && existsSync(runDir)) rmSync(runDir, { recursive: true, force: true });
+  return result;
+}
+
+export async function demoMain(o: DemoOptions): Promise<number> {
+  if (!Number.isSafeInteger(o.devices) || o.devices < 2 || o.devices > 200)
+    throw new CliError('CLI_USAGE', '--devices: 2 … 200');
+  const r = await runDemo(o);
+  if (o.json) json(r);
+  return r.ok ? ExitCode.ok : ExitCode.internal;
+}
