@@ -16,6 +16,7 @@ import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { isIP } from 'node:net';
 import { CliError, type CliErrorCode } from './errors.ts';
+import { safe } from './io.ts';
 
 /** Options every operator-API subcommand takes. */
 export const API_OPTIONS = {
@@ -195,11 +196,6 @@ export function cliCodeForStatus(status: number): CliErrorCode {
   return 'CLI_SERVER';
 }
 
-/** Text safe for a terminal: C0/C1 controls (escape sequences from a hostile server) shown as '?'. */
-export function printable(s: string): string {
-  return s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '?');
-}
-
 function problemError(status: number, body: Buffer, contentType: string | undefined): CliError {
   let p: Problem | undefined;
   if (contentType === 'application/problem+json') {
@@ -213,7 +209,7 @@ function problemError(status: number, body: Buffer, contentType: string | undefi
   const code = cliCodeForStatus(status);
   if (p === undefined)
     return new CliError(code, `the server answered HTTP ${status} without a problem document`);
-  const detail = printable(p.detail.slice(0, 1000));
+  const detail = safe(p.detail.slice(0, 1000));
   const problemCode = /^[A-Z0-9_]{1,64}$/.test(p.code) ? p.code : 'UNKNOWN';
   return new CliError(code, `${problemCode}: ${detail} (HTTP ${status})`, { problem: problemCode });
 }
@@ -318,7 +314,18 @@ export class ApiClient {
   /** A JSON request whose 2xx answer is validated against `shape`; any other answer throws a mapped CliError. */
   async call<T>(method: string, path: string, shape: Shape, opts: RequestOptions = {}): Promise<T> {
     const r = await this.raw(method, path, opts);
-    if (r.status < 200 || r.status > 299) throw problemError(r.status, r.body, r.contentType);
+    if (r.status < 200 || r.status > 299) {
+      const e = problemError(r.status, r.body, r.contentType);
+      if (r.status === 401 && this.#token === undefined)
+        throw new CliError(
+          e.code,
+          `${e.message}; no token given: --token-file FILE, ROTOR_TOKEN_FILE or ROTOR_TOKEN`,
+          {
+            ...(e.problem === undefined ? {} : { problem: e.problem }),
+          },
+        );
+      throw e;
+    }
     if (r.contentType !== 'application/json')
       throw new CliError('CLI_SERVER', `expected application/json, got ${r.contentType ?? 'no media type'}`);
     let v: unknown;

@@ -81,7 +81,8 @@ export function errorCode(e: unknown): string | undefined {
 
 export function exitCodeFor(code: string | undefined): number {
   if (code === undefined) return ExitCode.internal;
-  if (code === 'CLI_USAGE') return ExitCode.usage;
+  // CONFIG_INVALID: `rotor server` flags or environment that fail validation — a bad command line too.
+  if (code === 'CLI_USAGE' || code === 'CONFIG_INVALID') return ExitCode.usage;
   if (code === 'CLI_IO') return ExitCode.io;
   if (code === 'CLI_DENIED') return ExitCode.denied;
   if (code === 'CLI_REFUSED') return ExitCode.rejected;
