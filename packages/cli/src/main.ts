@@ -78,6 +78,8 @@ export async function run(argv: readonly string[]): Promise<number> {
     const message = e instanceof Error ? e.message : String(e);
     process.stderr.write(`error: ${code ?? 'INTERNAL'}: ${message}\n`);
     if (e instanceof CliError && e.usage !== undefined) process.stderr.write(`\n${e.usage}`);
+    else if (exitCodeFor(code) === ExitCode.usage)
+      process.stderr.write(`Run 'rotor ${name} --help' for usage.\n`);
     if (code === undefined && e instanceof Error && process.env.ROTOR_DEBUG)
       process.stderr.write(`${e.stack ?? ''}\n`);
     return exitCodeFor(code);
