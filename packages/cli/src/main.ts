@@ -6,6 +6,7 @@ import { CliError, errorCode, exitCodeFor, ExitCode } from './errors.ts';
 import { demoCommand } from './demo/index.ts';
 import { deviceCommand } from './device.ts';
 import { factoryCommand } from './factory.ts';
+import { fleetCommand } from './fleet.ts';
 import { manifestCommand } from './manifest.ts';
 import { auditCommand, serverCommand } from './server.ts';
 import { releaseCommand } from './release.ts';
@@ -23,6 +24,7 @@ const COMMANDS: readonly Command[] = [
     ...deviceCommand,
     summary: 'devices: list, show, disable, enable, attest, rotate-rot, quarantine; run an agent',
   },
+  fleetCommand,
   moduleCommand,
   revocationCommand,
   tokenCommand,

@@ -71,8 +71,9 @@ export interface FleetOptions {
   readonly faults?: FleetFaults;
   /** Device identities (default: software keys + self-signed certificates registered via the operator API). */
   readonly identities?: FleetIdentitySource;
-  /** Device names are `<prefix><index>` (default 'sim-'); group and tags they are registered with. */
+  /** Device names are `<prefix><firstIndex + index>` (default 'sim-', 0); group and tags they are registered with. */
   readonly namePrefix?: string;
+  readonly firstIndex?: number;
   readonly group?: string;
   readonly tags?: readonly string[];
   /** Which transitions devices report: 'all' (default) or 'outcomes'. */
@@ -234,7 +235,7 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
     const indices = Array.from({ length: n }, (_, i) => i);
     const created = new Array<boolean>(n).fill(false);
     await pool(indices, 32, async (i) => {
-      const name = `${prefix}${i}`;
+      const name = `${prefix}${(o.firstIndex ?? 0) + i}`;
       const identity = await ids.identity(i, name);
       await ids.register(identity, this.api, { group, tags });
       let fs: StorageFs;
