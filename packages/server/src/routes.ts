@@ -2,6 +2,7 @@
  * Routes. Operator API under /v1 (JSON, bearer tokens); device API under /d/v1 on the mutual-TLS listener. Handlers
  * only translate HTTP to service calls: authorization happens in the services (deny by default).
  */
+import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Principal, Role } from './auth.ts';
@@ -19,38 +20,104 @@ function principal(req: FastifyRequest): Principal {
 
 const IMMUTABLE = 'public, max-age=31536000, immutable';
 
+/** More range-specs than this in one Range header: the header is ignored and the whole body served (§14.2). */
+export const MAX_RANGES = 16;
 /**
- * Parses a single byte range (RFC 9110 §14.1.2). Returns undefined to serve the whole representation (no Range,
- * multiple ranges, or a syntax the server ignores as §14.2 allows); throws RANGE_NOT_SATISFIABLE (§15.5.17).
+ * Ranges separated by fewer bytes than a part header costs are served as one part (RFC 9110 §15.3.7.2: a server
+ * MAY coalesce ranges that overlap or that are separated by a gap smaller than the overhead of multiple parts).
  */
-export function parseRange(
-  header: string | undefined,
-  size: number,
-): { start: number; end: number } | undefined {
-  if (header === undefined) return undefined;
-  const m = /^bytes=(\d{0,15})-(\d{0,15})$/.exec(header.trim());
-  if (m === null) return undefined;
-  const [, a = '', b = ''] = m;
-  if (a === '' && b === '') return undefined;
-  let start: number;
-  let end: number; // exclusive
-  if (a === '') {
-    const suffix = Number(b);
-    if (suffix === 0)
-      throw new ServerError('RANGE_NOT_SATISFIABLE', 'empty suffix range', { extra: { size } });
-    start = Math.max(0, size - suffix);
-    end = size;
-  } else {
-    start = Number(a);
-    end = b === '' ? size : Math.min(size, Number(b) + 1);
-    if (b !== '' && Number(b) < start) return undefined; // invalid range-spec: ignored (§14.1.1)
-  }
-  if (start >= size)
-    throw new ServerError('RANGE_NOT_SATISFIABLE', `range starts beyond ${size} bytes`, { extra: { size } });
-  return { start, end };
+const COALESCE_GAP = 80;
+
+export interface ByteRange {
+  /** First byte. */
+  readonly start: number;
+  /** One past the last byte. */
+  readonly end: number;
 }
 
-/** Serves an immutable content-addressed payload: strong ETag, Range/If-Range, 304, long-lived cache headers. */
+/**
+ * Parses a Range header (RFC 9110 §14.1.2 ranges-specifier, `bytes=` range-set) against a representation of
+ * `size` bytes. Returns undefined to serve the whole representation: no header, another range unit, a syntax
+ * error or an invalid range-spec (last < first, §14.1.1), or more than MAX_RANGES specs (§14.2: a server MAY
+ * ignore a Range header field that indicates a broken client or a denial-of-service attempt). Otherwise the
+ * satisfiable ranges (§14.1.1: first-pos < size, or a non-zero suffix), sorted and coalesced (§15.3.7.2): several
+ * ranges are served as multipart/byteranges (§14.6), one as a single part. None satisfiable: RANGE_NOT_SATISFIABLE
+ * (416, §15.5.17).
+ */
+export function parseRanges(header: string | undefined, size: number): ByteRange[] | undefined {
+  if (header === undefined) return undefined;
+  const m = /^\s*bytes\s*=\s*(.*)$/i.exec(header);
+  if (m === null) return undefined;
+  const specs = (m[1] ?? '').split(',');
+  if (specs.length > MAX_RANGES) return undefined;
+  const ranges: ByteRange[] = [];
+  let nonEmpty = 0;
+  for (const raw of specs) {
+    const spec = raw.trim();
+    if (spec === '') continue; // §5.6.1: empty list elements are ignored
+    nonEmpty++;
+    const r = /^(\d{0,15})-(\d{0,15})$/.exec(spec);
+    if (r === null) return undefined;
+    const [, a = '', b = ''] = r;
+    if (a === '' && b === '') return undefined;
+    if (a === '') {
+      const suffix = Number(b);
+      if (suffix > 0 && size > 0) ranges.push({ start: Math.max(0, size - suffix), end: size });
+      continue;
+    }
+    const start = Number(a);
+    if (b !== '' && Number(b) < start) return undefined; // invalid range-spec (§14.1.1)
+    if (start < size) ranges.push({ start, end: b === '' ? size : Math.min(size, Number(b) + 1) });
+  }
+  if (nonEmpty === 0) return undefined;
+  if (ranges.length === 0)
+    throw new ServerError('RANGE_NOT_SATISFIABLE', `no range is satisfiable within ${size} bytes`, {
+      extra: { size },
+    });
+  ranges.sort((x, y) => x.start - y.start || x.end - y.end);
+  const out: ByteRange[] = [];
+  for (const r of ranges) {
+    const last = out[out.length - 1];
+    if (last !== undefined && r.start <= last.end + COALESCE_GAP)
+      out[out.length - 1] = { start: last.start, end: Math.max(last.end, r.end) };
+    else out.push(r);
+  }
+  return out;
+}
+
+/**
+ * A single byte range (RFC 9110 §14.1.2), or undefined to serve the whole representation (no Range, a range-set
+ * that stays several ranges after coalescing, or a syntax the server ignores as §14.2 allows); throws
+ * RANGE_NOT_SATISFIABLE (§15.5.17).
+ */
+export function parseRange(header: string | undefined, size: number): ByteRange | undefined {
+  const r = parseRanges(header, size);
+  return r?.length === 1 ? r[0] : undefined;
+}
+
+/** The parts of a multipart/byteranges body (RFC 9110 §14.6) and its exact length. */
+function byteranges(
+  ranges: readonly ByteRange[],
+  size: number,
+  type: string,
+): { boundary: string; heads: Buffer[]; tail: Buffer; length: number } {
+  const boundary = randomBytes(18).toString('base64url');
+  const heads = ranges.map((r, i) =>
+    Buffer.from(
+      `${i === 0 ? '' : '\r\n'}--${boundary}\r\ncontent-type: ${type}\r\ncontent-range: bytes ${r.start}-${r.end - 1}/${size}\r\n\r\n`,
+      'latin1',
+    ),
+  );
+  const tail = Buffer.from(`\r\n--${boundary}--\r\n`, 'latin1');
+  const length =
+    heads.reduce((n, h) => n + h.length, 0) + ranges.reduce((n, r) => n + r.end - r.start, 0) + tail.length;
+  return { boundary, heads, tail, length };
+}
+
+/**
+ * Serves an immutable content-addressed payload: strong ETag, Range (one range or several as
+ * multipart/byteranges)/If-Range, 304, long-lived cache headers.
+ */
 async function servePayload(
   services: Services,
   req: FastifyRequest<{ Params: { sha256: string } }>,
@@ -71,19 +138,39 @@ async function servePayload(
     return reply.code(304).send();
   }
   const ifRange = req.headers['if-range'];
-  let range: { start: number; end: number } | undefined;
+  let ranges: ByteRange[] | undefined;
   try {
-    range = ifRange === undefined || ifRange === etag ? parseRange(req.headers.range, meta.size) : undefined;
+    // §13.1.5: a Range with an If-Range that does not match the current ETag is ignored (whole body).
+    ranges =
+      ifRange === undefined || ifRange === etag ? parseRanges(req.headers.range, meta.size) : undefined;
   } catch (e) {
     void reply.header('content-range', `bytes */${meta.size}`);
     throw e;
   }
+  if (ranges !== undefined && ranges.length > 1) {
+    const parts = byteranges(ranges, meta.size, OCTET_STREAM);
+    void reply
+      .code(206)
+      .type(`multipart/byteranges; boundary=${parts.boundary}`)
+      .header('content-length', String(parts.length));
+    if (req.method === 'HEAD') return reply.send(Readable.from([])); // keeps Content-Length (fastify HEAD)
+    const read = services.payloads.read.bind(services.payloads);
+    const body = async function* (): AsyncGenerator<Uint8Array> {
+      for (const [i, r] of ranges.entries()) {
+        yield parts.heads[i]!;
+        yield* read(meta.sha256, r.start, r.end);
+      }
+      yield parts.tail;
+    };
+    return reply.send(Readable.from(body()));
+  }
+  const range = ranges?.[0];
   const start = range?.start ?? 0;
   const end = range?.end ?? meta.size;
   void reply.header('content-length', String(end - start));
   if (range !== undefined)
     void reply.code(206).header('content-range', `bytes ${start}-${end - 1}/${meta.size}`);
-  if (req.method === 'HEAD') return reply.send();
+  if (req.method === 'HEAD') return reply.send(Readable.from([])); // keeps Content-Length (fastify HEAD)
   return reply.send(Readable.from(services.payloads.read(meta.sha256, start, end)));
 }
 
