@@ -146,6 +146,71 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
   /** Called after a commit that gave devices new work (rollout created or resumed, phase advanced): push. */
   let onWork: (rolloutId: string) => void = () => undefined;
 
+  /**
+   * Check-ins arriving in the same event-loop turn share one statement (group check-in): last-seen recorded for
+   * all of them and their active assignments looked up together. The device rows are locked in primary-key order
+   * (the index scan of `= ANY` visits sorted keys), so concurrent batches, here or on another instance, cannot
+   * deadlock. A failed batch is retried one device at a time.
+   */
+  interface Waiting {
+    readonly deviceId: string;
+    readonly resolve: (row: Assignment | undefined) => void;
+    readonly reject: (e: unknown) => void;
+  }
+  interface Assignment {
+    device_id: string;
+    rollout_id: string;
+    release_id: string;
+    state: DeviceRolloutState;
+  }
+  const ASSIGNMENT_SQL = `WITH seen AS (UPDATE devices SET last_seen_ms = $2 WHERE id = ANY($1::text[]))
+    SELECT rd.device_id, rd.rollout_id, r.release_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
+    WHERE rd.device_id = ANY($1::text[]) AND rd.active AND r.state = 'active' AND rd.phase <= r.current_phase`;
+  const MAX_BATCH = 256;
+  const MAX_BATCHES_IN_FLIGHT = 2;
+  let waiting: Waiting[] = [];
+  let inFlight = 0;
+  let scheduled = false;
+  const runBatch = async (batch: readonly Waiting[]): Promise<void> => {
+    const ids = [...new Set(batch.map((w) => w.deviceId))].sort();
+    let rows: Assignment[];
+    try {
+      rows = await db.query<Assignment>(ASSIGNMENT_SQL, [ids, now()]);
+    } catch (e) {
+      if (batch.length === 1) {
+        batch[0]!.reject(e);
+        return;
+      }
+      await Promise.all(batch.map((w) => runBatch([w])));
+      return;
+    }
+    const byDevice = new Map(rows.map((r) => [r.device_id, r]));
+    for (const w of batch) w.resolve(byDevice.get(w.deviceId));
+  };
+  const flush = (): void => {
+    scheduled = false;
+    while (waiting.length > 0 && inFlight < MAX_BATCHES_IN_FLIGHT) {
+      const batch = waiting.length <= MAX_BATCH ? waiting : waiting.slice(0, MAX_BATCH);
+      waiting = waiting.length <= MAX_BATCH ? [] : waiting.slice(MAX_BATCH);
+      inFlight++;
+      void runBatch(batch).finally(() => {
+        inFlight--;
+        if (waiting.length > 0 && !scheduled) {
+          scheduled = true;
+          setImmediate(flush);
+        }
+      });
+    }
+  };
+  const assignment = (deviceId: string): Promise<Assignment | undefined> =>
+    new Promise((resolve, reject) => {
+      waiting.push({ deviceId, resolve, reject });
+      if (!scheduled && inFlight < MAX_BATCHES_IN_FLIGHT) {
+        scheduled = true;
+        setImmediate(flush);
+      }
+    });
+
   async function info(q: Queryable, id: string): Promise<RolloutInfo> {
     const r = one(await q.query<RolloutRow>('SELECT * FROM rollouts WHERE id = $1', [id]), 'rollout');
     const rows = await q.query<{ phase: number; state: DeviceRolloutState; n: number }>(
@@ -444,45 +509,38 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       }
     },
 
-    /** Device poll (RFC 9019 §3 client-initiated): what should the device do next? */
+    /**
+     * Device poll (RFC 9019 §3 client-initiated): what should the device do next? The common answer (nothing to
+     * do) is one statement shared with the other check-ins of the moment: last-seen recorded and the active
+     * assignment looked up in one round trip (rollout_devices_one_active). With work, the policy is consulted and a pending assignment becomes
+     * in_progress together with its 'offered' event in one statement, so two instances answering the same device
+     * at once record one offer.
+     */
     async checkin(p: Principal): Promise<CheckinResult> {
       if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'only devices check in');
       authorize(p, 'device.checkin');
       const t = now();
-      return db.transaction(async (tx) => {
-        await tx.query('UPDATE devices SET last_seen_ms = $2 WHERE id = $1', [p.deviceId, t]);
-        const row = (
-          await tx.query<{ rollout_id: string; release_id: string; state: DeviceRolloutState }>(
-            `SELECT rd.rollout_id, r.release_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
-             WHERE rd.device_id = $1 AND rd.active AND r.state = 'active' AND rd.phase <= r.current_phase`,
-            [p.deviceId],
-          )
-        )[0];
-        if (row === undefined) return { action: 'none' };
-        if (!(await policyAllowsUpdate(tx, p.deviceId, row.release_id, t))) return { action: 'none' };
-        if (row.state === 'pending') {
-          await tx.query(
-            "UPDATE rollout_devices SET state = 'in_progress', updated_at_ms = $3 WHERE rollout_id = $1 AND device_id = $2 AND state = 'pending'",
-            [row.rollout_id, p.deviceId, t],
-          );
-          await tx.query(
-            "INSERT INTO device_events (device_id, rollout_id, at_ms, kind) VALUES ($1, $2, $3, 'offered')",
-            [p.deviceId, row.rollout_id, t],
-          );
-        }
-        // Devices get the ciphertexts only (the plaintext payloads are never served to devices).
-        const payloads = await tx.query<{ h: string }>(
-          "SELECT encode(ciphertext_sha256, 'hex') AS h FROM release_ciphertexts WHERE release_id = $1 ORDER BY component_index",
-          [row.release_id],
-        );
-        return {
-          action: 'update',
-          rolloutId: row.rollout_id,
-          releaseId: row.release_id,
-          envelopeUrl: `/d/v1/rollouts/${row.rollout_id}/envelope`,
-          payloadUrls: payloads.map((x) => ciphertextUrl(x.h)),
-        };
-      });
+      const row = await assignment(p.deviceId);
+      if (row === undefined) return { action: 'none' };
+      if (!(await policyAllowsUpdate(db, p.deviceId, row.release_id, t))) return { action: 'none' };
+      // Devices get the ciphertexts only (the plaintext payloads are never served to devices).
+      const payloads = await db.query<{ h: string }>(
+        row.state === 'pending'
+          ? `WITH offer AS (
+               UPDATE rollout_devices SET state = 'in_progress', updated_at_ms = $4
+               WHERE rollout_id = $2 AND device_id = $3 AND state = 'pending' AND active RETURNING device_id),
+             ev AS (INSERT INTO device_events (device_id, rollout_id, at_ms, kind) SELECT device_id, $2, $4, 'offered' FROM offer)
+             SELECT encode(ciphertext_sha256, 'hex') AS h FROM release_ciphertexts WHERE release_id = $1 ORDER BY component_index`
+          : "SELECT encode(ciphertext_sha256, 'hex') AS h FROM release_ciphertexts WHERE release_id = $1 ORDER BY component_index",
+        row.state === 'pending' ? [row.release_id, row.rollout_id, p.deviceId, t] : [row.release_id],
+      );
+      return {
+        action: 'update',
+        rolloutId: row.rollout_id,
+        releaseId: row.release_id,
+        envelopeUrl: `/d/v1/rollouts/${row.rollout_id}/envelope`,
+        payloadUrls: payloads.map((x) => ciphertextUrl(x.h)),
+      };
     },
 
     /**
