@@ -2,13 +2,16 @@
  * `npm run bench -- payload`: the device agent's payload pipeline on a 256 MiB image — HTTP fetch over loopback
  * (server in a child process, serving pre-encrypted bytes) → streaming decrypt (AES-GCM, then AES-CTR; content
  * key unwrapped through the KeyUnwrapper interface) → SHA-256 → chunked writes to a directory with durable
- * checkpoints (fsync batches) — beside this machine's single-thread SHA-256 + AES throughput over the same data
- * volume, measured right before and right after each run (their mean: the machine is shared and its load drifts)
- * ("ratio", goal ≥ 0.7), and the agent process's peak RSS growth ("rss_growth_mib", goal < 64, independent of
+ * checkpoints (fsync batches; chunks written with O_DIRECT, storage/fs.ts) — beside this machine's single-thread
+ * SHA-256 + AES throughput over the same data volume, measured right before and right after each run. The
+ * 256 MiB image runs ROUNDS times per mode; "<mode>_ratio" is the best round's MiB/s over the best baseline
+ * sample of those rounds (min-of-rounds on both sides: the machine is shared, its load drifts, and the minimum
+ * time is what the code does); "ratio" is the lower of the two modes (goal ≥ 0.7), and the agent process's peak RSS growth ("rss_growth_mib", goal < 64, independent of
  * image size). Independence is shown by running a 64 MiB image first: `rss_growth_64_mib` is the peak growth
  * over the 64 MiB runs, `rss_growth_mib` over all runs (the 256 MiB ones included), both from the same start.
- * `<mode>_cpu_ratio` (diagnostic): the agent's MiB per CPU second, all threads, against the baseline's — what
- * the pipeline adds per byte whatever the load and the disk; the wall-clock ratio also pays for both.
+ * `<mode>_cpu_ratio` (diagnostic): the agent's MiB per CPU second, all threads, against the baseline's (best of
+ * the rounds each) — what the pipeline adds per byte whatever the load and the disk; the wall-clock ratio also
+ * pays for both. Every round is a row of the table.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -21,6 +24,8 @@ import { Flash, httpSource, installImage, nodeFs, NvState } from '@rotor/device'
 import { round, type Benchmark } from '../harness.ts';
 
 const MiB = 1024 * 1024;
+/** Rounds of the largest image per mode (min-of-rounds, see run()). */
+const ROUNDS = 3;
 const rssMiB = (): number => process.memoryUsage.rss() / MiB;
 
 interface Served {
@@ -126,48 +131,69 @@ export const payloadBench: Benchmark = {
               { allowedAlgs: new Set([Alg.A128KW]) },
             );
             const baseBytes = Math.min(size, 128 * MiB);
-            const before = baseline(baseBytes, mode);
-            const t0 = performance.now();
-            const c0 = process.cpuUsage();
-            const rec = await installImage(
-              {
-                flash,
-                nv,
-                bank: 'b',
-                component: [new TextEncoder().encode('fw')],
-                maxSize: size,
-                manifestDigest: new Uint8Array(32),
-              },
-              { kind: 'fetch', uri: `http://127.0.0.1:${srv.port}/image`, expectedSize: undefined },
-              { msg, cek },
-              { source: httpSource(), retries: 2, deadlineMs: 600_000 },
-            );
-            const secs = (performance.now() - t0) / 1000;
-            const cpu = process.cpuUsage(c0);
-            if (Buffer.from(rec.sha256).toString('hex') !== srv.sha256 || rec.size !== size)
-              throw new Error(`${name}: digest or size mismatch`);
-            const after = baseline(baseBytes, mode);
-            const base = (before.wall + after.wall) / 2;
-            const rate = size / MiB / secs;
-            // Load-independent diagnostic: the agent's MiB per CPU second (all its threads) against the
-            // baseline's — how much work the pipeline adds per byte, whatever the machine's load and disk.
-            const cpuRatio = size / MiB / ((cpu.user + cpu.system) / 1e6) / ((before.cpu + after.cpu) / 2);
-            ctx.log(
-              `${name} ${size / MiB} MiB: pipeline ${round(rate, 1)} MiB/s, SHA-256+AES ${round(base, 1)} MiB/s`,
-            );
-            rows.push({
-              mode: name,
-              MiB: size / MiB,
-              'pipeline MiB/s': round(rate, 1),
-              'sha256+aes MiB/s': round(base, 1),
-              ratio: round(rate / base),
-              'cpu ratio': round(cpuRatio),
-              'rss growth MiB (so far)': round(peak - rss0, 1),
-            });
+            // Rounds (the last size): the best round against the best baseline sample of the same run — on a
+            // shared two-core machine both are slowed by the neighbours' load at random, the minimum of each is
+            // what the code does (min-of-rounds). Each round fetches under a fresh URI (no resume).
+            const rounds = last && !ctx.quick ? ROUNDS : 1;
+            let bestRate = 0;
+            let bestBase = 0;
+            let bestCpu = 0;
+            let bestBaseCpu = 0;
+            for (let r = 0; r < rounds; r++) {
+              const before = baseline(baseBytes, mode);
+              const t0 = performance.now();
+              const c0 = process.cpuUsage();
+              const rec = await installImage(
+                {
+                  flash,
+                  nv,
+                  bank: 'b',
+                  component: [new TextEncoder().encode('fw')],
+                  maxSize: size,
+                  manifestDigest: new Uint8Array(32),
+                },
+                {
+                  kind: 'fetch',
+                  uri: `http://127.0.0.1:${srv.port}/image?round=${r}`,
+                  expectedSize: undefined,
+                },
+                { msg, cek },
+                { source: httpSource(), retries: 2, deadlineMs: 600_000 },
+              );
+              const secs = (performance.now() - t0) / 1000;
+              const cpu = process.cpuUsage(c0);
+              if (Buffer.from(rec.sha256).toString('hex') !== srv.sha256 || rec.size !== size)
+                throw new Error(`${name}: digest or size mismatch`);
+              const after = baseline(baseBytes, mode);
+              const base = (before.wall + after.wall) / 2;
+              const rate = size / MiB / secs;
+              // Load-independent diagnostic: the agent's MiB per CPU second (all its threads) against the
+              // baseline's — how much work the pipeline adds per byte, whatever the machine's load and disk.
+              const cpuRate = size / MiB / ((cpu.user + cpu.system) / 1e6);
+              const cpuRatio = cpuRate / ((before.cpu + after.cpu) / 2);
+              bestRate = Math.max(bestRate, rate);
+              bestBase = Math.max(bestBase, before.wall, after.wall);
+              bestCpu = Math.max(bestCpu, cpuRate);
+              bestBaseCpu = Math.max(bestBaseCpu, before.cpu, after.cpu);
+              ctx.log(
+                `${name} ${size / MiB} MiB round ${r + 1}/${rounds}: pipeline ${round(rate, 1)} MiB/s, SHA-256+AES ${round(base, 1)} MiB/s`,
+              );
+              rows.push({
+                mode: name,
+                MiB: size / MiB,
+                round: r + 1,
+                'pipeline MiB/s': round(rate, 1),
+                'sha256+aes MiB/s': round(base, 1),
+                ratio: round(rate / base),
+                'cpu ratio': round(cpuRatio),
+                'rss growth MiB (so far)': round(peak - rss0, 1),
+              });
+            }
             if (last) {
-              figures[`${name}_mib_s`] = round(rate, 1);
-              figures[`${name}_ratio`] = round(rate / base);
-              figures[`${name}_cpu_ratio`] = round(cpuRatio);
+              figures[`${name}_mib_s`] = round(bestRate, 1);
+              figures[`${name}_base_mib_s`] = round(bestBase, 1);
+              figures[`${name}_ratio`] = round(bestRate / bestBase);
+              figures[`${name}_cpu_ratio`] = round(bestCpu / bestBaseCpu);
             }
           } finally {
             srv.stop();
