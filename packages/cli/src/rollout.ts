@@ -340,6 +340,9 @@ ${API_USAGE}`,
   };
 }
 
+/** Consecutive unreachable polls `rollout watch` waits out before giving up (exit 6). */
+const MAX_WATCH_FAILURES = 5;
+
 const watch: Subcommand = {
   name: 'watch',
   summary: 'follow a rollout live until it completes, pauses or is cancelled',
@@ -347,7 +350,7 @@ const watch: Subcommand = {
 
 Redraws the rollout's phase bars in place on a terminal (plain lines otherwise; nothing but the final JSON with
 --json) until the rollout leaves the active state. Exit 0: completed; 4: paused (failure threshold reached, or by
-an operator) or cancelled.
+an operator) or cancelled; 6: the server stayed unreachable for ${MAX_WATCH_FAILURES} polls in a row.
 ${API_USAGE}`,
   options: { ...API_OPTIONS, interval: { type: 'string' } },
   async run({ values, positionals }) {
@@ -357,8 +360,19 @@ ${API_USAGE}`,
     const asJson = values.json === true;
     return withApi(values, async (api) => {
       const live = new LiveStatus({ enabled: !asJson, intervalMs: Math.max(interval, 5000) });
+      let failures = 0;
       for (;;) {
-        const r = await getRollout(api, id);
+        let r: RolloutInfo;
+        try {
+          r = await getRollout(api, id);
+          failures = 0;
+        } catch (e) {
+          // A server restarting or a network blip is waited out (a few intervals); anything else ends the watch.
+          if (!(e instanceof CliError && e.code === 'CLI_IO') || ++failures > MAX_WATCH_FAILURES) throw e;
+          live.update([`rollout ${id}: ${e.message}; retrying (${failures}/${MAX_WATCH_FAILURES})`]);
+          await new Promise((res) => setTimeout(res, interval));
+          continue;
+        }
         if (r.state !== 'active') {
           live.finish(statusLines(r, live.color));
           if (asJson) json(r);

@@ -344,6 +344,24 @@ describe('rotor operator commands against a real server', () => {
     expect(again.code).toBe(4); // 409 CONFLICT: refused in this state
     expect(again.stderr).toMatch(/CLI_REFUSED: CONFLICT/);
     expect((await cli(['rollout', 'watch', c.id, ...as('operator')])).code).toBe(4);
+    // A rollout whose target is empty completes at the server's next evaluation: watch exits 0.
+    const empty = await okJson<{ id: string; assigned: number }>([
+      'rollout',
+      'create',
+      '--release',
+      releaseId,
+      '--target',
+      'tag=nobody',
+      '--phases',
+      '100',
+      ...as('operator'),
+    ]);
+    expect(empty.assigned).toBe(0);
+    const done = await cli(['rollout', 'watch', empty.id, '--interval', '200ms', ...as('operator')], {
+      NO_COLOR: '1',
+    });
+    expect(done.code).toBe(0);
+    expect(done.stderr).toMatch(/rollout .* completed: 0\/0 succeeded/);
     // Usage errors: bad phases and targets exit 2 before anything is sent.
     for (const bad of [
       ['--phases', '50,10,100', '--target', 'all'],
@@ -564,6 +582,20 @@ describe('progress output', () => {
       else process.env.NO_COLOR = saved;
     }
     await Promise.resolve();
+  });
+
+  it('redraws a block of lines in place on a terminal', () => {
+    const t = fakeTty();
+    const live = new LiveStatus({ enabled: true, stream: t.stream });
+    live.update(['one', 'two', 'three']);
+    live.update(['one', 'two', 'three']); // unchanged: nothing written
+    live.update(['uno', 'dos', 'tres']);
+    live.finish(['done']);
+    expect(t.text()).toBe(
+      '\x1b[2Kone\n\x1b[2Ktwo\n\x1b[2Kthree' +
+        '\r\x1b[2A\x1b[2Kuno\n\x1b[2Kdos\n\x1b[2Ktres' +
+        '\r\x1b[2A\x1b[2Kdone\n\x1b[2K\n\x1b[2K\x1b[2A\n',
+    );
   });
 
   it('prints plain lines to a non-terminal when the status changed and the interval passed; nothing when disabled', () => {
