@@ -145,6 +145,12 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
   const audited = auditedTransaction(db, now);
   /** Called after a commit that gave devices new work (rollout created or resumed, phase advanced): push. */
   let onWork: (rolloutId: string) => void = () => undefined;
+  /**
+   * Issue 7 "after every update": decides, inside the report's transaction, whether a device's 'confirmed' must
+   * first be attested (the attestation service: the device is enrolled; it is asked to attest). Then the device
+   * stays in_progress until attested() — the update counts as confirmed only when the new measurements appraise.
+   */
+  let confirmationGate: ((q: Queryable, deviceId: string) => Promise<boolean>) | undefined;
 
   /**
    * Check-ins arriving in the same event-loop turn share one statement (group check-in): last-seen recorded for
@@ -492,6 +498,46 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
     },
 
     /** Sets the listener told after commit when a rollout gives devices new work (push, push.ts). */
+    setConfirmationGate(fn: ((q: Queryable, deviceId: string) => Promise<boolean>) | undefined): void {
+      confirmationGate = fn;
+    },
+
+    /**
+     * Issue 7: the attestation that follows a confirmed update was appraised — the device's part in the rollout
+     * ends as succeeded when its new measurements appraise (`ok`), else failed (with the verifier's reason).
+     * Nothing when the device has no update waiting for its attestation.
+     */
+    async attested(deviceId: string, ok: boolean, reason: string): Promise<DeviceRolloutState | undefined> {
+      const waiting = (
+        await db.query<{ rollout_id: string }>(
+          `SELECT rd.rollout_id FROM rollout_devices rd
+           WHERE rd.device_id = $1 AND rd.active AND rd.state = 'in_progress' AND EXISTS (
+             SELECT 1 FROM device_events e
+             WHERE e.device_id = rd.device_id AND e.rollout_id = rd.rollout_id AND e.kind = 'attestation-pending')`,
+          [deviceId],
+        )
+      )[0];
+      if (waiting === undefined) return undefined;
+      const state: DeviceRolloutState = ok ? 'succeeded' : 'failed';
+      const t = now();
+      const advanced = await db.transaction(async (tx) => {
+        const r = await lockRollout(tx, waiting.rollout_id); // lock order: rollout → device rows
+        const upd = await tx.query(
+          `UPDATE rollout_devices SET state = $3, active = false, updated_at_ms = $4
+           WHERE rollout_id = $1 AND device_id = $2 AND active AND state = 'in_progress' RETURNING 1`,
+          [waiting.rollout_id, deviceId, state, t],
+        );
+        if (upd.length === 0) return false;
+        await tx.query(
+          "INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details) VALUES ($1, $2, $3, 'attestation', $4::jsonb)",
+          [deviceId, waiting.rollout_id, t, JSON.stringify({ result: state, reason: reason.slice(0, 256) })],
+        );
+        return evaluateLocked(tx, r);
+      });
+      if (advanced) onWork(waiting.rollout_id);
+      return state;
+    },
+
     setWorkListener(fn: (rolloutId: string) => void): void {
       onWork = fn;
     },
@@ -647,6 +693,29 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       return db
         .transaction(async (tx) => {
           const r = await lockRollout(tx, target.rollout_id); // lock order: rollout → device rows
+          if (
+            state === 'succeeded' &&
+            confirmationGate !== undefined &&
+            (await confirmationGate(tx, p.deviceId))
+          ) {
+            // Issue 7: confirmed on the device, but it counts only once the new measurements appraise (attested()).
+            const held = await tx.query(
+              "SELECT 1 FROM rollout_devices WHERE rollout_id = $1 AND device_id = $2 AND active AND state = 'in_progress'",
+              [target.rollout_id, p.deviceId],
+            );
+            if (held.length === 0)
+              throw new ServerError('CONFLICT', 'the rollout no longer expects a report from this device');
+            await tx.query(
+              `INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details)
+               VALUES ($1, $2, $3, 'report', $4::jsonb), ($1, $2, $3, 'attestation-pending', '{}'::jsonb)`,
+              [p.deviceId, target.rollout_id, t, JSON.stringify({ ...details, manifestDigest: hex(digest) })],
+            );
+            return {
+              rolloutId: target.rollout_id,
+              state: 'in_progress' as DeviceRolloutState,
+              advanced: false,
+            };
+          }
           const upd = await tx.query(
             `UPDATE rollout_devices SET state = $3, active = false, updated_at_ms = $4
            WHERE rollout_id = $1 AND device_id = $2 AND active RETURNING 1`,

@@ -154,19 +154,21 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
         trustVersions: () => distribution.versions(),
       });
     }
-    registerAttestationRoutes(
-      op.app,
-      dev?.app,
-      createAttestationService(db, {
+    const attestation = createAttestationService(db, {
+      ...(opts.now === undefined ? {} : { now: opts.now }),
+      // Issue 7: one verifier secret for every instance on the database, kept across restarts (secret.ts).
+      secret: await loadVerifierSecret(db, {
+        vault: keys.vault,
+        dataDir: config.dataDir,
         ...(opts.now === undefined ? {} : { now: opts.now }),
-        // Issue 7: one verifier secret for every instance on the database, kept across restarts (secret.ts).
-        secret: await loadVerifierSecret(db, {
-          vault: keys.vault,
-          dataDir: config.dataDir,
-          ...(opts.now === undefined ? {} : { now: opts.now }),
-        }),
       }),
+    });
+    // Issue 7 "after every update": an enrolled device's confirmed update counts once its new measurements appraise.
+    services.rollouts.setConfirmationGate((q, deviceId) => attestation.gateConfirmation(q, deviceId));
+    attestation.setConfirmationListener((deviceId, ok, reason) =>
+      services.rollouts.attested(deviceId, ok, reason),
     );
+    registerAttestationRoutes(op.app, dev?.app, attestation);
     registerDistributionRoutes(op.app, dev?.app, distribution, createPolicyService(db, opts.now));
     const capabilityKeys: CapabilityKeys | undefined =
       opts.capabilityKeys ??

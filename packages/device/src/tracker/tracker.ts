@@ -25,7 +25,8 @@ import type { FetchPolicy } from '../fetch/pipeline.ts';
 import { httpSource, type ByteSource } from '../fetch/source.ts';
 import { MAX_ENVELOPE } from '../flash/nvstate.ts';
 import { AtomicStore } from '../storage/atomic.ts';
-import { httpTrustSources } from '../attest/sources.ts';
+import type { Attester, ContactOutcome, VerifierTransport } from '../attest/attester.ts';
+import { httpTrustSources, httpVerifierTransport } from '../attest/sources.ts';
 import type { DeviceTrust, TrustSync } from '../attest/trust.ts';
 import { TrackerHttp, type TlsIdentity } from './http.ts';
 import { parseCheckin, parseSelf, problemCode, type CheckinResult } from './protocol.ts';
@@ -89,6 +90,12 @@ export interface TrackerConfig {
    * assigned update. Without a source of its own it fetches over this tracker's mutual-TLS client.
    */
   readonly trust?: DeviceTrust;
+  /**
+   * The device's attester (issue 7, attest/attester.ts): after every cycle it does what the verifier asks (report
+   * the RoT chain, rotate, attest), and after a confirmed update it attests at once — the server counts the update
+   * as confirmed only when the new measurements appraise.
+   */
+  readonly attester?: Attester;
 }
 
 export type TrackerEvent =
@@ -105,10 +112,11 @@ export type TrackerEvent =
   | { readonly kind: 'skipped'; readonly rolloutId: string; readonly reason: string }
   | { readonly kind: 'push'; readonly why: 'push' | 'connected' }
   | { readonly kind: 'trust'; readonly sync: TrustSync }
+  | { readonly kind: 'attestation'; readonly outcome: ContactOutcome }
   | {
       readonly kind: 'error';
       readonly error: Error;
-      readonly where: 'checkin' | 'flush' | 'push' | 'self' | 'trust';
+      readonly where: 'checkin' | 'flush' | 'push' | 'self' | 'trust' | 'attestation';
     };
 
 export type CycleReason = 'start' | 'timer' | 'push' | 'manual';
@@ -160,6 +168,7 @@ export class StatusTracker {
   readonly #agent: DeviceAgent;
   #store: AtomicStore | undefined;
   #push: PushListener | undefined;
+  #verifier: VerifierTransport | undefined;
   #deviceId: string | undefined;
   #signed: boolean;
   #stopped = true;
@@ -431,6 +440,7 @@ export class StatusTracker {
       await this.#syncTrust(checkin);
       if (checkin.action === 'update') update = await this.#runAssignment(checkin);
       await this.flush();
+      await this.#attest(update?.ok === true && update.confirmed);
       this.#failures = 0;
     } catch (e) {
       if (e instanceof DeviceError && e.code === 'POWER_CUT') throw e;
@@ -467,6 +477,24 @@ export class StatusTracker {
     const sync = await t.sync(v);
     this.#emit({ kind: 'trust', sync });
     for (const error of sync.errors) this.#emit({ kind: 'error', error, where: 'trust' });
+  }
+
+  /**
+   * Issue 7: one contact with the verifier (what it asks; `afterUpdate`: attest now — the confirmed report went out
+   * just before, so the server waits for this evidence to count the update). A failure is reported, not thrown:
+   * the server asks again (pending) at the next cycle.
+   */
+  async #attest(afterUpdate: boolean): Promise<void> {
+    const a = this.config.attester;
+    if (a === undefined) return;
+    this.#verifier ??= httpVerifierTransport(this.http);
+    try {
+      const outcome = await a.contact(this.#verifier, { forceAttest: afterUpdate });
+      this.#emit({ kind: 'attestation', outcome });
+    } catch (e) {
+      if (e instanceof DeviceError && e.code === 'POWER_CUT') throw e;
+      this.#emit({ kind: 'error', error: asDeviceError(e), where: 'attestation' });
+    }
   }
 
   #refusal(what: string, status: number, contentType: string | undefined, body: Uint8Array): DeviceError {

@@ -197,9 +197,12 @@ export function registerAttestationRoutes(
     },
     async (req) => a.pending(principal(req)),
   );
-  dev.put<{ Body: Buffer }>(
-    '/d/v1/attestation/rot',
-    {
+  // PUT (idempotent: the device reports the chain its enclave holds) and POST (the same, for constrained HTTP
+  // clients that only speak GET and POST, e.g. the device's tracker client).
+  for (const method of ['PUT', 'POST'] as const)
+    dev.route<{ Body: Buffer }>({
+      method,
+      url: '/d/v1/attestation/rot',
       bodyLimit: MAX_CHAIN_BODY,
       config: { auth: 'device', accepts: [OCTET_STREAM], summary: "Report the enclave's RoT chain (CBOR)" },
       schema: {
@@ -211,9 +214,8 @@ export function registerAttestationRoutes(
           },
         },
       },
-    },
-    async (req) => a.reportChain(principal(req), parseChainBody(req.body)),
-  );
+      handler: async (req) => a.reportChain(principal(req), parseChainBody(req.body)),
+    });
   dev.post(
     '/d/v1/attestation/nonce',
     {

@@ -496,7 +496,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
   }
 
   async function appraiseBatch(items: readonly Pending[]): Promise<AppraisalOutcome[]> {
-    const after = { disabled: false };
+    const after = { disabled: false, confirming: new Set<string>() };
     const outs = await db.transaction(async (tx) => {
       // Nonce: issued by this verifier to this device, unexpired, and single use — consumed atomically by the
       // unique insert of its digest (RFC 9334 §10.2); the same nonce twice in one batch: the second is a replay.
@@ -553,11 +553,19 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
            FROM unnest($7::bytea[]) AS u(d)
          UNION ALL
          SELECT 'e', NULL, x.dev, NULL,
-                array(SELECT rp.sha256 FROM release_payloads rp WHERE rp.release_id = (
+                array(SELECT rp.sha256 FROM release_payloads rp WHERE rp.release_id = COALESCE(w.release_id, (
                   SELECT r.release_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
-                  WHERE rd.device_id = x.dev AND rd.state = 'succeeded' ORDER BY rd.updated_at_ms DESC LIMIT 1)),
-                NULL, NULL, NULL, NULL
-           FROM unnest($5::text[]) AS x(dev)`,
+                  WHERE rd.device_id = x.dev AND rd.state = 'succeeded' ORDER BY rd.updated_at_ms DESC LIMIT 1))),
+                w.release_id IS NOT NULL, NULL, NULL, NULL
+           FROM unnest($5::text[]) AS x(dev)
+           LEFT JOIN LATERAL (
+             -- Issue 7: an update confirmed on the device and waiting for this attestation: its release is what the
+             -- device should now run (rollouts.ts confirmation gate).
+             SELECT r.release_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
+             WHERE rd.device_id = x.dev AND rd.active AND rd.state = 'in_progress' AND EXISTS (
+               SELECT 1 FROM device_events e
+               WHERE e.device_id = x.dev AND e.rollout_id = rd.rollout_id AND e.kind = 'attestation-pending')
+             LIMIT 1) w ON true`,
         [
           insert.map((i) => nonceDigests[i]!),
           insert.map((i) => items[i]!.deviceId),
@@ -592,7 +600,10 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
           };
         else if (r.k === 'd' && r.b !== null)
           facts.digests.set(hex(u8(r.b)), { known: r.f1 === true, revoked: r.f2 === true });
-        else if (r.k === 'e' && r.dev !== null) facts.expected.set(r.dev, (r.records ?? []).map(u8));
+        else if (r.k === 'e' && r.dev !== null) {
+          facts.expected.set(r.dev, (r.records ?? []).map(u8));
+          if (r.f1 === true) after.confirming.add(r.dev);
+        }
       }
       for (const i of insert) if (!fresh.has(hex(nonceDigests[i]!))) replayed.add(i);
       for (const i of replayed)
@@ -747,7 +758,41 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
       }));
     });
     if (after.disabled) deviceStateChanged();
+    // Issue 7 "after every update": an update waiting for this attestation is confirmed when the new measurements
+    // appraise, else failed (after the commit: the rollout service takes its own locks).
+    if (after.confirming.size > 0 && onConfirmation !== undefined) {
+      const l = onConfirmation;
+      for (const o of outs) {
+        if (!after.confirming.has(o.deviceId)) continue;
+        after.confirming.delete(o.deviceId); // the first result of the batch decides
+        const m = o.claims.measurements;
+        const ok = o.status !== 'contraindicated' && m?.status === 'affirming';
+        const reason = ok
+          ? `attestation ${o.id}: ${m.reason}`
+          : `attestation ${o.id} ${o.status}: ${Object.entries(o.claims)
+              .filter(([, c]) => c.status !== 'affirming')
+              .map(([k, c]) => `${k}: ${c.reason}`)
+              .join('; ')}`;
+        await l(o.deviceId, ok, reason).catch(() => undefined);
+      }
+    }
     return outs;
+  }
+
+  /** Issue 7: called with the outcome of the attestation that follows a confirmed update (server.ts wires it). */
+  let onConfirmation: ((deviceId: string, ok: boolean, reason: string) => Promise<unknown>) | undefined;
+
+  /**
+   * The rollout service's confirmation gate (rollouts.ts): an enrolled device (it has a RoT chain) that reports a
+   * confirmed update is asked to attest, and the update waits for the result. A device not enrolled in attestation
+   * confirms as before.
+   */
+  async function gateConfirmation(q: Queryable, deviceId: string): Promise<boolean> {
+    const r = await q.query(
+      'UPDATE device_rot SET attest_requested = true WHERE device_id = $1 RETURNING 1',
+      [deviceId],
+    );
+    return r.length > 0;
   }
 
   async function requestAttestation(p: Principal, deviceId: string): Promise<{ requested: true }> {
@@ -866,6 +911,12 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
 
   return {
     reportChain,
+    gateConfirmation,
+    setConfirmationListener(
+      l: ((deviceId: string, ok: boolean, reason: string) => Promise<unknown>) | undefined,
+    ): void {
+      onConfirmation = l;
+    },
     pending,
     issueNonce,
     appraise,
