@@ -8,12 +8,18 @@
  *   keys/agreement.key               PKCS#8 PEM: the key-agreement key the server wraps content keys to
  *   keys/report.key                  PKCS#8 PEM (P-256): the report-signing key (the enclave's, later)
  *   state/                           the agent's flash, non-volatile state, outbox and tracker state
+ *
+ * Or a factory device directory (`rotor factory provision`: DIR/fuse and DIR/flash/, issue 6): the device's enclave
+ * runs in process (sealed backend, keys from the fuse); the identity key never leaves it, so TLS uses an RFC 3820
+ * proxy credential the enclave signs (device/tracker/credential.ts); content keys are agreed through the enclave's
+ * agreement key and reports are signed by its report key; the server CA comes from the bundle's trust anchors.
  */
 import { readFileSync, existsSync } from 'node:fs';
 import { createPrivateKey } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { Alg, softwareKeyAgreement, softwareSigner, type KeyAgreement, type Signer } from '@rotor/cose';
-import { DeviceAgent, nodeFs, StatusTracker, type TrackerEvent } from '@rotor/device';
+import { DeviceAgent, nodeFs, StatusTracker, type TrackerConfig, type TrackerEvent } from '@rotor/device';
+import { openFactoryDevice } from './factory-device.ts';
 import { group, type Command, type Subcommand } from './command.ts';
 import { deviceOpsSubcommands } from './device-ops.ts';
 import { CliError, ExitCode } from './errors.ts';
@@ -95,7 +101,8 @@ const run: Subcommand = {
   summary: 'run a device agent and its status tracker client on a device directory',
   usage: `run --dir DIR --server URL [--mqtt URL] [--ca FILE] [--reports all|outcomes] [--json]
 
-Runs the device in DIR (provisioned: certificate, keys, firmware) against the server's device API URL
+Runs the device in DIR (tls/ + keys/ + state/, or a factory device directory with its fuse and flash: then
+the enclave runs in process and TLS uses a proxy certificate it signs) against the server's device API URL
 (https, mutual TLS). With --mqtt (mqtt:// or mqtts://) the device also takes push nudges. Prints each
 transition and report; exits 0 on SIGINT/SIGTERM after the tracker stopped. --reports outcomes sends
 only confirmed / failed / rolled-back (for a server that ends a rollout at a device's first report).`,
@@ -113,29 +120,43 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
     if (dirArg === undefined || server === undefined)
       throw new CliError('CLI_USAGE', '--dir and --server are required');
     const dir = resolve(dirArg);
-    const cert = read(join(dir, 'tls', 'device.crt'), 'device certificate');
-    const key = read(join(dir, 'tls', 'device.key'), 'device key');
     const caFile = values.ca as string | undefined;
-    const ca = caFile !== undefined ? read(caFile, 'CA') : optional(join(dir, 'tls', 'server-ca.pem'));
-    const agreementPem = optional(join(dir, 'keys', 'agreement.key'));
-    const reportPem = optional(join(dir, 'keys', 'report.key'));
-    const agreements: KeyAgreement[] =
-      agreementPem === undefined ? [] : [softwareKeyAgreement(createPrivateKey(agreementPem))];
-    const reportSigner: Signer | undefined =
-      reportPem === undefined ? undefined : softwareSigner(createPrivateKey(reportPem), Alg.ESP256);
-    const agent = new DeviceAgent({
-      fs: nodeFs(dir),
-      root: 'state',
-      keys: { agreements },
-      ...(reportSigner === undefined ? {} : { reportSigner }),
-    });
+    let agent: DeviceAgent;
+    let serverConfig: TrackerConfig['server'];
+    let close = (): Promise<void> => Promise.resolve();
+    if (existsSync(join(dir, 'fuse')) && !existsSync(join(dir, 'tls', 'device.crt'))) {
+      const d = await openFactoryDevice({ dir });
+      agent = d.agent;
+      serverConfig = d.server(server, caFile === undefined ? {} : { ca: read(caFile, 'CA') });
+      close = () => d.close();
+      out(
+        `factory device ${d.deviceId}: TLS proxy credential valid until ${d.credential.notAfter.toISOString()}`,
+      );
+    } else {
+      const cert = read(join(dir, 'tls', 'device.crt'), 'device certificate');
+      const key = read(join(dir, 'tls', 'device.key'), 'device key');
+      const ca = caFile !== undefined ? read(caFile, 'CA') : optional(join(dir, 'tls', 'server-ca.pem'));
+      const agreementPem = optional(join(dir, 'keys', 'agreement.key'));
+      const reportPem = optional(join(dir, 'keys', 'report.key'));
+      const agreements: KeyAgreement[] =
+        agreementPem === undefined ? [] : [softwareKeyAgreement(createPrivateKey(agreementPem))];
+      const reportSigner: Signer | undefined =
+        reportPem === undefined ? undefined : softwareSigner(createPrivateKey(reportPem), Alg.ESP256);
+      agent = new DeviceAgent({
+        fs: nodeFs(dir),
+        root: 'state',
+        keys: { agreements },
+        ...(reportSigner === undefined ? {} : { reportSigner }),
+      });
+      serverConfig = { url: server, identity: { cert, key }, ...(ca === undefined ? {} : { ca }) };
+    }
     const reports = (values.reports as string | undefined) ?? 'all';
     if (reports !== 'all' && reports !== 'outcomes')
       throw new CliError('CLI_USAGE', '--reports: all or outcomes');
     const mqttUrl = values.mqtt as string | undefined;
     const tracker = new StatusTracker({
       agent,
-      server: { url: server, identity: { cert, key }, ...(ca === undefined ? {} : { ca }) },
+      server: serverConfig,
       ...(mqttUrl === undefined ? {} : { mqtt: { url: mqttUrl } }),
       transitions: reports,
       onEvent: printer(values.json === true),
@@ -148,12 +169,16 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
         resolveStop('SIGTERM');
       });
     });
-    await tracker.start();
-    const st = await agent.status();
-    out(`device running bank ${st.bank} sequence ${st.sequence}${st.trial ? ' (trial)' : ''}`);
-    const sig = await stopped;
-    await tracker.stop();
-    out(`stopped (${sig})`);
+    try {
+      await tracker.start();
+      const st = await agent.status();
+      out(`device running bank ${st.bank} sequence ${st.sequence}${st.trial ? ' (trial)' : ''}`);
+      const sig = await stopped;
+      await tracker.stop();
+      out(`stopped (${sig})`);
+    } finally {
+      await close();
+    }
     return ExitCode.ok;
   },
 };

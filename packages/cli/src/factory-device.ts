@@ -20,6 +20,7 @@ import {
   coseKeyToPublicKeyObject,
   decodeCoseKey,
   encodeCoseKey,
+  type KeyAgreement,
   type Signer,
 } from '@rotor/cose';
 import {
@@ -30,17 +31,32 @@ import {
   encodeCounters,
   EnclaveCore,
   FIRMWARE_KEY,
+  isDeviceError,
+  KEY_TYPE_INFO,
   nodeFs,
+  ProxyCredential,
   RECOVERY_KEY,
+  type AgentConfig,
   type AnchorRecord,
   type IdentityRecord,
   type StorageFs,
+  type TrackerConfig,
 } from '@rotor/device';
-import { createDeviceCsr, ueidUrn, type DeviceBundle, type DeviceFactory } from '@rotor/server';
+import {
+  createDeviceCsr,
+  ueidUrn,
+  type DeviceBundle,
+  type DeviceFactory,
+  type DevicePublicKeys,
+} from '@rotor/server';
 import { decodeEnvelope } from '@rotor/suit';
 import { CliError } from './errors.ts';
 
 export const IDENTITY_KEY_ID = 'identity';
+/** The enclave's key-agreement key (ECDH-ES+A128KW content-key wraps, RFC 9053 §6.3). */
+export const AGREEMENT_KEY_ID = 'agreement';
+/** The enclave's report-signing key (signed SUIT reports). */
+export const REPORT_KEY_ID = 'report';
 
 /** Directory of the device agent's flash banks and non-volatile state inside the device's storage. */
 export const AGENT_ROOT = 'agent';
@@ -137,6 +153,62 @@ export async function provisionAgent(fs: StorageFs, ueid: Uint8Array, b: DeviceB
   await agent.nv.transact(new Map([[COUNTERS, encodeCounters(counters)]]));
 }
 
+const spkiOf = (publicKey: Uint8Array): Uint8Array =>
+  new Uint8Array(coseKeyToPublicKeyObject(decodeCoseKey(publicKey)).export({ type: 'spki', format: 'der' }));
+
+/** The enclave key `keyId`, generated on first use (inside the enclave; only its public key comes out). */
+async function enclaveKey(
+  core: EnclaveCore,
+  keyId: string,
+  type: 'ES256' | 'ECDH-P256',
+): Promise<{ publicKey: Uint8Array }> {
+  try {
+    return core.getPublicKey({ keyId });
+  } catch (e) {
+    if (!isDeviceError(e) || e.code !== 'KEY_NOT_FOUND') throw e;
+    return core.generateKey({ keyId, type });
+  }
+}
+
+/**
+ * The device's other public keys for registration (issue 6): a P-256 key-agreement key (content keys are wrapped to
+ * it; ECDH runs in the enclave), an ES256 report-signing key, and the root of trust (GenerateRoT, seed 002 step 1)
+ * whose chain the server pins. The RoT itself does not sign reports: the enclave keeps it for RoT records and
+ * attestation tokens only, and it rotates, which would orphan a registered report key. Idempotent.
+ */
+export async function enclavePublicKeys(core: EnclaveCore): Promise<DevicePublicKeys> {
+  const ka = await enclaveKey(core, AGREEMENT_KEY_ID, 'ECDH-P256');
+  const rep = await enclaveKey(core, REPORT_KEY_ID, 'ES256');
+  if (core.chain === null) await core.generateRoT({});
+  return {
+    keyAgreementSpki: spkiOf(ka.publicKey),
+    reportKeySpki: spkiOf(rep.publicKey),
+    reportKeyAlg: Alg.ES256,
+    rotRecords: core.chain?.records ?? [],
+  };
+}
+
+/** A COSE Signer over an enclave key (in process). */
+export function enclaveSigner(core: EnclaveCore, keyId: string): Signer {
+  const info = core.getPublicKey({ keyId });
+  const alg = KEY_TYPE_INFO[info.type].alg;
+  if (alg === undefined) throw new CliError('CLI_INPUT', `enclave key ${keyId} is not a signing key`);
+  return { alg, kid: undefined, sign: async (data) => (await core.sign({ keyId, data })).signature };
+}
+
+/** A COSE KeyAgreement over an enclave ECDH key (in process): the private key stays in the enclave. */
+export function enclaveKeyAgreement(core: EnclaveCore, keyId: string): KeyAgreement {
+  const info = core.getPublicKey({ keyId });
+  const t = KEY_TYPE_INFO[info.type];
+  if (t.use !== 'agree' || t.curve === 'Ed25519')
+    throw new CliError('CLI_INPUT', `enclave key ${keyId} is not an ECDH key`);
+  return {
+    curve: t.curve,
+    kid: undefined,
+    deriveSharedSecret: async (peer) => (await core.keyAgreement({ keyId, peer })).secret,
+  };
+}
+
 /** Files of the bundle in the device's `identity` store. */
 export const BUNDLE_FILES = [
   'certificate.pem',
@@ -195,13 +267,9 @@ export function enclaveDevices(opts: EnclaveDevicesOptions): DeviceFactory & {
           const spki = new Uint8Array(
             coseKeyToPublicKeyObject(decodeCoseKey(info.publicKey)).export({ type: 'spki', format: 'der' }),
           );
-          const signer: Signer = {
-            alg: -7,
-            kid: undefined,
-            sign: async (data) => (await core.sign({ keyId: IDENTITY_KEY_ID, data })).signature,
-          };
-          return createDeviceCsr(signer, spki, 'P-256', deviceId);
+          return createDeviceCsr(enclaveSigner(core, IDENTITY_KEY_ID), spki, 'P-256', deviceId);
         },
+        publicKeys: () => enclavePublicKeys(core),
         async install(b) {
           // The firmware bank and counters first: the identity store's commit is what marks the device complete.
           await provisionAgent(fs, core.ueid, b);
@@ -240,35 +308,148 @@ export function enclaveDevices(opts: EnclaveDevicesOptions): DeviceFactory & {
       await o?.core.close();
       await rm(devDir(i), { recursive: true, force: true });
     },
-    async bundle(i) {
-      const store = await AtomicStore.open(fsOf(i), 'identity');
-      const cert = await store.get('certificate.pem');
-      const prov = await store.get('provisioning.json');
-      const chain = await store.get('chain.pem');
-      const anchors = await store.get('anchors.json');
-      if (cert === undefined || prov === undefined || chain === undefined || anchors === undefined)
-        return undefined;
-      const dec = (b: Uint8Array): string => new TextDecoder().decode(b);
-      const p = JSON.parse(dec(prov)) as {
-        deviceId: string;
-        profile: string;
-        antiRollback: Record<string, number>;
-      };
-      const fw = await store.get('firmware.suit');
-      return {
-        deviceId: p.deviceId,
-        certificatePem: dec(cert),
-        chainPem: dec(chain)
-          .split(/(?<=-----END CERTIFICATE-----\n)/)
-          .filter((s) => s.length > 0),
-        profile: p.profile,
-        trustAnchors: JSON.parse(dec(anchors)) as DeviceBundle['trustAnchors'],
-        firmware:
-          fw === undefined || fw.length === 0
-            ? null
-            : { envelopeBase64: Buffer.from(fw).toString('base64'), sha256: '' },
-        antiRollback: p.antiRollback,
-      };
-    },
+    bundle: (i) => readBundle(fsOf(i)),
   };
+}
+
+/** The bundle a provisioned device holds in its `identity` store (undefined before it is complete). */
+export async function readBundle(fs: StorageFs): Promise<DeviceBundle | undefined> {
+  const store = await AtomicStore.open(fs, 'identity');
+  const cert = await store.get('certificate.pem');
+  const prov = await store.get('provisioning.json');
+  const chain = await store.get('chain.pem');
+  const anchors = await store.get('anchors.json');
+  if (cert === undefined || prov === undefined || chain === undefined || anchors === undefined)
+    return undefined;
+  const dec = (b: Uint8Array): string => new TextDecoder().decode(b);
+  const p = JSON.parse(dec(prov)) as {
+    deviceId: string;
+    profile: string;
+    antiRollback: Record<string, number>;
+  };
+  const fw = await store.get('firmware.suit');
+  return {
+    deviceId: p.deviceId,
+    certificatePem: dec(cert),
+    chainPem: dec(chain)
+      .split(/(?<=-----END CERTIFICATE-----\n)/)
+      .filter((s) => s.length > 0),
+    profile: p.profile,
+    trustAnchors: JSON.parse(dec(anchors)) as DeviceBundle['trustAnchors'],
+    firmware:
+      fw === undefined || fw.length === 0
+        ? null
+        : { envelopeBase64: Buffer.from(fw).toString('base64'), sha256: '' },
+    antiRollback: p.antiRollback,
+  };
+}
+
+export interface FactoryDeviceOptions {
+  /** The device directory as `rotor factory provision` writes it (its `fuse` and its `flash/`) … */
+  readonly dir?: string;
+  /** … or the device's storage and fuse secret (e.g. in memory: many devices in one process). */
+  readonly fs?: StorageFs;
+  readonly fuse?: Uint8Array;
+  /** Lifetime of each TLS proxy certificate (default 24 h, credential.ts). */
+  readonly proxyLifetimeMs?: number;
+  /** Clock for the proxy credential, ms (tests). */
+  readonly now?: () => number;
+  /** More agent options (health check, trial boots, clocks…); storage, keys and report signer are the device's. */
+  readonly agent?: Omit<AgentConfig, 'fs' | 'root' | 'keys' | 'reportSigner'>;
+}
+
+/** A factory-provisioned device, opened: what a StatusTracker needs, and what to close. */
+export interface FactoryDevice {
+  readonly deviceId: string;
+  readonly bundle: DeviceBundle;
+  /** The device's enclave (sealed backend, keys from its fuse), in process. */
+  readonly core: EnclaveCore;
+  /** The agent on the device's flash (directory `agent/`): key agreement through the enclave, reports signed by it. */
+  readonly agent: DeviceAgent;
+  /** The TLS client credential: RFC 3820 proxy certificates signed by the enclave's identity key. */
+  readonly credential: ProxyCredential;
+  /** The server CA from the bundle's trust anchors (undefined if the profile has none). */
+  readonly serverCa: string | undefined;
+  /** The StatusTracker's `server` member for a device API URL. */
+  server(url: string, o?: { ca?: string; timeoutMs?: number }): TrackerConfig['server'];
+  close(): Promise<void>;
+}
+
+function hasKey(core: EnclaveCore, keyId: string): boolean {
+  try {
+    core.getPublicKey({ keyId });
+    return true;
+  } catch (e) {
+    if (isDeviceError(e) && e.code === 'KEY_NOT_FOUND') return false;
+    throw e;
+  }
+}
+
+/**
+ * Opens a factory-provisioned device (issue 6): its enclave from the fuse (sealed backend), its bundle, its agent
+ * (flash under agent/, content-key agreement through the enclave's agreement key, SUIT reports signed by the
+ * enclave's report key), and a TLS credential whose proxy certificates the enclave's identity key signs — the
+ * identity key never leaves the enclave. For the CLI's `device run`, the fleet simulator and the demo.
+ */
+export async function openFactoryDevice(o: FactoryDeviceOptions): Promise<FactoryDevice> {
+  let fs: StorageFs;
+  let fuse: Uint8Array;
+  if (o.dir !== undefined) {
+    const f = join(o.dir, 'fuse');
+    if (!existsSync(f))
+      throw new CliError('CLI_INPUT', `${o.dir} is not a factory device directory (no fuse)`);
+    fuse = new Uint8Array(await readFile(f));
+    fs = nodeFs(join(o.dir, 'flash'));
+  } else if (o.fs !== undefined && o.fuse !== undefined) {
+    fs = o.fs;
+    fuse = o.fuse;
+  } else throw new CliError('CLI_USAGE', 'openFactoryDevice: a directory, or storage and a fuse secret');
+  const bundle = await readBundle(fs);
+  if (bundle === undefined) throw new CliError('CLI_INPUT', 'the device is not (completely) provisioned');
+  const core = await EnclaveCore.open({ fs, dir: 'enclave', fuse });
+  try {
+    const deviceId = ueidUrn(core.ueid);
+    if (deviceId !== bundle.deviceId)
+      throw new CliError('CLI_INPUT', `the enclave is ${deviceId}, the bundle names ${bundle.deviceId}`);
+    const credential = await ProxyCredential.create({
+      deviceCertPem: bundle.certificatePem,
+      signer: enclaveSigner(core, IDENTITY_KEY_ID),
+      ...(o.proxyLifetimeMs === undefined ? {} : { lifetimeMs: o.proxyLifetimeMs }),
+      ...(o.now === undefined ? {} : { now: o.now }),
+    });
+    // Devices provisioned before issue 6's key registration have no agreement or report key.
+    const agreements = hasKey(core, AGREEMENT_KEY_ID) ? [enclaveKeyAgreement(core, AGREEMENT_KEY_ID)] : [];
+    const reportSigner = hasKey(core, REPORT_KEY_ID) ? enclaveSigner(core, REPORT_KEY_ID) : undefined;
+    const agent = new DeviceAgent({
+      ...o.agent,
+      fs,
+      root: AGENT_ROOT,
+      keys: { agreements },
+      ...(reportSigner === undefined ? {} : { reportSigner }),
+    });
+    const serverCa = bundle.trustAnchors.serverTlsCaPem.includes('BEGIN CERTIFICATE')
+      ? bundle.trustAnchors.serverTlsCaPem
+      : undefined;
+    return {
+      deviceId,
+      bundle,
+      core,
+      agent,
+      credential,
+      serverCa,
+      server(url, so = {}) {
+        const ca = so.ca ?? serverCa;
+        return {
+          url,
+          identity: credential,
+          ...(ca === undefined ? {} : { ca }),
+          ...(so.timeoutMs === undefined ? {} : { timeoutMs: so.timeoutMs }),
+        };
+      },
+      close: () => core.close(),
+    };
+  } catch (e) {
+    await core.close();
+    throw e;
+  }
 }

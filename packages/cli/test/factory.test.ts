@@ -122,11 +122,21 @@ describe('rotor factory', () => {
     expect(ids.size).toBe(4);
     const db = await openDatabase({ dataDir: join(dir, 'data', 'pg') });
     try {
-      const rows = await db.query<{ name: string; device_group: string }>(
-        'SELECT name, device_group FROM devices',
+      const rows = await db.query<{
+        name: string;
+        device_group: string;
+        ka: boolean;
+        report_key_alg: number | null;
+        rot: number;
+      }>(
+        `SELECT name, device_group, ka_spki IS NOT NULL AS ka, report_key_alg,
+           (SELECT count(*)::int FROM device_rot r WHERE r.device_id = d.id) AS rot
+         FROM devices d`,
       );
       expect(new Set(rows.map((r) => r.name))).toEqual(ids);
       expect(rows.every((r) => r.device_group === 'gateway')).toBe(true);
+      // Registered with the enclave's key-agreement key, its report key (ES256) and its pinned RoT chain.
+      expect(rows.every((r) => r.ka && r.report_key_alg === -7 && r.rot === 1)).toBe(true);
     } finally {
       await db.close();
     }

@@ -13,14 +13,23 @@
  * installation is atomic and idempotent). A certificate that never reached the journal never left the process, so
  * it was never issued. Hence after recovery each device is either fully provisioned and registered or not started.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import * as x509 from '@peculiar/x509';
+import { RotChain } from '@rotor/trust';
 import { appendAudit, type Json } from '../audit.ts';
 import { actorOf, SYSTEM } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
-import { checkDeviceCsr, issueDeviceCertificate, toPem, type CaCert, type IssuedCertificate } from './ca.ts';
+import { ROT_ALGS, MAX_CHAIN_RECORDS } from '../attestation/service.ts';
+import {
+  checkDeviceCsr,
+  issueDeviceCertificate,
+  parseUeidUrn,
+  toPem,
+  type CaCert,
+  type IssuedCertificate,
+} from './ca.ts';
 import type { SignerKeyType } from './x509-signer.ts';
 
 /** What a device receives at manufacturing besides its own certificate. */
@@ -56,12 +65,34 @@ export interface DeviceBundle {
   readonly antiRollback: ProvisioningProfile['antiRollback'];
 }
 
+/**
+ * The device's other public keys, registered beside its certificate (all generated inside the device's enclave;
+ * only public keys come out).
+ */
+export interface DevicePublicKeys {
+  /** SPKI DER (P-256 or X25519): content keys are wrapped to it with ECDH-ES+A128KW (RFC 9053 §6.3). */
+  readonly keyAgreementSpki?: Uint8Array;
+  /** SPKI DER of the key that signs the device's SUIT reports, and its COSE algorithm (ES256 -7, EdDSA -8). */
+  readonly reportKeySpki?: Uint8Array;
+  readonly reportKeyAlg?: number;
+  /**
+   * The device's root-of-trust chain (RoT records, trust/rot): pinned at registration, so the attestation service
+   * knows the device's first RoT from the factory instead of trusting its first report (seed 002 step 1).
+   */
+  readonly rotRecords?: readonly Uint8Array[];
+}
+
 /** The device under provisioning, as the factory fixture reaches it. */
 export interface ProvisioningDevice {
   /** RFC 9711 UEID URN (ueidUrn). */
   readonly deviceId: string;
   /** Generates the identity key inside the device (or reuses the one it generated) and returns a CSR (DER). */
   createCsr(): Promise<Uint8Array>;
+  /**
+   * Generates (or returns the already generated) key-agreement key, report key and RoT inside the device; optional.
+   * Idempotent: a device rolled forward after a crash answers with the same keys.
+   */
+  publicKeys?(): Promise<DevicePublicKeys>;
   /** Stores the bundle atomically; idempotent. */
   install(bundle: DeviceBundle): Promise<void>;
 }
@@ -75,7 +106,7 @@ export interface DeviceFactory {
   close?(index: number): Promise<void>;
 }
 
-export interface Registration {
+export interface Registration extends DevicePublicKeys {
   readonly deviceId: string;
   readonly certificate: IssuedCertificate;
   readonly issuer: string;
@@ -83,6 +114,64 @@ export interface Registration {
   readonly keyType: SignerKeyType;
   readonly deviceClass: string;
   readonly profile: string;
+}
+
+const spkiKey = (spki: Uint8Array, what: string): KeyObject => {
+  try {
+    return createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' });
+  } catch (e) {
+    throw new ServerError('DEVICE_KEY_INVALID', `${what} is not a public key`, { cause: e });
+  }
+};
+
+/**
+ * The registration's device keys, checked (untrusted: they come from the device): the key-agreement key is P-256 or
+ * X25519 (RFC 9053 §6.3), the report key fits its algorithm (ES256: P-256, RFC 9053 §2.1; EdDSA: Ed25519, §2.2),
+ * the RoT chain verifies record by record from its self-signed first key (trust/rot, seed 002 steps 1–2).
+ */
+export function checkDeviceKeys(r: DevicePublicKeys & { readonly deviceId: string }): {
+  ka: Uint8Array | null;
+  report: { spki: Uint8Array; alg: number } | null;
+  rot: { ueid: Uint8Array; chain: RotChain } | null;
+} {
+  let ka: Uint8Array | null = null;
+  if (r.keyAgreementSpki !== undefined) {
+    if (r.keyAgreementSpki.length > 256)
+      throw new ServerError('DEVICE_KEY_INVALID', 'key-agreement key too long');
+    const k = spkiKey(r.keyAgreementSpki, 'the key-agreement key');
+    const p256 = k.asymmetricKeyType === 'ec' && k.asymmetricKeyDetails?.namedCurve === 'prime256v1';
+    if (!p256 && k.asymmetricKeyType !== 'x25519')
+      throw new ServerError('DEVICE_KEY_INVALID', 'the key-agreement key is neither P-256 nor X25519');
+    ka = r.keyAgreementSpki;
+  }
+  let report: { spki: Uint8Array; alg: number } | null = null;
+  if ((r.reportKeySpki === undefined) !== (r.reportKeyAlg === undefined))
+    throw new ServerError('DEVICE_KEY_INVALID', 'a report key needs its algorithm and the other way round');
+  if (r.reportKeySpki !== undefined && r.reportKeyAlg !== undefined) {
+    if (r.reportKeySpki.length > 256) throw new ServerError('DEVICE_KEY_INVALID', 'report key too long');
+    const k = spkiKey(r.reportKeySpki, 'the report key');
+    const ok =
+      r.reportKeyAlg === -7 || r.reportKeyAlg === -9
+        ? k.asymmetricKeyType === 'ec' && k.asymmetricKeyDetails?.namedCurve === 'prime256v1'
+        : (r.reportKeyAlg === -8 || r.reportKeyAlg === -19) && k.asymmetricKeyType === 'ed25519';
+    if (!ok)
+      throw new ServerError('DEVICE_KEY_INVALID', `the report key does not fit algorithm ${r.reportKeyAlg}`);
+    report = { spki: r.reportKeySpki, alg: r.reportKeyAlg };
+  }
+  let rot: { ueid: Uint8Array; chain: RotChain } | null = null;
+  if (r.rotRecords !== undefined) {
+    if (r.rotRecords.length === 0 || r.rotRecords.length > MAX_CHAIN_RECORDS)
+      throw new ServerError('DEVICE_KEY_INVALID', 'RoT chain length out of bounds');
+    try {
+      rot = {
+        ueid: parseUeidUrn(r.deviceId),
+        chain: RotChain.verify([...r.rotRecords], { allowedAlgs: ROT_ALGS, maxLength: MAX_CHAIN_RECORDS }),
+      };
+    } catch (e) {
+      throw new ServerError('DEVICE_KEY_INVALID', 'the RoT chain does not verify', { cause: e });
+    }
+  }
+  return { ka, report, rot };
 }
 
 export interface DeviceRegistry {
@@ -100,13 +189,18 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
   const now = opts.now ?? Date.now;
   type Pending = {
     r: Registration;
+    keys: ReturnType<typeof checkDeviceKeys>;
     done: (v: { id: string; created: boolean }) => void;
     fail: (e: unknown) => void;
   };
   let queue: Pending[] = [];
   let running = false;
 
-  async function registerOne(tx: Queryable, r: Registration): Promise<{ id: string; created: boolean }> {
+  async function registerOne(
+    tx: Queryable,
+    r: Registration,
+    keys: ReturnType<typeof checkDeviceKeys>,
+  ): Promise<{ id: string; created: boolean }> {
     const fp = Buffer.from(r.certificate.sha256, 'hex');
     const existing = await tx.query<{ id: string }>('SELECT id FROM devices WHERE cert_sha256 = $1', [fp]);
     const found = existing[0];
@@ -124,8 +218,9 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
       );
     const id = randomUUID();
     await tx.query(
-      `INSERT INTO devices (id, name, cert_sha256, device_group, tags, attributes, created_at_ms)
-       VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)`,
+      `INSERT INTO devices (id, name, cert_sha256, device_group, tags, attributes, created_at_ms,
+         ka_spki, report_key_spki, report_key_alg)
+       VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10)`,
       [
         id,
         r.deviceId,
@@ -141,8 +236,18 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
           identityKeySpki: Buffer.from(r.identityKeySpki).toString('base64'),
         }),
         now(),
+        keys.ka,
+        keys.report?.spki ?? null,
+        keys.report?.alg ?? null,
       ],
     );
+    // The RoT pinned from the factory (the attestation service then extends it only by records the pinned key
+    // signed: seed 002 step 2).
+    if (keys.rot !== null)
+      await tx.query(
+        'INSERT INTO device_rot (device_id, ueid, records, current_kid, updated_at_ms) VALUES ($1, $2, $3, $4, $5)',
+        [id, keys.rot.ueid, keys.rot.chain.records, keys.rot.chain.current.kid, now()],
+      );
     const details: { [k: string]: Json } = {
       station: opts.station ?? 'factory',
       deviceId: r.deviceId,
@@ -153,6 +258,9 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
       keyType: r.keyType,
       deviceClass: r.deviceClass,
       profile: r.profile,
+      keyAgreementSpkiSha256: keys.ka === null ? null : sha256hex(keys.ka),
+      reportKeySpkiSha256: keys.report === null ? null : sha256hex(keys.report.spki),
+      rotKid: keys.rot === null ? null : Buffer.from(keys.rot.chain.current.kid).toString('hex'),
     };
     await appendAudit(
       tx,
@@ -170,7 +278,7 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
       try {
         const results = await db.transaction(async (tx) => {
           const out: { id: string; created: boolean }[] = [];
-          for (const p of batch) out.push(await registerOne(tx, p.r));
+          for (const p of batch) out.push(await registerOne(tx, p.r, p.keys));
           return out;
         });
         batch.forEach((p, k) => {
@@ -185,10 +293,116 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
 
   return {
     register(r) {
+      // Checked before queueing: a device with bad keys must not fail the other registrations of its group commit.
+      let keys: ReturnType<typeof checkDeviceKeys>;
+      try {
+        keys = checkDeviceKeys(r);
+      } catch (e) {
+        return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+      }
       return new Promise((done, fail) => {
-        queue.push({ r, done, fail });
+        queue.push({ r, keys, done, fail });
         if (!running) void drain();
       });
+    },
+  };
+}
+
+const sha256hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+const pemOf = (label: string, der: Uint8Array): string =>
+  `-----BEGIN ${label}-----\n${Buffer.from(der)
+    .toString('base64')
+    .replace(/.{1,64}/g, '$&\n')}-----END ${label}-----\n`;
+
+const REPORT_ALG_NAMES: Readonly<Record<number, string>> = {
+  [-7]: 'ES256',
+  [-9]: 'ESP256',
+  [-8]: 'EdDSA',
+  [-19]: 'Ed25519',
+};
+
+/**
+ * Registration over the operator API (`POST /v1/devices`, bearer token with device.create), for a factory station
+ * that is not beside the database (the fleet simulator). The server records the registration in its audit log
+ * ('device.create' with the certificate fingerprint and key digests). Idempotent by certificate: a device already
+ * registered (409, a roll-forward after a crash) is found by name in its class's group and reported as not created.
+ * The RoT chain is not pinned over this route (the operator API has none): the attestation service pins the
+ * device's first RoT report over its mTLS identity instead (trust on first use).
+ */
+export function httpRegistry(
+  operatorUrl: string,
+  token: string,
+  opts: { fetch?: typeof fetch; timeoutMs?: number } = {},
+): DeviceRegistry {
+  const f = opts.fetch ?? fetch;
+  const base = new URL(operatorUrl);
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  const call = async (
+    method: string,
+    path: string,
+    body?: unknown,
+  ): Promise<{ status: number; json: unknown }> => {
+    const res = await f(new URL(path, base), {
+      method,
+      headers,
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      signal: AbortSignal.timeout(opts.timeoutMs ?? 30_000),
+    });
+    const text = await res.text();
+    if (text.length > 1 << 20) throw new ServerError('INTERNAL', 'operator API answer too large');
+    let json: unknown = undefined;
+    try {
+      json = text.length === 0 ? undefined : JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: res.status, json };
+  };
+  return {
+    async register(r) {
+      const keys = checkDeviceKeys({ ...r, rotRecords: undefined });
+      const res = await call('POST', '/v1/devices', {
+        name: r.deviceId,
+        certificatePem: toPem(r.certificate.der),
+        group: r.deviceClass,
+        tags: ['factory'],
+        attributes: {
+          ueid: r.deviceId,
+          class: r.deviceClass,
+          profile: r.profile,
+          serial: r.certificate.serial,
+          keyType: r.keyType,
+        },
+        ...(keys.ka === null ? {} : { keyAgreementKeyPem: pemOf('PUBLIC KEY', keys.ka) }),
+        ...(keys.report === null
+          ? {}
+          : {
+              reportKeyPem: pemOf('PUBLIC KEY', keys.report.spki),
+              reportKeyAlg: REPORT_ALG_NAMES[keys.report.alg],
+            }),
+      });
+      if (res.status === 201) return { id: (res.json as { id: string }).id, created: true };
+      if (res.status === 409) {
+        // Rolled forward: find it (by name, in its group; bounded).
+        let after: string | undefined;
+        for (let page = 0; page < 1000; page++) {
+          const q = new URLSearchParams({ group: r.deviceClass, limit: '1000', ...(after ? { after } : {}) });
+          const list = await call('GET', `/v1/devices?${q.toString()}`);
+          const items =
+            (list.json as { items?: { id: string; name: string; certSha256: string }[] }).items ?? [];
+          const hit = items.find((d) => d.name === r.deviceId && d.certSha256 === r.certificate.sha256);
+          if (hit !== undefined) return { id: hit.id, created: false };
+          if (list.status !== 200 || items.length < 1000) break;
+          after = items[items.length - 1]!.id;
+        }
+        throw new ServerError('CONFLICT', `device ${r.deviceId} exists with another certificate`);
+      }
+      const code = (res.json as { code?: string } | undefined)?.code ?? 'HTTP';
+      throw new ServerError(
+        res.status === 401 || res.status === 403 ? 'AUTH_INVALID' : 'INTERNAL',
+        `registration of ${r.deviceId} refused by the server: ${res.status} ${code}`,
+      );
     },
   };
 }
@@ -366,8 +580,10 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
     dev: ProvisioningDevice,
     issued: IssuedCertificate,
     spki: Uint8Array,
+    keys: DevicePublicKeys,
   ): Promise<void> => {
     await opts.registry.register({
+      ...keys,
       deviceId: dev.deviceId,
       certificate: issued,
       issuer: issuerName,
@@ -406,7 +622,9 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
           sha256: createHash('sha256').update(der).digest('hex'),
           notAfter: cert.notAfter,
         };
-        await finish(i, dev, issued, new Uint8Array(Buffer.from(r.spki, 'base64')));
+        // The device's other keys were generated before its certificate was journalled: the same ones come back.
+        const keys = (await dev.publicKeys?.()) ?? {};
+        await finish(i, dev, issued, new Uint8Array(Buffer.from(r.spki, 'base64')), keys);
         await opts.devices.close?.(i);
         rolledForward++;
       }
@@ -425,6 +643,7 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
         step('begin', i);
         const dev = await opts.devices.open(i);
         const csr = await dev.createCsr();
+        const keys = (await dev.publicKeys?.()) ?? {};
         step('csr', i);
         const checked = await checkDeviceCsr(csr, { deviceId: dev.deviceId, keyType: p.keyType });
         const issued = await issueDeviceCertificate(opts.issuing, checked, {
@@ -440,7 +659,7 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
           spki: Buffer.from(checked.spki).toString('base64'),
         });
         step('issued', i);
-        await finish(i, dev, issued, checked.spki);
+        await finish(i, dev, issued, checked.spki, keys);
         await opts.devices.close?.(i);
         provisioned++;
         done++;
