@@ -7,8 +7,8 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { DeviceAgent } from '../src/agent/agent.ts';
-import { httpSource } from '../src/fetch/source.ts';
-import { DEVICE_ID, image, keys, provisioned, release, URI } from './agent-fixture.ts';
+import { httpSource, memorySource, type ByteSource } from '../src/fetch/source.ts';
+import { DEVICE_ID, FW, image, keys, newAgent, provisioned, release, URI } from './agent-fixture.ts';
 
 async function snapshot(agent: DeviceAgent): Promise<unknown> {
   const st = await agent.status();
@@ -103,6 +103,69 @@ describe('attacks on the update path', () => {
   });
 });
 
+describe('oversized and resumed payloads', () => {
+  it('an image-size beyond the slot is refused before anything is fetched (IMAGE_TOO_LARGE)', async () => {
+    const { agent, resources } = await provisioned();
+    let opened = 0;
+    const inner = memorySource(resources);
+    const counting: ByteSource = {
+      open: (uri, o) => {
+        opened++;
+        return inner.open(uri, o);
+      },
+    };
+    agent.fetchPolicy = { source: counting, retries: 2, backoffMs: 1, deadlineMs: 10_000 };
+    const img = image(2, 2000);
+    resources.set(URI('v2'), img);
+    // The slot (identity.maxImageSize) is 1 MiB; the manifest announces 2 MiB.
+    const r = await release({ seq: 2, image: img, uri: URI('v2'), size: 2 * 1024 * 1024 });
+    await expectRefused(agent, r.envelope, 'IMAGE_TOO_LARGE');
+    expect(opened).toBe(0);
+  });
+
+  /** Cuts power in the middle of an encrypted download (GCM), n storage operations into the update. */
+  async function cutMidDownload(): Promise<{
+    dev: Awaited<ReturnType<typeof provisioned>>;
+    envelope: Uint8Array;
+  }> {
+    const dev = await provisioned();
+    const r = await release({ seq: 2, image: image(2, 48 * 1024), uri: URI('v2e'), encrypt: 'gcm' });
+    dev.resources.set(URI('v2e'), r.payload);
+    dev.arm.arm(80);
+    await expect(dev.agent.update(r.envelope)).rejects.toMatchObject({ code: 'POWER_CUT' });
+    dev.arm.disarm();
+    dev.fs.reboot();
+    return { dev, envelope: r.envelope };
+  }
+
+  it('an encrypted download resumes after a power cut from its durable prefix and installs', async () => {
+    const { dev } = await cutMidDownload();
+    const agent = newAgent(dev.fs, dev.resources);
+    await agent.powerOn();
+    expect(agent.stats.resumedBytes).toBeGreaterThan(0);
+    expect(await agent.status()).toMatchObject({ bank: 'b', sequence: 2n, trial: false });
+  });
+
+  it('a durable prefix tampered with while the device was off is caught after the resume (GCM tag)', async () => {
+    const { dev } = await cutMidDownload();
+    const path = `${dev.agent.flash.dir('b', FW)}/00000000`;
+    const chunk = await dev.fs.read(path);
+    expect(chunk?.length).toBe(1024);
+    chunk![10]! ^= 1;
+    await dev.fs.write(path, chunk!);
+    await dev.fs.fsync(path);
+    const agent = newAgent(dev.fs, dev.resources);
+    await agent.powerOn();
+    expect(agent.stats.resumedBytes).toBeGreaterThan(0);
+    expect(await agent.status()).toMatchObject({ bank: 'a', sequence: 1n, trial: false, updating: false });
+    expect([...(await agent.nv.counters()).values()]).not.toContain(2n);
+    expect((await agent.outbox.pending()).at(-1)).toMatchObject({
+      state: 'failed',
+      reason: 'PAYLOAD_DECRYPT_FAILED',
+    });
+  });
+});
+
 describe('hostile servers (HTTP over loopback)', () => {
   const servers: Server[] = [];
   afterAll(() => {
@@ -132,6 +195,23 @@ describe('hostile servers (HTTP over loopback)', () => {
     const img = image(2, 2000);
     const r = await release({ seq: 2, image: img, uri: `${base}/endless` });
     await expectRefused(agent, r.envelope, 'IMAGE_TOO_LARGE');
+  });
+
+  it('a server that never answers, or stalls after the headers, is cut off by the deadline (FETCH_DEADLINE)', async () => {
+    const base = await serve((req, res) => {
+      if (req.url === '/headers') {
+        res.writeHead(200, { 'content-length': '2000' });
+        res.write(Buffer.alloc(100));
+      }
+      // Otherwise: no response at all. Either way the connection stays open (and idle below its timeout).
+    });
+    const { agent } = await provisioned();
+    agent.fetchPolicy = { source: httpSource(), retries: 5, backoffMs: 10, deadlineMs: 300 };
+    const img = image(2, 2000);
+    for (const path of ['/silent', '/headers']) {
+      const r = await release({ seq: 2, image: img, uri: `${base}${path}` });
+      await expectRefused(agent, r.envelope, 'FETCH_DEADLINE');
+    }
   });
 
   it('a slow-drip server is cut off by the deadline (FETCH_DEADLINE)', async () => {
