@@ -10,7 +10,9 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { request as httpsRequest } from 'node:https';
 import { generateAgreementKey, generateSigningKey } from '@rotor/cose';
+import { decodeEnvelope, encodeReport, ReportReason } from '@rotor/suit';
 import { run } from '../src/main.ts';
 import { LiveStatus, progressBar } from '../src/progress.ts';
 import {
@@ -22,6 +24,7 @@ import {
   type Fixture,
 } from '../../server/test/fixtures.ts';
 import { buildModule } from '../../device/test/capability-modules/build.ts';
+import { deviceClient, selfSignedCert } from '../../server/test/helpers.ts';
 
 const REPO = resolve(import.meta.dirname, '../../..');
 
@@ -91,6 +94,7 @@ describe('rotor operator commands against a real server', () => {
       env: {
         ROTOR_CAPABILITY_SIGNING_KEY_FILE: join(dir, 'signing.pem'),
         ROTOR_CAPABILITY_AUTHORITY_KEY_FILE: join(dir, 'authority.pem'),
+        ROTOR_ROLLOUT_TICK_MS: '200',
       },
     });
     tokenFile.admin = join(dir, 'admin.token');
@@ -376,6 +380,127 @@ describe('rotor operator commands against a real server', () => {
     }
   });
 
+  it('watches a live rollout: a canary succeeds, the next phase fails, the server pauses at the threshold (exit 4)', async () => {
+    // Two devices with real client certificates talk to the device API (mutual TLS) as a device agent would.
+    const devices: { id: string; client: ReturnType<typeof deviceClient> }[] = [];
+    for (let i = 0; i < 2; i++) {
+      const cert = await selfSignedCert(`live-${i}`);
+      const r = await f.admin.post('/v1/devices', {
+        name: `live-${i}`,
+        certificatePem: cert.certPem,
+        group: 'live',
+        keyAgreementKeyPem: generateAgreementKey('P-256')
+          .publicKey.export({ type: 'spki', format: 'pem' })
+          .toString(),
+      });
+      expect(r.status).toBe(201);
+      devices.push({
+        id: (r.json() as { id: string }).id,
+        client: deviceClient(f.server.deviceUrl!, f.serverCert, cert),
+      });
+    }
+    const call = (
+      d: (typeof devices)[number],
+      method: string,
+      path: string,
+      body?: Uint8Array,
+    ): Promise<{ status: number; body: Buffer }> =>
+      new Promise((done, fail) => {
+        const req = httpsRequest(
+          new URL(path, f.server.deviceUrl),
+          {
+            method,
+            agent: d.client.agent,
+            headers: body === undefined ? {} : { 'content-type': 'application/suit-report+cbor' },
+          },
+          (res) => {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () => {
+              done({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) });
+            });
+          },
+        );
+        req.on('error', fail);
+        req.end(body);
+      });
+    /** Checks in until the server offers an update (a later phase opens at a rollout tick), then reports. */
+    const update = async (d: (typeof devices)[number], ok: boolean): Promise<void> => {
+      let rolloutId: string | undefined;
+      for (let i = 0; i < 200 && rolloutId === undefined; i++) {
+        const c = JSON.parse((await call(d, 'POST', '/d/v1/checkin')).body.toString()) as {
+          action: string;
+          rolloutId?: string;
+        };
+        if (c.action === 'update') rolloutId = c.rolloutId;
+        else await new Promise((res) => setTimeout(res, 50));
+      }
+      expect(rolloutId).toBeDefined();
+      const env = await call(d, 'GET', `/d/v1/rollouts/${rolloutId!}/envelope`);
+      expect(env.status).toBe(200);
+      const digest = decodeEnvelope(new Uint8Array(env.body)).digest.bytes;
+      const report = encodeReport({
+        reference: { uri: undefined, digest: { alg: -16, bytes: digest } },
+        records: [],
+        result: ok
+          ? true
+          : {
+              code: 1,
+              reason: ReportReason.conditionFailed,
+              record: {
+                manifestId: [],
+                manifestSection: 20,
+                sectionOffset: 0,
+                componentIndex: 0,
+                properties: new Map(),
+              },
+            },
+      });
+      expect((await call(d, 'POST', '/d/v1/reports', report)).status).toBe(200);
+    };
+    try {
+      const c = await okJson<{ id: string; assigned: number }>([
+        'rollout',
+        'create',
+        '--release',
+        releaseId,
+        '--target',
+        'group=live',
+        '--phases',
+        '50,100',
+        '--failure-threshold',
+        '0.5',
+        ...as('operator'),
+      ]);
+      expect(c.assigned).toBe(2);
+      const watching = cli(['rollout', 'watch', c.id, '--interval', '100ms', ...as('operator')], {
+        NO_COLOR: '1',
+      });
+      // Whichever device the server put in the first phase gets the update first: it succeeds, the other fails.
+      const first = await Promise.race(
+        devices.map(async (d) => {
+          const r = JSON.parse((await call(d, 'POST', '/d/v1/checkin')).body.toString()) as {
+            action: string;
+          };
+          return r.action === 'update' ? d : undefined;
+        }),
+      );
+      const canary = first ?? devices[0]!;
+      const other = devices.find((d) => d !== canary)!;
+      await update(canary, true);
+      await update(other, false);
+      const w = await watching;
+      expect(w.code).toBe(4);
+      expect(w.stderr).toMatch(/rollout .* paused: 1\/2 succeeded, 1 failed/);
+      expect(w.stderr).toMatch(/paused: phase 1: 1 of 1 devices failed \(threshold 0\.5\)/);
+      expect(w.stderr).toMatch(/ {2}phase 1 {2}50% \[#{30}\] 1\/1/);
+      expect(w.stderr).toMatch(/\* phase 2 100% \[x{30}\] 1\/1/);
+      expect(w.stderr).not.toContain('\x1b');
+    } finally {
+      for (const d of devices) d.client.close();
+    }
+  });
+
   it('uploads, lists, rolls out and revokes a capability module; revocation show lists it', async () => {
     const wasmPath = join(dir, 'codec.wasm');
     writeFileSync(wasmPath, await buildModule('codec-v1'));
@@ -521,7 +646,17 @@ describe('rotor operator commands against a real server', () => {
     const { stdout, code } = await new Promise<{ stdout: string; code: number }>((done, fail) => {
       execFile(
         'npx',
-        ['node', 'packages/cli/src/main.ts', 'device', 'list', '--json', '--server', f.server.operatorUrl],
+        [
+          'node',
+          'packages/cli/src/main.ts',
+          'device',
+          'list',
+          '--group',
+          'lab',
+          '--json',
+          '--server',
+          f.server.operatorUrl,
+        ],
         { cwd: REPO, env: { ...process.env, ROTOR_TOKEN_FILE: tokenFile.operator, NO_COLOR: '1' } },
         (err, out) => {
           if (err !== null && typeof err.code !== 'number') fail(new Error(err.message));
