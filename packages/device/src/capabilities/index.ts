@@ -4,3 +4,6 @@ export * from './sandbox.ts';
 export * from './platform.ts';
 export * from './records.ts';
 export * from './manager.ts';
+export * from './boot.ts';
+export * from './client.ts';
+export * from './seal.ts';

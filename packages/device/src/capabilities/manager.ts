@@ -76,6 +76,7 @@ import {
   decodeRevoked,
   encodeArchiveRecord,
   encodeEnvelopeRecord,
+  encodeSealedArchiveRecord,
   encodeIndex,
   encodeRevoked,
   INDEX_BLOB,
@@ -87,6 +88,7 @@ import {
   type Index,
 } from './records.ts';
 import { Sandbox, SandboxCallError, SandboxPool, type SandboxFault } from './sandbox.ts';
+import { openArchive, sealArchive, type ArchiveSealer } from './seal.ts';
 import { readWasmInfo, sameFuncType, WasmFormatError } from './wasm.ts';
 
 const deflateRawAsync = promisify(deflateRaw);
@@ -142,6 +144,8 @@ export type CapabilityEvent =
       readonly name: string;
       readonly version: string;
       readonly replaced?: string;
+      /** Hex SUIT digest of the module envelope now active (what a status report names, report §4). */
+      readonly envelopeDigest: string;
     }
   | { readonly type: 'archived'; readonly name: string; readonly version: string; readonly bytes: number }
   | {
@@ -157,12 +161,23 @@ export type CapabilityEvent =
       readonly name: string;
       readonly from: string;
       readonly to: string | undefined;
+      /** Hex SUIT digest of the faulty version's envelope. */
+      readonly fromEnvelopeDigest: string;
     }
   | {
       readonly type: 'unloaded';
       readonly name: string;
       readonly version: string;
       readonly reason: 'request' | 'revoked' | 'unauthorized' | 'verification';
+      /** Hex SUIT digest of the unloaded version's envelope, when it was running. */
+      readonly envelopeDigest?: string;
+    }
+  | {
+      /** A stored archive was dropped at boot: it no longer verifies (tampered, unsealable) or is revoked. */
+      readonly type: 'archive-dropped';
+      readonly name: string;
+      readonly version: string;
+      readonly reason: string;
     };
 
 export interface CapabilityManagerOptions {
@@ -186,6 +201,11 @@ export interface CapabilityManagerOptions {
   readonly now?: () => number;
   readonly onEvent?: (e: CapabilityEvent) => void;
   readonly onLog?: (name: string, line: string) => void;
+  /**
+   * Seals archives to this device (seal.ts; the enclave's sealing key, e.g. enclaveArchiveSealer(client)). With
+   * one, archives are written sealed and only sealed archives are accepted.
+   */
+  readonly sealer?: ArchiveSealer;
 }
 
 export interface CallResult {
@@ -292,6 +312,7 @@ export class CapabilityManager {
   #revoked = new Set<string>();
   #commitTail: Promise<unknown> = Promise.resolve();
   #background = new Set<Promise<unknown>>();
+  readonly #listeners = new Set<(e: CapabilityEvent) => void>();
   #closed = false;
 
   private constructor(
@@ -372,11 +393,31 @@ export class CapabilityManager {
   }
 
   #emit(e: CapabilityEvent): void {
-    try {
-      this.#o.onEvent?.(e);
-    } catch {
-      // observers cannot break the manager
+    for (const fn of [this.#o.onEvent, ...this.#listeners]) {
+      try {
+        fn?.(e);
+      } catch {
+        // observers cannot break the manager
+      }
     }
+  }
+
+  /** Adds an event listener (besides `onEvent`); returns its removal. */
+  subscribe(fn: (e: CapabilityEvent) => void): () => void {
+    this.#listeners.add(fn);
+    return () => {
+      this.#listeners.delete(fn);
+    };
+  }
+
+  /** The device context modules are checked against (what a capability query sends). */
+  get device(): DeviceContext {
+    return this.#o.device;
+  }
+
+  /** The policy in force (size bounds a client applies before handing bytes over). */
+  get policy(): CapabilityPolicy {
+    return this.#policy;
   }
 
   // ---------------------------------------------------------------------------------------------------------
@@ -459,6 +500,28 @@ export class CapabilityManager {
       ic.active = undefined;
       changed.add(name);
     }
+    // Archives are verified at boot too (signature under the manifest in force, revocation, seal, digest): one that
+    // is tampered with, revoked or no longer authorized is dropped now, so a revert or rollback never meets it.
+    for (const [name, ic] of index) {
+      const keep: Entry[] = [];
+      for (const a of ic.archives) {
+        let why: string | undefined;
+        if (this.#revoked.has(hexOf(a.digest))) why = 'CAP_REVOKED';
+        else {
+          try {
+            await this.#verifyStored(name, a);
+          } catch (e) {
+            why = e instanceof DeviceError ? e.code : msgOf(e);
+          }
+        }
+        if (why === undefined) keep.push(a);
+        else {
+          changed.add(name);
+          this.#emit({ type: 'archive-dropped', name, version: formatModuleVersion(a.version), reason: why });
+        }
+      }
+      ic.archives = keep;
+    }
     // Drop blobs the index does not name (nothing else writes in this directory).
     const named = new Set([INDEX_BLOB, MANIFEST_BLOB, REVOCATION_BLOB, TRUST_REVOCATION_BLOB, REVOKED_BLOB]);
     for (const c of index.values())
@@ -473,8 +536,15 @@ export class CapabilityManager {
     name: string,
     entry: Entry,
     reason: 'request' | 'revoked' | 'unauthorized' | 'verification',
+    running?: Verified,
   ): void {
-    this.#emit({ type: 'unloaded', name, version: formatModuleVersion(entry.version), reason });
+    this.#emit({
+      type: 'unloaded',
+      name,
+      version: formatModuleVersion(entry.version),
+      reason,
+      ...(running === undefined ? {} : { envelopeDigest: hexOf(running.envelope.digest.bytes) }),
+    });
   }
 
   // ---------------------------------------------------------------------------------------------------------
@@ -722,9 +792,24 @@ export class CapabilityManager {
     const part = await this.#verifyManifestPart(rec.envelope);
     if (part.name !== name || hexOf(part.digest) !== hexOf(entry.digest))
       throw err('STORAGE_CORRUPT', 'archive does not match its index entry');
+    // Sealed archives (seal.ts): with a sealer configured only a sealed archive is accepted, and it must open on
+    // this device as exactly this module (name, digest, sequence); a tampered one is refused (SEAL_FAILED).
+    const sealer = this.#o.sealer;
+    let deflated: Uint8Array;
+    if (rec.sealed !== undefined) {
+      if (sealer === undefined) throw err('SEAL_FAILED', 'a sealed archive and no sealer to open it');
+      deflated = await openArchive(
+        sealer,
+        { name, digest: part.digest, sequence: part.sequence },
+        rec.sealed,
+      );
+    } else {
+      if (sealer !== undefined) throw err('SEAL_FAILED', 'archive is not sealed');
+      deflated = rec.deflated;
+    }
     let wasm: Uint8Array;
     try {
-      wasm = new Uint8Array(inflateRawSync(rec.deflated, { maxOutputLength: part.moduleSize }));
+      wasm = new Uint8Array(inflateRawSync(deflated, { maxOutputLength: part.moduleSize }));
     } catch (e) {
       throw err('CAP_DIGEST', `archive does not inflate within ${part.moduleSize} bytes`, e);
     }
@@ -879,6 +964,7 @@ export class CapabilityManager {
         name: v.name,
         version: formatModuleVersion(v.metadata.version),
         ...(old === undefined ? {} : { replaced: formatModuleVersion(old.metadata.version) }),
+        envelopeDigest: hexOf(v.envelope.digest.bytes),
       });
       return {
         ...this.#statusOf(v.name),
@@ -933,7 +1019,14 @@ export class CapabilityManager {
       tagged: v.envelope.tagged,
     });
     const deflated = new Uint8Array(await deflateRawAsync(v.wasm, { level: 6 }));
-    const record = encodeArchiveRecord(stripped, deflated);
+    const sealer = this.#o.sealer;
+    const record =
+      sealer === undefined
+        ? encodeArchiveRecord(stripped, deflated)
+        : encodeSealedArchiveRecord(
+            stripped,
+            await sealArchive(sealer, { name: v.name, digest: v.digest, sequence: v.sequence }, deflated),
+          );
     const entry: Entry = {
       ...v.entry,
       kind: 'archive',
@@ -1051,6 +1144,7 @@ export class CapabilityManager {
         name: cap.name,
         from: formatModuleVersion(failed.metadata.version),
         to: formatModuleVersion(entry.version),
+        fromEnvelopeDigest: hexOf(failed.envelope.digest.bytes),
       });
       return;
     }
@@ -1065,6 +1159,7 @@ export class CapabilityManager {
       name: cap.name,
       from: formatModuleVersion(failed.metadata.version),
       to: undefined,
+      fromEnvelopeDigest: hexOf(failed.envelope.digest.bytes),
     });
   }
 
@@ -1109,6 +1204,7 @@ export class CapabilityManager {
         name,
         version: formatModuleVersion(v.metadata.version),
         ...(old === undefined ? {} : { replaced: formatModuleVersion(old.metadata.version) }),
+        envelopeDigest: hexOf(v.envelope.digest.bytes),
       });
       return this.#statusOf(name);
     } finally {
@@ -1133,7 +1229,7 @@ export class CapabilityManager {
       cap.active = undefined;
       cap.unloaded = 'CAP_NOT_LOADED';
       this.#retire(v);
-      this.#emitUnload(name, v.entry, 'request');
+      this.#emitUnload(name, v.entry, 'request', v);
     } finally {
       cap.busy = false;
     }
@@ -1235,7 +1331,7 @@ export class CapabilityManager {
     });
     commitList();
     this.#revoked = union;
-    for (const v of unloaded) this.#emitUnload(v.name, v.entry, 'revoked');
+    for (const v of unloaded) this.#emitUnload(v.name, v.entry, 'revoked', v);
     return { unloaded: unloaded.map((v) => v.name) };
   }
 
@@ -1289,7 +1385,7 @@ export class CapabilityManager {
     });
     this.#manifest = m;
     this.#trustPolicy = policy;
-    for (const v of unloaded) this.#emitUnload(v.name, v.entry, 'unauthorized');
+    for (const v of unloaded) this.#emitUnload(v.name, v.entry, 'unauthorized', v);
     return { unloaded: unloaded.map((v) => v.name) };
   }
 

@@ -6,7 +6,9 @@
  *   entry              [blob, kind, sequence, digest, version]   kind 0 = received envelope, 1 = archive
  *   e.<digest>.<seq>.<name>   kind 0: [1, envelope, {* uri => ciphertext}] the envelope as received (still encrypted
  *                             for this device) plus any detached payload
- *   a.<digest>.<seq>.<name>   kind 1: [1, envelope without its ciphertext, deflate-raw(plaintext module)]
+ *   a.<digest>.<seq>.<name>   kind 1: [1, envelope without its ciphertext, deflate-raw(plaintext module)], or
+ *                             sealed (a sealer configured, seal.ts): [2, envelope without its ciphertext,
+ *                             AES-256-GCM(deflate-raw(plaintext)), nonce, archive key sealed by the enclave]
  *   capability-manifest, revocation-list, trust-revocation-list   the signed documents in force, as received
  *   revoked            [* bstr .size 32]   every digest any accepted revocation list named (never forgotten)
  *
@@ -129,15 +131,42 @@ export function decodeEnvelopeRecord(bytes: Uint8Array): {
   }
 }
 
+/** An archive record: version 1 holds deflate-raw(plaintext); version 2 a sealed archive (seal.ts). */
+export type ArchiveRecord =
+  | { readonly envelope: Uint8Array; readonly deflated: Uint8Array; readonly sealed?: undefined }
+  | {
+      readonly envelope: Uint8Array;
+      readonly deflated?: undefined;
+      readonly sealed: { nonce: Uint8Array; ciphertext: Uint8Array; sealedKey: Uint8Array };
+    };
+
 export function encodeArchiveRecord(envelope: Uint8Array, deflated: Uint8Array): Uint8Array {
   return encode([1, envelope, deflated]);
 }
 
-export function decodeArchiveRecord(bytes: Uint8Array): { envelope: Uint8Array; deflated: Uint8Array } {
+export function encodeSealedArchiveRecord(
+  envelope: Uint8Array,
+  sealed: { nonce: Uint8Array; ciphertext: Uint8Array; sealedKey: Uint8Array },
+): Uint8Array {
+  return encode([2, envelope, sealed.ciphertext, sealed.nonce, sealed.sealedKey]);
+}
+
+export function decodeArchiveRecord(bytes: Uint8Array): ArchiveRecord {
   try {
-    const a = asArray(decode(bytes, { maxSize: MAX_RECORD, maxDepth: 2 }), 'archive', { min: 3, max: 3 });
-    if (asUint(a[0], 'archive[0]') !== 1) throw new Error('unknown archive version');
-    return { envelope: asBytes(a[1], 'archive[1]'), deflated: asBytes(a[2], 'archive[2]') };
+    const a = asArray(decode(bytes, { maxSize: MAX_RECORD, maxDepth: 2 }), 'archive', { min: 3, max: 5 });
+    const version = asUint(a[0], 'archive[0]');
+    if (version === 1 && a.length === 3)
+      return { envelope: asBytes(a[1], 'archive[1]'), deflated: asBytes(a[2], 'archive[2]') };
+    if (version === 2 && a.length === 5)
+      return {
+        envelope: asBytes(a[1], 'archive[1]'),
+        sealed: {
+          ciphertext: asBytes(a[2], 'archive[2]'),
+          nonce: asBytes(a[3], 'archive[3]', { min: 12, max: 12 }),
+          sealedKey: asBytes(a[4], 'archive[4]', { max: 4096 + 64 }),
+        },
+      };
+    throw new Error('unknown archive version');
   } catch (e) {
     throw corrupt('module archive unreadable', e);
   }

@@ -372,6 +372,16 @@ export class EnclaveClient {
     return (await this.request('Unwrap', req)).cek;
   }
 
+  /** Seals a small secret to this device's enclave (bound to `label`). */
+  async sealData(label: string, data: Uint8Array): Promise<Uint8Array> {
+    return (await this.request('SealData', { label, data })).sealed;
+  }
+
+  /** Unseals what sealData sealed here under the same label (SEAL_FAILED otherwise). */
+  async unsealData(label: string, sealed: Uint8Array): Promise<Uint8Array> {
+    return (await this.request('UnsealData', { label, sealed })).data;
+  }
+
   health(): Promise<Res<'Health'>> {
     return this.request('Health', {});
   }

@@ -58,7 +58,7 @@ import {
   type Req,
   type Res,
 } from './protocol.ts';
-import { deriveSealingKeys, type SealingKeys } from './seal.ts';
+import { deriveSealingKeys, seal, unseal, type SealingKeys } from './seal.ts';
 import { EnclaveStore, type EnclaveState, type RotState, type StoredKey } from './state.ts';
 
 /** RoT signature algorithms the enclave uses and accepts in its own chain. */
@@ -215,6 +215,10 @@ export class EnclaveCore {
         case 'Health':
           decodeBody(PROTOCOL.Health.req, body, 'REQUEST_INVALID');
           return encodeBody(this.health());
+        case 'SealData':
+          return encodeBody(this.sealData(decodeBody(PROTOCOL.SealData.req, body, 'REQUEST_INVALID')));
+        case 'UnsealData':
+          return encodeBody(this.unsealData(decodeBody(PROTOCOL.UnsealData.req, body, 'REQUEST_INVALID')));
       }
     } catch (e) {
       if (isTrustError(e) && e.code === 'ATTEST_CLAIM_RESERVED') {
@@ -423,6 +427,16 @@ export class EnclaveCore {
   getPublicKey(req: Req<'GetPublicKey'>): Res<'GetPublicKey'> {
     const { stored } = this.#key(req.keyId);
     return infoBody(publicInfo(stored.keyId, stored.type, stored.backend, stored.key));
+  }
+
+  /** Seals an agent secret to this device (seal.ts; label prefix `data:` keeps it apart from the enclave's own). */
+  sealData(req: Req<'SealData'>): Res<'SealData'> {
+    return { sealed: seal(this.#sealing.seal, `data:${req.label}`, req.data) };
+  }
+
+  /** SEAL_FAILED when the blob was sealed elsewhere, under another label, or altered. */
+  unsealData(req: Req<'UnsealData'>): Res<'UnsealData'> {
+    return { data: unseal(this.#sealing.seal, `data:${req.label}`, req.sealed) };
   }
 
   health(): Res<'Health'> {

@@ -83,6 +83,7 @@ const KEY_INFO = {
   kid: { kind: 'bytes', min: 32, max: 32 },
 } as const;
 const RECORD: FBytes = { kind: 'bytes', max: 2048 };
+const SEAL_LABEL: FText = { kind: 'text', max: 200, pattern: /^[A-Za-z0-9._:\/-]{1,200}$/ };
 /** RFC 9711 §4.1: an EAT nonce is 8..64 bytes; the same bound for session-key challenges. */
 const CHALLENGE: FBytes = { kind: 'bytes', min: 8, max: 64 };
 /** Records per GetRoT page (a page stays well below the frame bound). */
@@ -151,6 +152,19 @@ export const PROTOCOL = {
     res: KEY_INFO,
   },
   GetPublicKey: { req: { keyId: KEY_ID }, res: KEY_INFO },
+  /**
+   * Seals a small secret of the agent (e.g. a capability-archive key) under the enclave's device-unique sealing key
+   * (seal.ts), bound to `label`; only this device's enclave unseals it. Domain-separated from the enclave's own
+   * sealed store.
+   */
+  SealData: {
+    req: { label: SEAL_LABEL, data: { kind: 'bytes', min: 1, max: 4096 } },
+    res: { sealed: { kind: 'bytes', max: 4096 + 64 } },
+  },
+  UnsealData: {
+    req: { label: SEAL_LABEL, sealed: { kind: 'bytes', max: 4096 + 64 } },
+    res: { data: { kind: 'bytes', max: 4096 } },
+  },
   Health: {
     req: {},
     res: {
@@ -182,6 +196,8 @@ export const IDEMPOTENT: ReadonlySet<RequestType> = new Set<RequestType>([
   'Unwrap',
   'GetPublicKey',
   'Health',
+  'SealData',
+  'UnsealData',
 ]);
 
 export function isRequestType(s: string): s is RequestType {

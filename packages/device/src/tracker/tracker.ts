@@ -20,6 +20,12 @@ import { asArray, asBool, asBytes, asText, decode, encode, type Signer } from '@
 import { decodeEnvelope } from '@rotor/suit';
 import type { DeviceAgent, UpdateOutcome } from '../agent/agent.ts';
 import type { TransitionRecord } from '../agent/outbox.ts';
+import {
+  CapabilityClient,
+  type CapabilityClientEvent,
+  type CapabilityOutcome,
+} from '../capabilities/client.ts';
+import type { CapabilityManager } from '../capabilities/manager.ts';
 import { DeviceError } from '../errors.ts';
 import type { FetchPolicy } from '../fetch/pipeline.ts';
 import { httpSource, type ByteSource } from '../fetch/source.ts';
@@ -96,6 +102,13 @@ export interface TrackerConfig {
    * as confirmed only when the new measurements appraise.
    */
   readonly attester?: Attester;
+  /**
+   * Capability modules (issue 8): the device's CapabilityManager. The tracker then asks the capability server for
+   * modules (`capability()`), refreshes revocation list and capability manifest (`syncCapabilities()`) and reports
+   * every module outcome (capabilities/client.ts), over the same mutual-TLS channel as firmware.
+   */
+  readonly capabilities?: CapabilityManager;
+  readonly onCapabilityEvent?: (e: CapabilityClientEvent) => void;
 }
 
 export type TrackerEvent =
@@ -181,6 +194,7 @@ export class StatusTracker {
   #failures = 0;
   #lastCycleAt = 0;
   #seen = new Set<string>();
+  readonly #caps: CapabilityClient | undefined;
   /** Check-ins done, and those caused by a push (observability, tests). */
   checkins = 0;
   pushCheckins = 0;
@@ -197,6 +211,16 @@ export class StatusTracker {
     });
     this.#deviceId = config.deviceId;
     this.#signed = this.#signer() !== undefined;
+    this.#caps =
+      config.capabilities === undefined
+        ? undefined
+        : new CapabilityClient({
+            http: this.http,
+            manager: config.capabilities,
+            store: () => this.#state(),
+            signer: () => this.#signer(),
+            ...(config.onCapabilityEvent === undefined ? {} : { onEvent: config.onCapabilityEvent }),
+          });
     const fb = config.fallbackSource;
     const fallback = fb === 'none' ? undefined : (fb ?? httpSource({ allowHttp: false }));
     // The agent fetches payloads through the server's Range endpoint (mutual TLS, the same agent).
@@ -288,6 +312,7 @@ export class StatusTracker {
     await this.#loop?.catch(() => undefined);
     this.#loop = undefined;
     await this.#cycleTail.catch(() => undefined);
+    this.#caps?.close();
     this.http.close();
   }
 
@@ -440,6 +465,7 @@ export class StatusTracker {
       await this.#syncTrust(checkin);
       if (checkin.action === 'update') update = await this.#runAssignment(checkin);
       await this.flush();
+      await this.#caps?.flush();
       await this.#attest(update?.ok === true && update.confirmed);
       this.#failures = 0;
     } catch (e) {
@@ -564,6 +590,29 @@ export class StatusTracker {
       await store.put(ASSIGNMENT, encodeAssignment({ rolloutId: a.rolloutId, digest, done: true }));
     this.#emit({ kind: 'update', rolloutId: a.rolloutId, outcome });
     return outcome;
+  }
+
+  // ---- capability modules (issue 8; capabilities/client.ts) ------------------------------------------------
+
+  #capabilityClient(): CapabilityClient {
+    if (this.#caps === undefined)
+      throw new DeviceError('CAP_NOT_LOADED', 'the tracker was configured without a capability manager');
+    return this.#caps;
+  }
+
+  /** Asks the capability server for `name` (identity, firmware version, device class), installs and reports it. */
+  capability(name: string): Promise<CapabilityOutcome> {
+    return this.#capabilityClient().request(name);
+  }
+
+  /** Applies a newer module revocation list and capability manifest from the server (seed 000 step 7, §1). */
+  syncCapabilities(): Promise<{ revoked: string[]; unauthorized: string[] }> {
+    return this.#capabilityClient().sync();
+  }
+
+  /** Delivers queued module reports now (each cycle does too). */
+  flushCapabilityReports(): Promise<{ delivered: number; remaining: number }> {
+    return this.#capabilityClient().flush();
   }
 
   // ---- report delivery ----------------------------------------------------------------------------------------
