@@ -16,7 +16,6 @@
  * GCM plaintext reaches flash before the tag is checked (at the end): it lands only in the inactive slot, and the
  * image becomes installable only after the tag and the manifest's digest verified (RFC 9019 §4.1).
  */
-import { createHash, type Hash } from 'node:crypto';
 import { finished, Readable } from 'node:stream';
 import {
   CoseError,
@@ -35,6 +34,7 @@ import {
   type ImageRecord,
   type NvState,
 } from '../flash/nvstate.ts';
+import { streamHash, type StreamHash } from './hash.ts';
 import { TransientError, type ByteSource, type SourceResponse } from './source.ts';
 
 export interface PayloadDecryption {
@@ -130,16 +130,17 @@ type Put = (b: Uint8Array) => Promise<void> | undefined;
  * construction. push() is synchronous unless the writer has to wait (then it returns a promise).
  */
 class Sink {
-  readonly hash: Hash = createHash('sha256');
+  readonly hash: StreamHash;
   readonly decipher: ChunkCipher | undefined;
   skip = 0;
   readonly #put: Put;
   #stage: Uint8Array | undefined;
   #staged = 0;
 
-  constructor(decipher: ChunkCipher | undefined, put: Put) {
+  constructor(decipher: ChunkCipher | undefined, put: Put, hash: StreamHash) {
     this.decipher = decipher;
     this.#put = put;
+    this.hash = hash;
   }
 
   /**
@@ -199,7 +200,11 @@ class Sink {
     return undefined;
   }
 
-  /** Hashes and writes `part` (minus what is still to skip); frees it afterwards when `fresh` (decipher output). */
+  /**
+   * Writes and hashes `part` (minus what is still to skip); afterwards it is handed to the hash (transferred,
+   * no copy) or freed when `fresh` (decipher output). The write copies the bytes into the writer's buffers
+   * first, so the hash may take the buffer over.
+   */
   #emit(part: Uint8Array, fresh: boolean): Promise<void> | undefined {
     let out = part;
     if (this.skip > 0) {
@@ -211,16 +216,16 @@ class Sink {
       if (fresh) release(part);
       return undefined;
     }
-    this.hash.update(out);
     const p = this.#put(out);
-    if (!fresh) return p;
-    if (p === undefined) {
-      release(part);
-      return undefined;
-    }
-    return p.then(() => {
-      release(part);
-    });
+    if (p === undefined) return this.#hashed(part, out, fresh);
+    return p.then(() => this.#hashed(part, out, fresh));
+  }
+
+  #hashed(part: Uint8Array, out: Uint8Array, fresh: boolean): Promise<void> | undefined {
+    if (fresh && out === part) return this.hash.update(part, true);
+    const h = this.hash.update(out);
+    if (fresh) release(part);
+    return h;
   }
 
   /** Deciphers and writes what is staged (the source has nothing more at the moment). */
@@ -241,8 +246,8 @@ class Sink {
       throw decryptError(e instanceof CoseError ? e : new Error(String(e)));
     }
     if (out.length > 0) {
-      this.hash.update(out);
       await this.#put(out);
+      await this.hash.update(out);
     }
   }
 }
@@ -426,17 +431,22 @@ export async function installImage(
   if (input.kind !== 'fetch') {
     await flash.erase(bank, component);
     const w = await flash.writer(bank, component, { maxSize: target.maxSize });
-    const sink = new Sink(makeDecipher(), (b) => w.put(b));
-    if (input.kind === 'bytes') {
-      for (let off = 0; off < input.data.length; off += chunkSize)
-        await sink.push(input.data.subarray(off, off + chunkSize));
-    } else {
-      const r = input.record;
-      for await (const c of flash.read(input.bank, r.component, r.size, r.chunkSize)) await sink.push(c);
+    const hash = streamHash(input.kind === 'bytes' ? input.data.length : input.record.size);
+    try {
+      const sink = new Sink(makeDecipher(), (b) => w.put(b), hash);
+      if (input.kind === 'bytes') {
+        for (let off = 0; off < input.data.length; off += chunkSize)
+          await sink.push(input.data.subarray(off, off + chunkSize));
+      } else {
+        const r = input.record;
+        for await (const c of flash.read(input.bank, r.component, r.size, r.chunkSize)) await sink.push(c);
+      }
+      await sink.end();
+      const size = await w.finish();
+      return { component, size, sha256: await hash.digest(), chunkSize };
+    } finally {
+      hash.close();
     }
-    await sink.end();
-    const size = await w.finish();
-    return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
   }
 
   if (policy === undefined) throw new DeviceError('FETCH_FAILED', 'this platform has no payload source');
@@ -496,8 +506,10 @@ export async function installImage(
         },
       });
       let done = false;
+      // SHA-256 on a worker thread for large images (fetch/hash.ts).
+      const hash = streamHash(maxInput);
       try {
-        const sink = new Sink(makeDecipher(), (b) => writer.put(b));
+        const sink = new Sink(makeDecipher(), (b) => writer.put(b), hash);
         let received = 0;
         if (keep > 0) {
           // Re-hash the kept plaintext and bring the decipher to the same position.
@@ -514,7 +526,7 @@ export async function installImage(
                 );
           let emitted = 0;
           for await (const c of flash.read(bank, component, prefix, chunkSize)) {
-            sink.hash.update(c);
+            await hash.update(c);
             if (cipher !== undefined && sink.decipher !== undefined)
               emitted += sink.decipher.update(cipher.update(c)).length;
           }
@@ -607,8 +619,9 @@ export async function installImage(
         await sink.end();
         const size = await writer.finish();
         done = true;
-        return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
+        return { component, size, sha256: await hash.digest(), chunkSize };
       } finally {
+        hash.close();
         // A failed or restarted attempt: let nothing of this writer reach storage or the record afterwards.
         if (!done) await writer.close();
       }
