@@ -2,8 +2,10 @@
  * Load generator for `npm run bench -- attest` (a separate process, so the server's event loop only serves).
  * Reads one JSON line of setup from stdin: the device listener's URL, the server certificate, and per device its
  * mutual-TLS certificate and key. Builds a software RoT (seed 002 record 0) per device, reports the chains, then
- * answers every "run <ms> <concurrency>" line with one JSON line {count, errors, statuses}: how many full
- * appraisals (nonce → EAT signed by the device's RoT → evidence posted → signed result) completed in that window.
+ * answers every "run <ms> <concurrency> [nonces per request]" line with one JSON line {count, errors, statuses}:
+ * how many full appraisals (nonce → EAT signed by the device's RoT → evidence posted → signed result) completed
+ * in that window. With nonces per request N > 1 a device fetches N nonces in one request (/nonces?count=N) and
+ * uses each for one appraisal.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { Agent, request } from 'node:https';
@@ -118,24 +120,45 @@ async function main(): Promise<void> {
   for (;;) {
     const next = await it.next();
     if (next.done === true) break;
-    const [cmd, msText, concText] = next.value.split(' ');
+    const [cmd, msText, concText, batchText] = next.value.split(' ');
     if (cmd !== 'run') break;
     const ms = Number(msText);
     const concurrency = Number(concText);
+    // Nonces per request: 1 = POST /nonce before every appraisal; more = POST /nonces?count=N, then N appraisals
+    // (each nonce still single use and short-lived).
+    const batch = Math.max(1, Math.min(64, Number(batchText ?? '1')));
     const statuses: Record<string, number> = {};
     let count = 0;
     let errors = 0;
     let lastError = '';
     const end = performance.now() + ms;
     const loop = async (d: Dev): Promise<void> => {
+      const held: string[] = [];
+      const nextNonce = async (): Promise<string> => {
+        if (batch === 1)
+          return (
+            JSON.parse((await call(d, setup.url, 'POST', '/d/v1/attestation/nonce')).toString()) as {
+              nonce: string;
+            }
+          ).nonce;
+        if (held.length === 0)
+          held.push(
+            ...(
+              JSON.parse(
+                (
+                  await call(d, setup.url, 'POST', `/d/v1/attestation/nonces?count=${String(batch)}`)
+                ).toString(),
+              ) as { nonces: string[] }
+            ).nonces,
+          );
+        return held.pop()!;
+      };
       while (performance.now() < end) {
         try {
-          const n = JSON.parse((await call(d, setup.url, 'POST', '/d/v1/attestation/nonce')).toString()) as {
-            nonce: string;
-          };
+          const nonce = await nextNonce();
           const token = await createAttestationToken(
             {
-              nonce: new Uint8Array(Buffer.from(n.nonce, 'base64')),
+              nonce: new Uint8Array(Buffer.from(nonce, 'base64')),
               ueid: d.ueid,
               iat: Math.floor(Date.now() / 1000),
               rotIndex: 0,

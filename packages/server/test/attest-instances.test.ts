@@ -132,6 +132,28 @@ describe('verifier instances on one database (issue 7)', () => {
     ).rejects.toMatchObject({ code: 'CONFIG_INVALID' });
   });
 
+  it('nonces in a batch are each single use, on any instance; the batch size is bounded', async () => {
+    const [a, b] = await Promise.all([instance(t.db), instance(dbB)]);
+    const { nonces } = await a.issueNonces(device, 3);
+    expect(new Set(nonces.map((n) => Buffer.from(n).toString('hex'))).size).toBe(3);
+    for (const [i, n] of nonces.entries()) {
+      const token = await evidence(n);
+      const svc = i % 2 === 0 ? a : b;
+      expect((await svc.appraise(device, token)).claims.nonce).toMatchObject({ status: 'affirming' });
+      expect((await (i % 2 === 0 ? b : a).appraise(device, token)).claims.nonce).toMatchObject({
+        status: 'contraindicated',
+      });
+    }
+    // Another device cannot use them (device tag).
+    const other: Principal = { kind: 'device', deviceId: 'someone-else', name: 'x' };
+    const theirs = (await a.issueNonces(other, 1)).nonces[0]!;
+    expect((await b.appraise(device, await evidence(theirs))).claims.nonce?.reason).toMatch(/another device/);
+    for (const count of [0, 65, 1.5])
+      await expect(a.issueNonces(device, count)).rejects.toMatchObject({
+        code: 'REQUEST_INVALID',
+      });
+  });
+
   it('without a vault the secret is a 0600 file in the data directory, the same after a restart', async () => {
     const d = mkdtempSync(join(tmpdir(), 'rotor-verifier-file-'));
     try {

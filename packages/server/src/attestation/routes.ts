@@ -7,7 +7,7 @@ import { asArray, asBytes, asMap, decode } from '@rotor/cose';
 import type { Principal } from '../auth.ts';
 import { ServerError } from '../errors.ts';
 import { OCTET_STREAM } from '../http.ts';
-import type { AttestationService } from './service.ts';
+import { MAX_NONCES_PER_REQUEST, type AttestationService } from './service.ts';
 
 function principal(req: FastifyRequest): Principal {
   if (req.principal === undefined) throw new ServerError('AUTH_REQUIRED', 'authentication required');
@@ -233,6 +233,38 @@ export function registerAttestationRoutes(
     async (req) => {
       const n = await a.issueNonce(principal(req));
       return { nonce: Buffer.from(n.nonce).toString('base64'), expiresAtMs: n.expiresAtMs };
+    },
+  );
+  dev.post<{ Querystring: { count: number } }>(
+    '/d/v1/attestation/nonces',
+    {
+      config: {
+        auth: 'device',
+        summary:
+          'Several fresh single-use nonces at once (each as /nonce gives: own MAC, same short lifetime)',
+      },
+      schema: {
+        querystring: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['count'],
+          properties: { count: { type: 'integer', minimum: 1, maximum: MAX_NONCES_PER_REQUEST } },
+        },
+        response: {
+          200: {
+            type: 'object',
+            properties: {
+              nonces: { type: 'array', items: { type: 'string' } },
+              expiresAtMs: { type: 'integer' },
+            },
+            required: ['nonces', 'expiresAtMs'],
+          },
+        },
+      },
+    },
+    async (req) => {
+      const n = await a.issueNonces(principal(req), req.query.count);
+      return { nonces: n.nonces.map((x) => Buffer.from(x).toString('base64')), expiresAtMs: n.expiresAtMs };
     },
   );
   dev.post<{ Body: Buffer }>(

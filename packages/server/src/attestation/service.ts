@@ -48,6 +48,8 @@ import { nonceKeyOf, resultKeyPairOf } from './secret.ts';
 /** RoT algorithms the verifier accepts (the enclave's ROT_ALGS). */
 export const ROT_ALGS: ReadonlySet<number> = new Set<number>([Alg.ES256, Alg.EdDSA]);
 export const NONCE_BYTES = 40;
+/** Most nonces one request may ask for (POST /d/v1/attestation/nonces?count=). */
+export const MAX_NONCES_PER_REQUEST = 64;
 export const DEFAULT_NONCE_TTL_MS = 60_000;
 export const MAX_CHAIN_RECORDS = 4096;
 /** Most appraisals committed in one transaction (group commit). */
@@ -313,6 +315,32 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     nonce.set(deviceTag(deviceId), 16);
     nonce.set(nonceMac(nonce.subarray(0, 24)), 24);
     return Promise.resolve({ nonce, expiresAtMs });
+  }
+
+  /**
+   * Up to MAX_NONCES_PER_REQUEST nonces at once (issue 7 throughput: one round trip for several attestations).
+   * Each is the same stateless single-use nonce as issueNonce's — its own random part and MAC, the same short
+   * lifetime — so a batch grants nothing a device could not get by asking that many times.
+   */
+  async function issueNonces(
+    p: Principal,
+    count: number,
+  ): Promise<{ nonces: Uint8Array[]; expiresAtMs: number }> {
+    const deviceId = requireDevice(p);
+    if (!Number.isSafeInteger(count) || count < 1 || count > MAX_NONCES_PER_REQUEST)
+      throw new ServerError('REQUEST_INVALID', `count must be 1..${MAX_NONCES_PER_REQUEST}`);
+    const expiresAtMs = now() + ttl;
+    const tag = deviceTag(deviceId);
+    const nonces: Uint8Array[] = [];
+    for (let i = 0; i < count; i++) {
+      const nonce = new Uint8Array(NONCE_BYTES);
+      new DataView(nonce.buffer).setBigUint64(0, BigInt(expiresAtMs));
+      nonce.set(randomChunk(8), 8);
+      nonce.set(tag, 16);
+      nonce.set(nonceMac(nonce.subarray(0, 24)), 24);
+      nonces.push(nonce);
+    }
+    return Promise.resolve({ nonces, expiresAtMs });
   }
 
   /** Device tags by device (an HMAC per device, not per nonce); bounded. */
@@ -919,6 +947,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     },
     pending,
     issueNonce,
+    issueNonces,
     appraise,
     requestAttestation,
     requestRotation,
