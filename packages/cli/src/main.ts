@@ -9,6 +9,7 @@ import { factoryCommand } from './factory.ts';
 import { fleetCommand } from './fleet.ts';
 import { manifestCommand } from './manifest.ts';
 import { auditCommand, serverCommand } from './server.ts';
+import { startCommand } from './start.ts';
 import { releaseCommand } from './release.ts';
 import { rolloutCommand } from './rollout.ts';
 import { moduleCommand, revocationCommand } from './module.ts';
@@ -31,6 +32,7 @@ const COMMANDS: readonly Command[] = [
   serverCommand,
   auditCommand,
   demoCommand,
+  startCommand,
 ];
 
 const USAGE = `rotor — secure firmware lifecycle for device fleets

@@ -1,0 +1,252 @@
+/**
+ * `rotor start` (what `npm start` runs): the fleet server on embedded defaults together with a small simulated fleet,
+ * in one process, on a development data directory created on first run and reused later (same keys, same devices;
+ * demo/setup.ts describes its files). Prints where to look and what to try, then a live one-line fleet status.
+ * SIGINT/SIGTERM stop the fleet (every device's tracker, then its storage) and then the server, and exit 0.
+ */
+import 'reflect-metadata';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadConfig, startServer, type RotorServer } from '@rotor/server';
+import type { Command } from './command.ts';
+import { CliError, ExitCode } from './errors.ts';
+import { agentAnchorsOf } from './factory-device.ts';
+import { FleetSimulator, type FleetCounts } from './fleet/simulator.ts';
+import { DemoClient } from './demo/client.ts';
+import {
+  authorRelease,
+  DEMO_CLASS,
+  DEMO_COMPONENT,
+  DEMO_VENDOR,
+  demoImage,
+  ensureDataDir,
+  sequenceOf,
+  serverArgs,
+  type DataDir,
+} from './demo/setup.ts';
+
+const USAGE = `usage: rotor start [--data-dir DIR] [--devices N] [--port N] [--device-port N] [--mqtt-port N]
+
+Starts the fleet server on embedded defaults (PGlite, the embedded MQTT broker over TLS, keys in files) and a small
+simulated fleet (real device agents over mutual TLS and MQTT, storage on disk), and prints where to look.
+On first run it creates the data directory (default ./rotor-data): a server TLS CA and certificate for
+127.0.0.1/localhost, a development factory with file keys, author and operator keys, the admin token (0600), a
+sample release. Later runs reuse it: same keys, same devices.
+
+  --devices N       simulated devices (0 … 1000, default 5; 0: the server only)
+  --port N          operator API port (default 8080; 0: any)
+  --device-port N   device API (mutual TLS) port (default 8443; 0: any)
+  --mqtt-port N     embedded MQTT broker (TLS) port (default 8883; 0: any)
+
+DEVELOPMENT ONLY: every key is a file in the data directory. Ctrl-C stops everything.`;
+
+function port(v: string | undefined, def: number, what: string): number {
+  if (v === undefined) return def;
+  if (!/^[0-9]{1,5}$/.test(v) || Number(v) > 65535) throw new CliError('CLI_USAGE', `${what}: 0 … 65535`);
+  return Number(v);
+}
+
+/** The sample release 1.1 (signed by the author, operator delivery) and the YAML to build the next one. */
+function writeExamples(d: DataDir, envelope: Uint8Array, image: Uint8Array): { suit: string; bin: string } {
+  const dir = join(d.dir, 'examples');
+  mkdirSync(dir, { recursive: true });
+  const bin = join(dir, 'firmware-1.1.bin');
+  const suit = join(dir, 'release-1.1.suit');
+  writeFileSync(bin, image);
+  writeFileSync(suit, envelope);
+  writeFileSync(
+    join(dir, 'release.yaml'),
+    [
+      '# The next release: change the image and raise the sequence, then',
+      '#   npm run rotor -- manifest create release.yaml --key ../factory/author.key.pem -o release.suit',
+      `vendor: ${DEMO_VENDOR}`,
+      `class: ${DEMO_CLASS}`,
+      `sequence: ${sequenceOf('1.2')}`,
+      'version: 1.2.0',
+      'delivery: operator      # the server encrypts the payload and wraps its key for each device',
+      'components:',
+      `  - id: ${DEMO_COMPONENT}`,
+      '    image: firmware-1.1.bin',
+      '',
+    ].join('\n'),
+  );
+  return { suit, bin };
+}
+
+/** A token file: created 0600 (never world-readable, not even briefly). */
+function writeSecret(path: string, text: string): void {
+  try {
+    writeFileSync(path, text, { mode: 0o600, flag: 'wx' });
+  } catch (e) {
+    throw new CliError('CLI_IO', `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+function statusLine(c: FleetCounts): string {
+  const updating = c.downloading + c.installing;
+  return `fleet: ${c.total} devices · ${c.idle} idle · ${updating} updating · ${c.confirmed} updated · ${c.failed} failed · ${c['rolled-back']} rolled back · ${c.offline} offline`;
+}
+
+export async function start(argv: readonly string[]): Promise<number> {
+  let values;
+  try {
+    values = parseArgs({
+      args: [...argv],
+      options: {
+        'data-dir': { type: 'string' },
+        devices: { type: 'string' },
+        port: { type: 'string' },
+        'device-port': { type: 'string' },
+        'mqtt-port': { type: 'string' },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (e) {
+    throw new CliError('CLI_USAGE', e instanceof Error ? e.message : String(e));
+  }
+  const devices = Number(values.devices ?? '5');
+  if (!Number.isSafeInteger(devices) || devices < 0 || devices > 1000)
+    throw new CliError('CLI_USAGE', '--devices: 0 … 1000');
+  const ports = {
+    port: port(values.port, 8080, '--port'),
+    devicePort: port(values['device-port'], 8443, '--device-port'),
+    mqttPort: port(values['mqtt-port'], 8883, '--mqtt-port'),
+  };
+  const log = (s: string): void => {
+    process.stdout.write(`${s}\n`);
+  };
+  const d = await ensureDataDir(values['data-dir'] ?? 'rotor-data');
+  log(
+    d.created
+      ? `rotor: created the development data directory ${d.dir} (keys in files: DEVELOPMENT ONLY)`
+      : `rotor: using ${d.dir}`,
+  );
+  // Devices are registered by certificate fingerprint (the simulator's software identities); the factory CA
+  // (d.deviceCa) becomes the server's --device-ca once the simulator runs factory devices (enclave identity, RFC 3820
+  // proxy credential).
+  const config = loadConfig({
+    argv: serverArgs(d, ports, {
+      deviceCa: false,
+      rolloutTickMs: 1000,
+      checkinIntervalS: 10,
+      logLevel: 'warn',
+    }),
+    env: { ...process.env, ROTOR_ADMIN_TOKEN: d.adminToken },
+  });
+  const server: RotorServer = await startServer(config);
+  let fleet: FleetSimulator | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  const stopped = new Promise<string>((resolve) => {
+    process.once('SIGINT', () => {
+      resolve('SIGINT');
+    });
+    process.once('SIGTERM', () => {
+      resolve('SIGTERM');
+    });
+  });
+  try {
+    const admin = new DemoClient(server.operatorUrl, d.adminToken);
+    const keys = await admin.get<{ items: { name: string }[] }>('/v1/author-keys');
+    if (!keys.items.some((k) => k.name === 'author'))
+      await admin.post('/v1/author-keys', { name: 'author', alg: 'ESP256', publicKeyPem: d.authorPubPem });
+    // Separation of duties (the server's roles): the author uploads, the operator approves and rolls out.
+    const roleToken = async (role: 'author' | 'operator'): Promise<string> => {
+      const file = join(d.dir, `${role}-token`);
+      if (!existsSync(file)) {
+        const t = await admin.post<{ token: string }>('/v1/tokens', { name: `rotor start ${role}`, role });
+        writeSecret(file, `${t.token}\n`);
+      }
+      return file;
+    };
+    const authorToken = await roleToken('author');
+    const operatorToken = await roleToken('operator');
+    const image = demoImage(sequenceOf('1.1'), 64 * 1024);
+    const sample = existsSync(join(d.dir, 'examples', 'release-1.1.suit'))
+      ? {
+          suit: join(d.dir, 'examples', 'release-1.1.suit'),
+          bin: join(d.dir, 'examples', 'firmware-1.1.bin'),
+        }
+      : writeExamples(d, await authorRelease(readFileSync(d.authorKey, 'utf8'), '1.1', image), image);
+
+    if (devices > 0) {
+      fleet = await FleetSimulator.start({
+        devices,
+        operatorUrl: server.operatorUrl,
+        token: d.adminToken,
+        deviceUrl: server.deviceUrl!,
+        ca: d.tlsCaPem,
+        ...(server.mqttUrl === undefined
+          ? {}
+          : { mqttUrl: server.mqttUrl.replace('://[::1]', '://127.0.0.1') }),
+        storage: { dir: d.devicesDir },
+        anchors: agentAnchorsOf({
+          authorKeyPem: d.authorPubPem,
+          operatorKeyPem: d.operatorPubPem,
+          serverTlsCaPem: d.tlsCaPem,
+          factoryCaPem: '',
+        }),
+        group: 'fleet',
+        namePrefix: 'device-',
+        tags: ['simulated'],
+        enclave: true,
+      });
+    }
+    const rel = (p: string): string => {
+      const r = relative(process.cwd(), p);
+      return r.startsWith('..') ? p : r;
+    };
+    log('');
+    log(`operator API   ${server.operatorUrl}   (GET /openapi.json describes every route)`);
+    log(`tokens         ${rel(d.adminTokenFile)}, ${rel(authorToken)}, ${rel(operatorToken)}   (mode 0600)`);
+    log(`device API     ${server.deviceUrl ?? '-'}   (mutual TLS; server CA ${rel(d.tlsCa)})`);
+    log(`MQTT (TLS)     ${server.mqttUrl ?? '-'}`);
+    log(`fleet          ${devices} simulated devices in group 'fleet', storage ${rel(d.devicesDir)}`);
+    log('');
+    log('try, in another terminal:');
+    const op = `--token-file ${rel(operatorToken)}`;
+    log(`  export ROTOR_SERVER=${server.operatorUrl}`);
+    log(
+      `  npm run rotor -- release upload --token-file ${rel(authorToken)} --envelope ${rel(sample.suit)} --payload ${rel(sample.bin)}   # prints RELEASE`,
+    );
+    log(`  npm run rotor -- release approve ${op} RELEASE`);
+    log(
+      `  npm run rotor -- rollout create ${op} --release RELEASE --target group=fleet --phases 20,100   # prints ROLLOUT`,
+    );
+    log(`  npm run rotor -- rollout watch ${op} ROLLOUT`);
+    log('');
+    log('Ctrl-C stops everything.');
+    if (fleet !== undefined) {
+      const f = fleet;
+      const tty = process.stdout.isTTY;
+      let last = '';
+      timer = setInterval(() => {
+        const line = statusLine(f.counts());
+        if (tty) process.stdout.write(`\r\x1b[2K${line}`);
+        else if (line !== last) process.stdout.write(`${line}\n`);
+        last = line;
+      }, 1000);
+    }
+    const sig = await stopped;
+    if (process.stdout.isTTY) process.stdout.write('\n');
+    log(`rotor: ${sig}: stopping the fleet and the server`);
+    return ExitCode.ok;
+  } finally {
+    if (timer !== undefined) clearInterval(timer);
+    await fleet?.stop();
+    await server.close();
+  }
+}
+
+export const startCommand: Command = {
+  name: 'start',
+  summary: 'the fleet server and a small simulated fleet on a development data directory',
+  async run(argv) {
+    if (argv.includes('--help') || argv.includes('-h')) {
+      process.stdout.write(`${USAGE}\n`);
+      return ExitCode.ok;
+    }
+    return start(argv);
+  },
+};
