@@ -16,6 +16,7 @@
  * GCM plaintext reaches flash before the tag is checked (at the end): it lands only in the inactive slot, and the
  * image becomes installable only after the tag and the manifest's digest verified (RFC 9019 §4.1).
  */
+import { createHash, type Hash } from 'node:crypto';
 import { finished, Readable } from 'node:stream';
 import {
   CoseError,
@@ -34,7 +35,6 @@ import {
   type ImageRecord,
   type NvState,
 } from '../flash/nvstate.ts';
-import { streamHash, type StreamHash } from './hash.ts';
 import { TransientError, type ByteSource, type SourceResponse } from './source.ts';
 
 export interface PayloadDecryption {
@@ -130,17 +130,16 @@ type Put = (b: Uint8Array) => Promise<void> | undefined;
  * construction. push() is synchronous unless the writer has to wait (then it returns a promise).
  */
 class Sink {
-  readonly hash: StreamHash;
+  readonly hash: Hash = createHash('sha256');
   readonly decipher: ChunkCipher | undefined;
   skip = 0;
   readonly #put: Put;
   #stage: Uint8Array | undefined;
   #staged = 0;
 
-  constructor(decipher: ChunkCipher | undefined, put: Put, hash: StreamHash) {
+  constructor(decipher: ChunkCipher | undefined, put: Put) {
     this.decipher = decipher;
     this.#put = put;
-    this.hash = hash;
   }
 
   /**
@@ -200,11 +199,7 @@ class Sink {
     return undefined;
   }
 
-  /**
-   * Writes and hashes `part` (minus what is still to skip); afterwards it is handed to the hash (transferred,
-   * no copy) or freed when `fresh` (decipher output). The write copies the bytes into the writer's buffers
-   * first, so the hash may take the buffer over.
-   */
+  /** Hashes and writes `part` (minus what is still to skip); frees it afterwards when `fresh` (decipher output). */
   #emit(part: Uint8Array, fresh: boolean): Promise<void> | undefined {
     let out = part;
     if (this.skip > 0) {
@@ -216,16 +211,16 @@ class Sink {
       if (fresh) release(part);
       return undefined;
     }
+    this.hash.update(out);
     const p = this.#put(out);
-    if (p === undefined) return this.#hashed(part, out, fresh);
-    return p.then(() => this.#hashed(part, out, fresh));
-  }
-
-  #hashed(part: Uint8Array, out: Uint8Array, fresh: boolean): Promise<void> | undefined {
-    if (fresh && out === part) return this.hash.update(part, true);
-    const h = this.hash.update(out);
-    if (fresh) release(part);
-    return h;
+    if (!fresh) return p;
+    if (p === undefined) {
+      release(part);
+      return undefined;
+    }
+    return p.then(() => {
+      release(part);
+    });
   }
 
   /** Deciphers and writes what is staged (the source has nothing more at the moment). */
@@ -246,8 +241,8 @@ class Sink {
       throw decryptError(e instanceof CoseError ? e : new Error(String(e)));
     }
     if (out.length > 0) {
+      this.hash.update(out);
       await this.#put(out);
-      await this.hash.update(out);
     }
   }
 }
@@ -431,22 +426,17 @@ export async function installImage(
   if (input.kind !== 'fetch') {
     await flash.erase(bank, component);
     const w = await flash.writer(bank, component, { maxSize: target.maxSize });
-    const hash = streamHash(input.kind === 'bytes' ? input.data.length : input.record.size);
-    try {
-      const sink = new Sink(makeDecipher(), (b) => w.put(b), hash);
-      if (input.kind === 'bytes') {
-        for (let off = 0; off < input.data.length; off += chunkSize)
-          await sink.push(input.data.subarray(off, off + chunkSize));
-      } else {
-        const r = input.record;
-        for await (const c of flash.read(input.bank, r.component, r.size, r.chunkSize)) await sink.push(c);
-      }
-      await sink.end();
-      const size = await w.finish();
-      return { component, size, sha256: await hash.digest(), chunkSize };
-    } finally {
-      hash.close();
+    const sink = new Sink(makeDecipher(), (b) => w.put(b));
+    if (input.kind === 'bytes') {
+      for (let off = 0; off < input.data.length; off += chunkSize)
+        await sink.push(input.data.subarray(off, off + chunkSize));
+    } else {
+      const r = input.record;
+      for await (const c of flash.read(input.bank, r.component, r.size, r.chunkSize)) await sink.push(c);
     }
+    await sink.end();
+    const size = await w.finish();
+    return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
   }
 
   if (policy === undefined) throw new DeviceError('FETCH_FAILED', 'this platform has no payload source');
@@ -506,10 +496,8 @@ export async function installImage(
         },
       });
       let done = false;
-      // SHA-256 on a worker thread for large images (fetch/hash.ts).
-      const hash = streamHash(maxInput);
       try {
-        const sink = new Sink(makeDecipher(), (b) => writer.put(b), hash);
+        const sink = new Sink(makeDecipher(), (b) => writer.put(b));
         let received = 0;
         if (keep > 0) {
           // Re-hash the kept plaintext and bring the decipher to the same position.
@@ -526,7 +514,7 @@ export async function installImage(
                 );
           let emitted = 0;
           for await (const c of flash.read(bank, component, prefix, chunkSize)) {
-            await hash.update(c);
+            sink.hash.update(c);
             if (cipher !== undefined && sink.decipher !== undefined)
               emitted += sink.decipher.update(cipher.update(c)).length;
           }
@@ -619,9 +607,8 @@ export async function installImage(
         await sink.end();
         const size = await writer.finish();
         done = true;
-        return { component, size, sha256: await hash.digest(), chunkSize };
+        return { component, size, sha256: new Uint8Array(sink.hash.digest()), chunkSize };
       } finally {
-        hash.close();
         // A failed or restarted attempt: let nothing of this writer reach storage or the record afterwards.
         if (!done) await writer.close();
       }
