@@ -147,8 +147,10 @@ export const attestBench: Benchmark = {
       const raw = (): boolean => verify('sha256', tbs, { key: k.publicKey, dsaEncoding: 'ieee-p1363' }, sig);
 
       // Warm-up round (JIT, connections, caches), not counted.
-      child.stdin.write(`run ${String(ctx.quick ? 300 : 1000)} ${String(concurrency)}\n`);
-      await nextLine();
+      for (const batch of [1, NONCE_BATCH]) {
+        child.stdin.write(`run ${String(ctx.quick ? 300 : 1000)} ${String(concurrency)} ${String(batch)}\n`);
+        await nextLine();
+      }
       const e2e: number[] = [];
       const single: number[] = [];
       const rawRates: number[] = [];
