@@ -6,11 +6,14 @@
  * recorded as a 'failed' SUIT report record with that reason. A stored dependency that is tampered with is caught
  * by the boot stage on the next boot, which falls back to the other bank or to the recovery image.
  */
+import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createSign1, type Signer } from '@rotor/cose';
 import {
+  buildEnvelope,
+  buildUpdateManifest,
   encodeEnvelope,
   encodeManifest,
   manifestDigestBytes,
@@ -22,7 +25,7 @@ import type { DeviceAgent } from '../src/agent/agent.ts';
 import { httpSource } from '../src/fetch/source.ts';
 import { bankName, decodeBank, encodeAnchors, encodeBank } from '../src/flash/nvstate.ts';
 import type { SimulatedFs } from '../src/storage/sim.ts';
-import { FW, image, keys, newAgent, provisioned, release, URI } from './agent-fixture.ts';
+import { CLASS, FW, image, keys, newAgent, provisioned, release, URI, VENDOR } from './agent-fixture.ts';
 
 const OPERATOR_ID = [new TextEncoder().encode('operator.suit')];
 const AUTHOR_KEY = '#author.suit';
@@ -207,6 +210,67 @@ describe('dependency-chain refusals', () => {
     // And an author release below the counter, co-signed by both (no chain): refused too.
     const old = await release({ seq: 2, image: image(2, 2000), uri: URI('v2') });
     await expectRefused(agent, old.envelope, 'MANIFEST_REJECTED', 'SUIT_ROLLBACK');
+  });
+
+  it("the author's release for another device class, inside a valid operator dependent", async () => {
+    const { agent, resources } = await provisioned();
+    const img = image(2, 2000);
+    resources.set(URI('v2'), img);
+    const other = (
+      await release({
+        seq: 2,
+        image: img,
+        uri: URI('v2'),
+        className: 'other-class',
+        signers: [keys().author],
+      })
+    ).envelope;
+    await expectRefused(
+      agent,
+      await dependent([{ envelope: other }]),
+      'MANIFEST_REJECTED',
+      'SUIT_CONDITION_FAILED',
+    );
+  });
+
+  it("the operator points the author's component at another payload (TD §5.6.1: it may, the digest stays the author's)", async () => {
+    const { agent, resources } = await provisioned();
+    const img = image(2, 2100);
+    // The author leaves the source to the operator (set-parameters: a default the dependent may override).
+    const author = await buildEnvelope(
+      buildUpdateManifest({
+        vendorDomain: VENDOR,
+        className: CLASS,
+        sequenceNumber: 2,
+        invoke: true,
+        operatorDelivery: true,
+        components: [
+          {
+            id: [...FW],
+            image: { digest: new Uint8Array(createHash('sha256').update(img).digest()), size: img.length },
+            uri: URI('v2'),
+          },
+        ],
+      }),
+      { signers: [keys().author] },
+    );
+    resources.set(URI('v2'), img);
+    resources.set(URI('evil'), image(3, 2100));
+    const redirect = (uri: string): SuitCommand[] => [
+      { op: 'set-component-index', code: 12, index: [0] },
+      { op: 'params', code: 20, params: new Map([pv(21, uri)]) },
+    ];
+    await expectRefused(
+      agent,
+      await dependent([{ envelope: author }], { install: redirect(URI('evil')) }),
+      'MANIFEST_REJECTED',
+      'SUIT_CONDITION_FAILED',
+    );
+    // Pointing it at a mirror of the right payload is what the operator is there for.
+    resources.set(URI('mirror'), img);
+    expect(
+      await agent.update(await dependent([{ envelope: author }], { install: redirect(URI('mirror')) })),
+    ).toMatchObject({ ok: true, sequence: 2n, confirmed: true });
   });
 
   it('a dependency fetched by URI whose digest does not match the reference', async () => {
