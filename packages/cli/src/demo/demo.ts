@@ -27,7 +27,15 @@ import {
   type FleetProcess,
   type ServerProcess,
 } from './processes.ts';
-import { authorRelease, demoImage, ensureDataDir, sequenceOf, serverArgs, type DataDir } from './setup.ts';
+import {
+  authorRelease,
+  DEMO_CLASS,
+  demoImage,
+  ensureDataDir,
+  sequenceOf,
+  serverArgs,
+  type DataDir,
+} from './setup.ts';
 
 export interface DemoOptions {
   readonly devices: number;
@@ -132,6 +140,7 @@ interface Snapshot {
   readonly powerCuts: number;
   readonly reported?: { state: string; sequence: string };
   readonly flash?: { bank: string; sequence: string; trial: boolean; updating: boolean };
+  readonly rotIndex?: number;
 }
 
 async function snapshot(fleet: FleetProcess): Promise<Snapshot[]> {
@@ -171,9 +180,13 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   let fleetDevices: { index: number; name: string; serverId: string }[] = [];
   let finalSnapshot: Snapshot[] = [];
   const powerCutIndex = n > 2 ? 1 : 0;
+  /** The factory registers devices in their class's group. */
+  const GROUP = DEMO_CLASS;
   let badDeviceId: string | undefined;
   /** The device process's state when its plug was pulled (step 6), and where it was then. */
   let cut: { state: string; name: string } | undefined;
+  const attestation = new Map<string, string>();
+  const rotIndex = new Map<string, number>();
 
   const step = async (i: number, f: () => Promise<string>): Promise<boolean> => {
     const title = TITLES[i - 1]!;
@@ -256,7 +269,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
         serverArgs(
           data,
           { port: 0, devicePort: 0, mqttPort },
-          { deviceCa: false, rolloutTickMs: 300, checkinIntervalS: 1 },
+          { deviceCa: true, rolloutTickMs: 300, checkinIntervalS: 1 },
         ),
         { env: { ROTOR_ADMIN_TOKEN: data.adminToken }, log: join(runDir, 'server.log'), mqttPort },
       );
@@ -288,17 +301,11 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     const op: DemoClient = operator;
 
     const fleetOptions = (): Record<string, unknown> => ({
-      devices: n,
+      dir: join(data.factoryDir, 'devices', 'demo'),
       operatorUrl: srv.operatorUrl,
       tokenFile: data.adminTokenFile,
       deviceUrl: srv.deviceUrl,
       mqttUrl: srv.mqttUrl,
-      caFile: data.tlsCa,
-      storageDir: data.devicesDir,
-      authorPubPem: data.authorPubPem,
-      operatorPubPem: data.operatorPubPem,
-      group: 'demo',
-      namePrefix: 'dev-',
       checkinMs: 1000,
     });
     go = await step(3, async () => {
@@ -308,18 +315,18 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       const end = Date.now() + 60_000;
       let seen: DeviceInfo[] = [];
       for (;;) {
-        seen = (await listDevices(adm, 'demo')).filter((x) => x.lastSeenMs !== null);
+        seen = (await listDevices(adm, GROUP)).filter((x) => x.lastSeenMs !== null);
         say.progress('checked in', seen.length, n);
         if (seen.length >= n) break;
         if (Date.now() > end) throw new StepFailed(`${seen.length} of ${n} devices checked in`);
         await sleep(250);
       }
       say.end();
-      say.info(`device process pid ${fleet.pid}, log ${fleet.log}; storage ${data.devicesDir}`);
+      say.info(`device process pid ${fleet.pid}, log ${fleet.log}`);
       say.info(
-        "devices use software TLS identities registered by fingerprint: factory devices' enclave-held identity (RFC 3820 proxy credential) is not wired into the fleet simulator yet",
+        "each device authenticates with RFC 3820 proxy certificates its enclave's identity key signs; the server checks them against the factory CA",
       );
-      return `${n} devices running firmware 1.0 checked in`;
+      return `${n} factory devices running firmware 1.0 checked in over mutual TLS`;
     });
     if (!go || fleet === undefined) throw new StepFailed('stopped');
     let fl: FleetProcess = fleet;
@@ -354,7 +361,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       const ro = await op.post<RolloutInfo & { assigned: number }>('/v1/rollouts', {
         name: 'demo 1.1',
         releaseId: release11,
-        target: { group: 'demo' },
+        target: { group: GROUP },
         phases: [
           { percent: 25, successThreshold: 1, failureThreshold: 0.5, timeoutMs: 600_000 },
           { percent: 100, successThreshold: 1, failureThreshold: 0.5, timeoutMs: 600_000 },
@@ -433,7 +440,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       const ro = await op.post<RolloutInfo>('/v1/rollouts', {
         name: 'demo 1.2 (bad build)',
         releaseId: rel.id,
-        target: { group: 'demo' },
+        target: { group: GROUP },
         phases: [
           { percent: pct, successThreshold: 1, failureThreshold: 0.5, timeoutMs: 600_000 },
           { percent: 100, successThreshold: 1, failureThreshold: 0.5, timeoutMs: 600_000 },
@@ -454,27 +461,49 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     if (!go) throw new StepFailed('stopped');
 
     await step(9, async () => {
-      const devs = await listDevices(op, 'demo');
-      let results = 0;
+      // Attestation after every update (the verifier counted each 1.1 confirmation only once the device's EAT
+      // evidence appraised against the release's reference values): every device's newest result.
+      const devs = await listDevices(op, GROUP);
+      const summary = new Map<string, number>();
       for (const x of devs) {
-        const r = await op.request('GET', `/v1/devices/${x.id}/attestation/results`);
-        const items = (r.json as { items?: unknown[] } | undefined)?.items ?? [];
-        results += items.length;
-      }
-      if (results === 0)
-        throw new StepMissing(
-          'no device attested: the device agent/status tracker has no attestation client yet (the server side — nonce, evidence appraisal against release reference values — is there: /d/v1/attestation/nonce, /d/v1/attestation/evidence)',
+        const r = await op.get<{ items: { status: string; createdAtMs: number }[] }>(
+          `/v1/devices/${x.id}/attestation/results?limit=5`,
         );
-      return `${results} attestation results`;
+        const newest = r.items[0]?.status ?? 'none';
+        attestation.set(x.id, newest);
+        summary.set(newest, (summary.get(newest) ?? 0) + 1);
+      }
+      const affirming = summary.get('affirming') ?? 0;
+      check(
+        affirming === n,
+        `newest attestation results: ${[...summary].map(([k, v]) => `${v} ${k}`).join(', ')}`,
+      );
+      return `${n}/${n} devices attested firmware 1.1; the verifier's signed results are affirming`;
     });
 
     await step(10, async () => {
-      const target = fleetDevices[0]?.serverId;
-      if (target === undefined) throw new StepFailed('no device');
-      const r = await op.request('POST', `/v1/devices/${target}/rot/rotate`, {});
-      throw new StepMissing(
-        `server answered ${r.status} to rot/rotate, but no device in the simulator runs the root-of-trust rotation client (/d/v1/attestation/rot) yet`,
-      );
+      const target = fleetDevices[0];
+      if (target?.serverId === undefined) throw new StepFailed('no device id for the first device');
+      const id = target.serverId;
+      const before = await op.get<{ index: number; kid: string }>(`/v1/devices/${id}/rot`);
+      const seenBefore = (await op.get<{ lastSeenMs: number | null }>(`/v1/devices/${id}`)).lastSeenMs ?? 0;
+      await op.post(`/v1/devices/${id}/rot/rotate`);
+      const end = Date.now() + 60_000;
+      let now = before;
+      while (now.index === before.index) {
+        if (Date.now() > end) throw new StepFailed(`RoT index still ${now.index} after 60 s`);
+        await sleep(250);
+        now = await op.get<{ index: number; kid: string }>(`/v1/devices/${id}/rot`);
+      }
+      rotIndex.set(id, now.index);
+      // It keeps answering: further check-ins after the rotation, on the same TLS identity.
+      let seen = seenBefore;
+      while (seen <= seenBefore + 0) {
+        if (Date.now() > end) throw new StepFailed('the device stopped checking in after its rotation');
+        await sleep(250);
+        seen = (await op.get<{ lastSeenMs: number | null }>(`/v1/devices/${id}`)).lastSeenMs ?? 0;
+      }
+      return `${target.name.slice(0, 32)}…: RoT key ${before.index} → ${now.index} (new key signed by the old one; old kid revoked), still checking in`;
     });
 
     await step(11, () => {
@@ -524,8 +553,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       .filter((x) => x !== '')
       .join(', '),
     powerCuts: s.powerCuts,
-    attestation: 'n/a',
-    rotIndex: 'n/a',
+    attestation: attestation.get(s.serverId ?? '') ?? '-',
+    rotIndex: s.rotIndex === undefined ? '-' : String(s.rotIndex),
     module: 'n/a',
   }));
   const ok =

@@ -12,6 +12,7 @@ import { CliError } from '../errors.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
 const FLEET_CHILD = fileURLToPath(new URL('./fleet-child.ts', import.meta.url));
+const FACTORY_FLEET_CHILD = fileURLToPath(new URL('./factory-fleet-child.ts', import.meta.url));
 
 /** A free TCP port on 127.0.0.1 (for the embedded MQTT broker, whose bound port the server does not log). */
 export function freePort(): Promise<number> {
@@ -150,10 +151,15 @@ export interface FleetProcess {
   readonly log: string;
 }
 
-/** Starts the fleet child with its options (JSON in argv[2]). */
-export function startFleetProcess(options: Record<string, unknown>, log: string): FleetProcess {
+/** Starts a fleet child (factory devices, or the fleet simulator's software devices) with its options (JSON in argv[2]). */
+export function startFleetProcess(
+  options: Record<string, unknown>,
+  log: string,
+  kind: 'factory' | 'simulator' = 'factory',
+): FleetProcess {
   const out = createWriteStream(log, { flags: 'a' });
-  const child = spawn(process.execPath, [FLEET_CHILD, JSON.stringify(options)], {
+  const script = kind === 'factory' ? FACTORY_FLEET_CHILD : FLEET_CHILD;
+  const child = spawn(process.execPath, [script, JSON.stringify(options)], {
     env: { ...process.env, NO_COLOR: '1' },
     stdio: ['pipe', 'pipe', 'pipe'],
   });
