@@ -18,7 +18,14 @@ import { readFileSync, existsSync } from 'node:fs';
 import { createPrivateKey } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { Alg, softwareKeyAgreement, softwareSigner, type KeyAgreement, type Signer } from '@rotor/cose';
-import { DeviceAgent, nodeFs, StatusTracker, type TrackerConfig, type TrackerEvent } from '@rotor/device';
+import {
+  DeviceAgent,
+  nodeFs,
+  StatusTracker,
+  type Attester,
+  type TrackerConfig,
+  type TrackerEvent,
+} from '@rotor/device';
 import { openFactoryDevice } from './factory-device.ts';
 import { group, type Command, type Subcommand } from './command.ts';
 import { deviceOpsSubcommands } from './device-ops.ts';
@@ -124,11 +131,13 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
     let agent: DeviceAgent;
     let serverConfig: TrackerConfig['server'];
     let close = (): Promise<void> => Promise.resolve();
+    let attester: Attester | undefined;
     if (existsSync(join(dir, 'fuse')) && !existsSync(join(dir, 'tls', 'device.crt'))) {
       const d = await openFactoryDevice({ dir });
       agent = d.agent;
       serverConfig = d.server(server, caFile === undefined ? {} : { ca: read(caFile, 'CA') });
       close = () => d.close();
+      attester = d.attester;
       out(
         `factory device ${d.deviceId}: TLS proxy credential valid until ${d.credential.notAfter.toISOString()}`,
       );
@@ -157,6 +166,7 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
     const tracker = new StatusTracker({
       agent,
       server: serverConfig,
+      ...(attester === undefined ? {} : { attester }),
       ...(mqttUrl === undefined ? {} : { mqtt: { url: mqttUrl } }),
       transitions: reports,
       onEvent: printer(values.json === true),

@@ -9,7 +9,7 @@
  *
  * The CLI and the fleet simulator use this; the server package only sees the ProvisioningDevice interface.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -25,6 +25,7 @@ import {
 } from '@rotor/cose';
 import {
   AtomicStore,
+  Attester,
   componentKey,
   COUNTERS,
   DeviceAgent,
@@ -50,6 +51,7 @@ import {
   type DevicePublicKeys,
 } from '@rotor/server';
 import { decodeEnvelope } from '@rotor/suit';
+import type { EvidenceClaims } from '@rotor/trust';
 import { CliError } from './errors.ts';
 
 export const IDENTITY_KEY_ID = 'identity';
@@ -368,11 +370,48 @@ export interface FactoryDevice {
   readonly agent: DeviceAgent;
   /** The TLS client credential: RFC 3820 proxy certificates signed by the enclave's identity key. */
   readonly credential: ProxyCredential;
+  /**
+   * The attester (issue 7): the enclave's RoT chain (pinned at the factory) and EAT evidence of what the agent booted;
+   * the server counts a confirmed update only once its measurements appraise.
+   */
+  readonly attester: Attester;
   /** The server CA from the bundle's trust anchors (undefined if the profile has none). */
   readonly serverCa: string | undefined;
   /** The StatusTracker's `server` member for a device API URL. */
   server(url: string, o?: { ca?: string; timeoutMs?: number }): TrackerConfig['server'];
   close(): Promise<void>;
+}
+
+/**
+ * The device's evidence claims (RFC 9711 profile, trust/eat.ts): one component per image of the booted bank with its
+ * SHA-256 as installed (RFC 9783 §4.4.1 shape; what the verifier compares with the release's payload digests), the
+ * firmware's sequence as swversion, a 16-byte random-type OEM id = the SUIT vendor id (RFC 9711 §4.2.3.1), the
+ * profile as hardware model, boot verified by the agent's boot stage (oemboot), debug disabled permanently (dbgstat 3),
+ * and as component signer the SHA-256 of the author trust anchor.
+ */
+function measurements(agent: DeviceAgent, bundle: DeviceBundle, ueid: Uint8Array): EvidenceClaims {
+  const b = agent.booted;
+  if (b === undefined) throw new CliError('CLI_INPUT', 'the agent has not booted');
+  const env =
+    bundle.firmware === null
+      ? undefined
+      : new Uint8Array(Buffer.from(bundle.firmware.envelopeBase64, 'base64'));
+  const vendorId = env === undefined ? new Uint8Array(16) : deviceIdentityOf(env, ueid).vendorId;
+  const signer = new Uint8Array(createHash('sha256').update(bundle.trustAnchors.authorKeyPem).digest());
+  return {
+    oemid: vendorId,
+    hwmodel: new TextEncoder().encode(bundle.profile),
+    swversion: String(b.record.sequence),
+    oemboot: true,
+    dbgstat: 3,
+    uptime: Math.floor(process.uptime()),
+    components: b.record.images.map((img) => ({
+      type: 'fw',
+      digest: img.sha256,
+      version: String(b.record.sequence),
+      signer,
+    })),
+  };
 }
 
 function hasKey(core: EnclaveCore, keyId: string): boolean {
@@ -427,6 +466,23 @@ export async function openFactoryDevice(o: FactoryDeviceOptions): Promise<Factor
       keys: { agreements },
       ...(reportSigner === undefined ? {} : { reportSigner }),
     });
+    const attester = new Attester(
+      {
+        getChain: () => {
+          const c = core.chain;
+          return c === null
+            ? Promise.reject(new CliError('CLI_INPUT', 'the enclave has no root of trust'))
+            : Promise.resolve(c);
+        },
+        rotateRoT: async () => {
+          await core.rotateRoT({});
+          return core.chain!;
+        },
+        attest: async (challenge, claims) => (await core.attest({ challenge, claims })).token,
+        ueid: () => Promise.resolve(core.ueid),
+      },
+      () => Promise.resolve(measurements(agent, bundle, core.ueid)),
+    );
     const serverCa = bundle.trustAnchors.serverTlsCaPem.includes('BEGIN CERTIFICATE')
       ? bundle.trustAnchors.serverTlsCaPem
       : undefined;
@@ -436,6 +492,7 @@ export async function openFactoryDevice(o: FactoryDeviceOptions): Promise<Factor
       core,
       agent,
       credential,
+      attester,
       serverCa,
       server(url, so = {}) {
         const ca = so.ca ?? serverCa;

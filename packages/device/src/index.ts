@@ -18,3 +18,4 @@ export * from './tracker/index.ts';
 export * from './capabilities/index.ts';
 export * as sim from './sim/index.ts';
 export * from './tracker/credential.ts';
+export * from './attest/attester.ts';
