@@ -45,6 +45,7 @@ export type DistributionService = ReturnType<typeof createDistributionService>;
 export function createDistributionService(db: Db, now: () => number = Date.now) {
   const audited = auditedTransaction(db, now);
   let published: ((what: 'anchors' | 'revocation', version: number) => void) | undefined;
+  let nextVersions: Promise<{ anchors: number; revocation: number }> | undefined;
   const announce = (what: 'anchors' | 'revocation', version: number): void => {
     try {
       published?.(what, version);
@@ -71,14 +72,22 @@ export function createDistributionService(db: Db, now: () => number = Date.now) 
 
     /**
      * The newest anchor-statement and revocation-list versions (0: none), for every check-in response (issue 7
-     * pull). Read from the database each time, so every instance on it answers the same at once.
+     * pull). Read from the database, so every instance on it answers the same at once; the check-ins of one
+     * event-loop turn share one read, started after all of them arrived (never an answer older than the request).
      */
-    async versions(): Promise<{ anchors: number; revocation: number }> {
-      const r = await db.query<{ a: number | string | null; r: string | null }>(
-        `SELECT (SELECT max(version) FROM trust_anchor_statements) AS a,
-                (SELECT max(version) FROM revocation_lists)::text AS r`,
-      );
-      return { anchors: Number(r[0]?.a ?? 0), revocation: Number(r[0]?.r ?? 0) };
+    versions(): Promise<{ anchors: number; revocation: number }> {
+      nextVersions ??= new Promise((resolve, reject) => {
+        setImmediate(() => {
+          nextVersions = undefined;
+          db.query<{ a: number | string | null; r: string | null }>(
+            `SELECT (SELECT max(version) FROM trust_anchor_statements) AS a,
+                    (SELECT max(version) FROM revocation_lists)::text AS r`,
+          ).then((r) => {
+            resolve({ anchors: Number(r[0]?.a ?? 0), revocation: Number(r[0]?.r ?? 0) });
+          }, reject);
+        });
+      });
+      return nextVersions;
     },
 
     async uploadAnchors(p: Principal, bytes: Uint8Array): Promise<{ version: number }> {
