@@ -1,7 +1,7 @@
 /**
  * `npm run bench -- fleet`: N simulated devices (default 10,000; --quick 200) — real device agents and status
  * trackers (packages/cli/src/fleet) in this process, memory storage — complete a rollout end to end against one
- * Rotor server in a child process (fleet-server.ts: PGlite by default, PostgreSQL with ROTOR_BENCH_FLEET_PG=1),
+ * Rotor server in a child process (fleet-server.ts: PGlite by default, PostgreSQL with ROTOR_BENCH_FLEET_PG=1: a fresh database on ROTOR_BENCH_PG_URL's server),
  * over mutual TLS with MQTT push. Setup (not timed): the devices get software identities and are registered through
  * the operator API, boot from the factory image, check in once and connect to the broker; a release (small
  * payload, encrypted once, content key wrapped per device) is uploaded and approved. Timed: from creating the rollout
@@ -13,6 +13,8 @@
  * Figures: devices, seconds, devices_per_s, errors (tracker errors + devices not confirmed; goal 0).
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
 import { createInterface } from 'node:readline';
 import { sim } from '@rotor/device';
 import {
@@ -26,6 +28,24 @@ import {
 } from '../../../packages/cli/src/fleet/index.ts';
 import { round, type Benchmark } from '../harness.ts';
 
+const ADMIN_URL = process.env.ROTOR_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+async function freshDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `rotor_fleet_${randomBytes(5).toString('hex')}`;
+  const admin = new pg.Client({ connectionString: ADMIN_URL });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${name}`);
+  const u = new URL(ADMIN_URL);
+  u.pathname = `/${name}`;
+  return {
+    url: u.toString(),
+    async drop() {
+      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await admin.end();
+    },
+  };
+}
+
 const SERVER = new URL('./fleet-server.ts', import.meta.url).pathname;
 
 interface ServerInfo {
@@ -38,7 +58,9 @@ interface ServerInfo {
 }
 
 async function startChild(args: object): Promise<{ info: ServerInfo; stop: () => Promise<void> }> {
-  const child = spawn(process.execPath, [SERVER, JSON.stringify(args)], {
+  // ROTOR_BENCH_FLEET_SERVER_ARGS: extra node flags for the server process (e.g. --cpu-prof to profile it).
+  const extra = (process.env.ROTOR_BENCH_FLEET_SERVER_ARGS ?? '').split(' ').filter((a) => a !== '');
+  const child = spawn(process.execPath, [...extra, SERVER, JSON.stringify(args)], {
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   const line = await new Promise<string>((resolve, reject) => {
@@ -73,9 +95,10 @@ export const fleetBench: Benchmark = {
   async run(ctx) {
     const n = Number(process.env.ROTOR_BENCH_FLEET_DEVICES ?? (ctx.quick ? 200 : 10_000));
     const reports = process.env.ROTOR_BENCH_FLEET_REPORTS === 'outcomes' ? 'outcomes' : 'all';
-    const pgUrl = process.env.ROTOR_BENCH_FLEET_PG === '1' ? process.env.DATABASE_URL : undefined;
-    const backend = pgUrl === undefined ? 'pglite' : 'postgres';
-    const child = await startChild(pgUrl === undefined ? {} : { databaseUrl: pgUrl });
+    // PostgreSQL (a fresh database on this machine's server) with ROTOR_BENCH_FLEET_PG=1; else PGlite.
+    const pg = process.env.ROTOR_BENCH_FLEET_PG === '1' ? await freshDatabase() : undefined;
+    const backend = pg === undefined ? 'pglite' : 'postgres';
+    const child = await startChild(pg === undefined ? {} : { databaseUrl: pg.url });
     const s = child.info;
     const admin = new OperatorApi(s.operatorUrl, s.adminToken);
     let fleet: FleetSimulator | undefined;
@@ -144,6 +167,8 @@ export const fleetBench: Benchmark = {
       const trackerErrors = f.devices.reduce((a, d) => a + d.errors, 0);
       const notConfirmed = n - (counts.succeeded ?? 0);
       const errors = trackerErrors + notConfirmed + base.errors;
+      for (const d of f.devices.filter((x) => x.lastError !== undefined).slice(0, 5))
+        ctx.log(`fleet: ${d.name}: ${d.errors} error(s), last: ${d.lastError ?? ''}`);
       author.close();
       operator.close();
       return {
@@ -181,6 +206,7 @@ export const fleetBench: Benchmark = {
       await fleet?.stop();
       admin.close();
       await child.stop();
+      await pg?.drop();
     }
   },
 };

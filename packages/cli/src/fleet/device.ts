@@ -23,6 +23,7 @@ import {
   type AgentConfig,
   type ByteSource,
   type StorageFs,
+  type TrackerConfig,
   type TrackerEvent,
   type TransitionRecord,
 } from '@rotor/device';
@@ -87,6 +88,8 @@ export interface SimDeviceOptions {
   ) => void;
   readonly onNudge: (d: SimDevice) => void;
   readonly onEvent: ((d: SimDevice, e: TrackerEvent) => void) | undefined;
+  /** More tracker configuration per device (e.g. an attester over `d.enclave`, a CapabilityManager). */
+  readonly trackerExtras: ((d: SimDevice) => Partial<TrackerConfig>) | undefined;
 }
 
 /** A throttled view of a payload source: pieces delivered no faster than `bps` bytes per second. */
@@ -220,6 +223,7 @@ export class SimDevice {
       fetch: { retries: 5, backoffMs: 200, deadlineMs: 600_000 },
       fallbackSource: 'none',
       progressFlushMs: 2_000,
+      ...this.o.trackerExtras?.(this),
       onEvent: (e) => {
         this.#onEvent(e);
       },

@@ -25,6 +25,7 @@ import {
   SimulatedFs,
   type AnchorRecord,
   type StorageFs,
+  type TrackerConfig,
   type TrackerEvent,
   type TransitionRecord,
 } from '@rotor/device';
@@ -95,6 +96,12 @@ export interface FleetOptions {
   readonly powerCutWindow?: number;
   /** Request deadline of the devices' HTTPS client, ms (default 60 s). */
   readonly requestTimeoutMs?: number;
+  /**
+   * More tracker configuration per device, applied at every power-on: the seam for what the tracker drives besides
+   * firmware (an attester over the device's enclave — `enclave: true` gives each device one as `d.enclave` —, a
+   * CapabilityManager, trust sources).
+   */
+  readonly trackerExtras?: (d: SimDevice) => Partial<TrackerConfig>;
   /** Every tracker event, per device (verbose; for debugging and the demo's narration). */
   readonly onTrackerEvent?: (index: number, e: TrackerEvent) => void;
 }
@@ -269,6 +276,7 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
         onNudge: (d) => {
           this.#nudge(d);
         },
+        trackerExtras: o.trackerExtras,
         onEvent:
           o.onTrackerEvent === undefined
             ? undefined
