@@ -89,10 +89,18 @@ describe('an update counts as confirmed only when the new measurements appraise 
       }
     ).items ?? [];
 
-  it('enrolls, then a confirmed update succeeds once its evidence appraises', async () => {
+  it('attests after provisioning, then a confirmed update succeeds once its evidence appraises', async () => {
+    // The factory firmware is a reference value the operator registers (it was not distributed by a rollout).
+    const factory = d.agent.booted!.record.images[0]!.sha256;
+    const ref = await fleet.operator.post('/v1/attestation/reference-values', {
+      sha256: Buffer.from(factory).toString('hex'),
+      label: 'factory firmware v1',
+    });
+    expect(ref.status).toBeLessThan(300);
     const first = await tracker.cycle();
     expect(first.error).toBeUndefined();
-    expect(attestations().at(-1)).toMatchObject({ reported: true }); // the RoT chain, on first contact
+    // First contact: the RoT chain is reported (enrollment) and the device attests at once.
+    expect(attestations().at(-1)).toMatchObject({ reported: true, attested: 'affirming' });
 
     const { rolloutId } = await rollout(fleet, dev.id, 2);
     const out = await tracker.cycle();

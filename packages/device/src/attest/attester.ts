@@ -9,7 +9,8 @@
  *     chain, after: the new one), the verifier converges on the enclave's current key (seed 002 step 2);
  *  3. rotate when asked (seed 001 DRoT steps 6–9: the enclave makes the new key, signs its record with the old
  *     one and answers with it), then report;
- *  4. attest when asked: fresh nonce from the verifier → EAT signed by the current RoT (RFC 9711) → post.
+ *  4. attest when asked, right after enrolling, and when the agent asks (after an update): fresh nonce from the
+ *     verifier → EAT signed by the current RoT (RFC 9711) → post.
  */
 import type { CborMap } from '@rotor/cose';
 import { bytesEqual, evidenceClaimsMap, type EvidenceClaims, type RotChain } from '@rotor/trust';
@@ -67,7 +68,9 @@ export class Attester {
       await this.#report(t, next);
       reported = true;
     }
-    if (p.attest || opts.forceAttest === true) {
+    // A device that has just enrolled (provisioning: its first chain report) attests at once (issue 7 "after
+    // provisioning"), as after an update (forceAttest) or when the verifier asks.
+    if (p.attest || !p.enrolled || opts.forceAttest === true) {
       const nonce = await t.nonce();
       const token = await this.#env.attest(nonce, evidenceClaimsMap(await this.#measure()));
       const r = await t.evidence(token);
