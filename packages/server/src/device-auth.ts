@@ -16,7 +16,12 @@
 import type { Principal } from './auth.ts';
 import type { Db } from './db/db.ts';
 
-export const DEVICE_AUTH_TTL_MS = 1000;
+/**
+ * Upper bound on the life of a cached success. Invalidation is exact (local epoch, and NOTIFY with a sync round
+ * trip across instances), so this is defence in depth only: long enough that a polling device is not looked up
+ * again and again (each lookup is a database round trip), short enough to bound any unforeseen miss.
+ */
+export const DEVICE_AUTH_TTL_MS = 30_000;
 /** PostgreSQL NOTIFY channel of device standing changes (migration 11's trigger on devices). */
 export const DEVICE_STANDING_CHANNEL = 'rotor_device_standing';
 const MAX_ENTRIES = 65_536;
@@ -26,6 +31,40 @@ let epoch = 0;
 /** Call before and after (commit of) any change to a device's enabled state or identity. */
 export function deviceStateChanged(): void {
   epoch++;
+}
+
+let deferring = false;
+
+/**
+ * Runs a route's `authenticate` for a handler that itself verifies the device's standing (enabled, certificate)
+ * in its own statement (the check-in): a cached success is then used without the cross-instance sync round trip
+ * (`StandingWatch.sync`). The flag is read synchronously at the start of the authentication and reset here, so it
+ * reaches exactly that call, or none (then the full check runs: the safe default).
+ */
+export function deferStandingCheck<T>(fn: () => T): T {
+  deferring = true;
+  try {
+    return fn();
+  } finally {
+    deferring = false;
+  }
+}
+
+/** Whether the authentication starting now was deferred to its handler (read once, synchronously). */
+export function standingCheckDeferred(): boolean {
+  const d = deferring;
+  deferring = false;
+  return d;
+}
+
+const fingerprints = new WeakMap<Principal, Uint8Array>();
+
+/** The SHA-256 certificate fingerprint a device principal was authenticated by. */
+export function rememberFingerprint(p: Principal, fp: Uint8Array): void {
+  fingerprints.set(p, fp);
+}
+export function fingerprintOf(p: Principal): Uint8Array | undefined {
+  return fingerprints.get(p);
 }
 
 interface Entry {

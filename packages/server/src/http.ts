@@ -15,6 +15,7 @@ import Fastify, {
 import type { Server } from 'node:https';
 import type { SecureContextOptions } from 'node:tls';
 import type { Principal } from './auth.ts';
+import { deferStandingCheck } from './device-auth.ts';
 import type { LogLevel } from './config.ts';
 import { problemFor, PROBLEM_MEDIA_TYPE, ServerError, type Problem } from './errors.ts';
 import type { Metrics } from './metrics.ts';
@@ -23,6 +24,12 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** How the route authenticates: bearer token (default), device certificate, or none. */
     auth?: 'token' | 'device' | 'none';
+    /**
+     * 'handler': the handler's own statement verifies the device's standing (enabled, certificate), so a cached
+     * device authentication is used without the cross-instance sync round trip (device-auth.ts). Default: the
+     * authentication verifies it.
+     */
+    deviceStanding?: 'handler';
     /** Accepted request media types (bodies of any other type: 415). Default: application/json. */
     accepts?: readonly string[];
     /** Response is not JSON (binary/CBOR/text): no response schema. */
@@ -212,7 +219,10 @@ export function createBaseApp(opts: BaseAppOptions): { app: FastifyInstance; rou
       }
     }
     const auth = config.auth ?? 'token';
-    if (auth !== 'none') req.principal = await opts.authenticate(req);
+    if (auth !== 'none')
+      req.principal = await (auth === 'device' && config.deviceStanding === 'handler'
+        ? deferStandingCheck(() => opts.authenticate(req))
+        : opts.authenticate(req));
   });
 
   app.addHook('onResponse', async (req, reply) => {

@@ -16,7 +16,8 @@ import { randomUUID } from 'node:crypto';
 import { createPublicKey } from 'node:crypto';
 import { softwareVerifier } from '@rotor/cose';
 import { decodeReport, verifySignedReport, type SuitReport } from '@rotor/suit';
-import { authorize, type Principal } from './auth.ts';
+import { authorize, constantTimeEqual, type Principal } from './auth.ts';
+import { fingerprintOf } from './device-auth.ts';
 import { appendAudit } from './audit.ts';
 import { one, type Db, type Queryable } from './db/db.ts';
 import { ServerError } from './errors.ts';
@@ -153,25 +154,31 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
   let confirmationGate: ((q: Queryable, deviceId: string) => Promise<boolean>) | undefined;
 
   /**
-   * Check-ins arriving in the same event-loop turn share one statement (group check-in): last-seen recorded for
-   * all of them and their active assignments looked up together. The device rows are locked in primary-key order
-   * (the index scan of `= ANY` visits sorted keys), so concurrent batches, here or on another instance, cannot
-   * deadlock. A failed batch is retried one device at a time.
+   * Check-ins arriving in the same event-loop turn share one statement (group check-in): the devices' standing
+   * verified (enabled, and the certificate the request was authenticated by: the check-in route takes a cached
+   * authentication without the cross-instance sync, device-auth.ts), last-seen recorded, and their active
+   * assignments looked up. The device rows are locked in primary-key order (the index scan of `= ANY` visits
+   * sorted keys), so concurrent batches, here or on another instance, cannot deadlock. A failed batch is retried
+   * one device at a time.
    */
   interface Waiting {
     readonly deviceId: string;
+    readonly fingerprint: Uint8Array | undefined;
     readonly resolve: (row: Assignment | undefined) => void;
     readonly reject: (e: unknown) => void;
   }
   interface Assignment {
     device_id: string;
-    rollout_id: string;
-    release_id: string;
-    state: DeviceRolloutState;
+    cert_sha256: Uint8Array;
+    rollout_id: string | null;
+    release_id: string | null;
+    state: DeviceRolloutState | null;
   }
-  const ASSIGNMENT_SQL = `WITH seen AS (UPDATE devices SET last_seen_ms = $2 WHERE id = ANY($1::text[]))
-    SELECT rd.device_id, rd.rollout_id, r.release_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
-    WHERE rd.device_id = ANY($1::text[]) AND rd.active AND r.state = 'active' AND rd.phase <= r.current_phase`;
+  const ASSIGNMENT_SQL = `WITH seen AS (
+      UPDATE devices SET last_seen_ms = $2 WHERE id = ANY($1::text[]) AND enabled RETURNING id, cert_sha256)
+    SELECT s.id AS device_id, s.cert_sha256, a.rollout_id, a.release_id, a.state FROM seen s LEFT JOIN LATERAL (
+      SELECT rd.rollout_id, r.release_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
+      WHERE rd.device_id = s.id AND rd.active AND r.state = 'active' AND rd.phase <= r.current_phase) a ON true`;
   const MAX_BATCH = 256;
   const MAX_BATCHES_IN_FLIGHT = 2;
   let waiting: Waiting[] = [];
@@ -181,7 +188,7 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
     const ids = [...new Set(batch.map((w) => w.deviceId))].sort();
     let rows: Assignment[];
     try {
-      rows = await db.query<Assignment>(ASSIGNMENT_SQL, [ids, now()]);
+      rows = await (db.relaxed ?? db).query<Assignment>(ASSIGNMENT_SQL, [ids, now()]);
     } catch (e) {
       if (batch.length === 1) {
         batch[0]!.reject(e);
@@ -191,7 +198,14 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       return;
     }
     const byDevice = new Map(rows.map((r) => [r.device_id, r]));
-    for (const w of batch) w.resolve(byDevice.get(w.deviceId));
+    for (const w of batch) {
+      const r = byDevice.get(w.deviceId);
+      // Same refusals as the authentication itself (services.devices.authenticate).
+      if (r === undefined) w.reject(new ServerError('DEVICE_DISABLED', 'device is disabled'));
+      else if (w.fingerprint !== undefined && !constantTimeEqual(w.fingerprint, r.cert_sha256))
+        w.reject(new ServerError('DEVICE_UNKNOWN', 'client certificate is not registered'));
+      else w.resolve(r.rollout_id === null ? undefined : r);
+    }
   };
   const flush = (): void => {
     scheduled = false;
@@ -208,9 +222,9 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       });
     }
   };
-  const assignment = (deviceId: string): Promise<Assignment | undefined> =>
+  const assignment = (p: Principal & { kind: 'device' }): Promise<Assignment | undefined> =>
     new Promise((resolve, reject) => {
-      waiting.push({ deviceId, resolve, reject });
+      waiting.push({ deviceId: p.deviceId, fingerprint: fingerprintOf(p), resolve, reject });
       if (!scheduled && inFlight < MAX_BATCHES_IN_FLIGHT) {
         scheduled = true;
         setImmediate(flush);
@@ -566,7 +580,11 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'only devices check in');
       authorize(p, 'device.checkin');
       const t = now();
-      const row = await assignment(p.deviceId);
+      const found = await assignment(p);
+      const row =
+        found?.rollout_id == null || found.release_id === null || found.state === null
+          ? undefined
+          : { rollout_id: found.rollout_id, release_id: found.release_id, state: found.state };
       if (row === undefined) return { action: 'none' };
       if (!(await policyAllowsUpdate(db, p.deviceId, row.release_id, t))) return { action: 'none' };
       // Devices get the ciphertexts only (the plaintext payloads are never served to devices).

@@ -508,7 +508,12 @@ export function registerDeviceRoutes(
   app.post(
     '/d/v1/checkin',
     {
-      config: { auth: 'device', summary: 'Poll: what should this device do next (RFC 9019 §3)' },
+      config: {
+        auth: 'device',
+        // rollouts.checkin verifies the device's standing in its own statement (group check-in)
+        deviceStanding: 'handler',
+        summary: 'Poll: what should this device do next (RFC 9019 §3)',
+      },
       schema: { response: { 200: S.checkinResult } },
     },
     async (req) => {

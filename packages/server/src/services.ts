@@ -30,6 +30,8 @@ import { ServerError } from './errors.ts';
 import {
   createDeviceAuthCache,
   deviceStateChanged,
+  rememberFingerprint,
+  standingCheckDeferred,
   watchDeviceStanding,
   type StandingWatch,
 } from './device-auth.ts';
@@ -611,9 +613,12 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
      * disabling takes effect on the device's next request wherever it lands.
      */
     async authenticate(certDer: Uint8Array): Promise<Principal> {
+      const deferred = standingCheckDeferred(); // first, synchronously (device-auth.ts)
       const fp = sha256(certDer);
       const key = hex(fp);
-      if (authCache.get(key) !== undefined && standing !== undefined) {
+      const hit = authCache.get(key);
+      if (hit !== undefined && deferred) return hit; // the handler's own statement checks the standing
+      if (hit !== undefined && standing !== undefined) {
         // Changes committed by other instances before this request was sent are delivered first (device-auth.ts).
         const ok = await standing.sync().then(
           () => true,
@@ -631,6 +636,7 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
       if (d === undefined) throw new ServerError('DEVICE_UNKNOWN', 'client certificate is not registered');
       if (!d.enabled) throw new ServerError('DEVICE_DISABLED', 'device is disabled');
       const principal: Principal = { kind: 'device', deviceId: d.id, name: d.name };
+      rememberFingerprint(principal, fp);
       authCache.set(key, principal, startEpoch);
       return principal;
     },

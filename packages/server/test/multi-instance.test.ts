@@ -115,6 +115,7 @@ function device(baseUrl: string, serverCert: TestCert, cert: TestCert) {
     });
   return {
     checkin: () => call('POST', '/d/v1/checkin'),
+    self: () => call('GET', '/d/v1/self'),
     envelope: (rolloutId: string) => call('GET', `/d/v1/rollouts/${rolloutId}/envelope`),
     report: (bytes: Uint8Array) => call('POST', '/d/v1/reports', bytes, REPORT_TYPE),
     close: () => {
@@ -391,16 +392,29 @@ describe('device-auth invalidation across instances (postgres, slow)', () => {
       const created = await a.admin.post('/v1/devices', { name: 'victim', certificatePem: cert.certPem });
       expect(created.status).toBe(201);
       const id = (created.json() as { id: string }).id;
-      // B authenticates the device and caches the success (after its LISTEN connection is up, which the first
-      // requests wait for: until then B caches nothing, so a few requests are made).
-      for (let i = 0; i < 20; i++) expect((await clientB.checkin()).status).toBe(200);
-      expect((await a.admin.patch(`/v1/devices/${id}`, { enabled: false })).status).toBe(200);
+      // B authenticates the device and caches the success (once its LISTEN connection is up, which the first
+      // requests may precede: until then B caches nothing, so several requests are made).
+      for (let i = 0; i < 10; i++) {
+        expect((await clientB.checkin()).status).toBe(200);
+        expect((await clientB.self()).status).toBe(200);
+      }
+      const disable = async (enabled: boolean): Promise<void> => {
+        expect((await a.admin.patch(`/v1/devices/${id}`, { enabled })).status).toBe(200);
+      };
+      // The check-in verifies the standing in its own statement (group check-in)…
+      await disable(false);
       const refused = await clientB.checkin();
       expect(refused.status).toBe(403);
       expect(refused.json()).toMatchObject({ code: 'DEVICE_DISABLED' });
       // …and re-enabled on A: B accepts it again at once.
-      expect((await a.admin.patch(`/v1/devices/${id}`, { enabled: true })).status).toBe(200);
+      await disable(true);
       expect((await clientB.checkin()).status).toBe(200);
+      // Other routes: the cached authentication waits for the notifications committed before the request.
+      for (let i = 0; i < 5; i++) expect((await clientB.self()).status).toBe(200);
+      await disable(false);
+      const self = await clientB.self();
+      expect(self.status).toBe(403);
+      expect(self.json()).toMatchObject({ code: 'DEVICE_DISABLED' });
     } finally {
       clientB.close();
       proc.child.kill('SIGTERM');

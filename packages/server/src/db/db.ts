@@ -23,6 +23,12 @@ export interface Db extends Queryable {
   readonly session: <T>(fn: (s: Queryable) => Promise<T>) => Promise<T>;
   readonly close: () => Promise<void>;
   /**
+   * Single statements whose commit does not wait for the WAL flush (PostgreSQL synchronous_commit = off): for
+   * advisory writes only (a device's last-seen time), which a database crash may lose — never partially, never
+   * out of order with later durable commits' effects on other rows. Undefined: use `query`.
+   */
+  readonly relaxed?: Queryable;
+  /**
    * PostgreSQL only: LISTEN on `channel` over a dedicated connection, reconnecting when it is lost; `connected`
    * reports each change of that connection's state. Undefined on PGlite (one process owns the database: there is
    * nobody else to hear from).

@@ -55,6 +55,21 @@ export async function openPostgres(url: string, max: number): Promise<Db> {
     }
   };
   const base = wrap({ query: (sql, params) => pool.query(sql, params) });
+  let relaxedPool: pg.Pool | undefined;
+  const relaxed = wrap({
+    query: (sql, params) => {
+      if (relaxedPool === undefined) {
+        relaxedPool = new Pool({
+          connectionString: url,
+          max: Math.min(2, max),
+          types: { getTypeParser },
+          options: '-c synchronous_commit=off',
+        });
+        relaxedPool.on('error', () => undefined);
+      }
+      return relaxedPool.query(sql, params);
+    },
+  });
   const listeners = new Set<() => Promise<void>>();
   const listen = (channel: string, h: ListenHandlers): Listening => {
     if (!/^[a-z_][a-z0-9_]{0,62}$/.test(channel)) throw new ServerError('INTERNAL', 'bad channel name');
@@ -154,9 +169,10 @@ export async function openPostgres(url: string, max: number): Promise<Db> {
       }),
     session: (fn) => withClient((c) => fn(wrap({ query: (sql, params) => c.query(sql, params) }))),
     listen,
+    relaxed,
     close: async () => {
       await Promise.all([...listeners].map((stop) => stop()));
-      await pool.end();
+      await Promise.all([pool.end(), relaxedPool?.end()]);
     },
   };
 }
