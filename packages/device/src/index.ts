@@ -19,3 +19,7 @@ export * from './capabilities/index.ts';
 export * as sim from './sim/index.ts';
 export * from './tracker/credential.ts';
 export * from './attest/attester.ts';
+export * from './attest/anchors.ts';
+export * from './attest/revocation.ts';
+export * from './attest/sources.ts';
+export * from './attest/trust.ts';
