@@ -59,7 +59,8 @@ const simulate: Subcommand = {
          [--power-cuts 0.01] [--slow-link BPS] [--clock-skew S] [--workers K] [--group G]
          [--name-prefix P] [--reports all|outcomes] [--json]
 
-Registers N devices through the operator API at --server (token from --token-file; operator or admin role),
+Registers N devices through the operator API at --server (or ROTOR_SERVER; token from --token-file, or
+ROTOR_TOKEN_FILE / ROTOR_TOKEN; operator or admin role; --ca or ROTOR_CA_FILE),
 each with a software P-256 identity and a self-signed client certificate, then runs each device's agent and
 status tracker against the device API at --device-url (mutual TLS; --ca: the server's CA) with push nudges
 from --mqtt. Devices trust the simulated factory keys plus --operator-key (the server's operator public key)
@@ -68,7 +69,7 @@ and --author-key (the release author's): without them the server's releases are 
 idempotent); default memory. Realism: --offline fraction of devices start offline and join later;
 --power-cuts fraction lose power during their next install (memory storage); --slow-link bytes/s per
 device; --clock-skew S draws each device's skew from [-S, S] seconds. --workers K splits the fleet over K
-worker threads. Prints a progress line on a TTY; exits 0 on SIGINT/SIGTERM with a summary (--json: JSON).`,
+worker threads. Prints a progress line on stderr when it is a terminal; exits 0 on SIGINT/SIGTERM with a summary (--json: JSON).`,
   options: {
     devices: { type: 'string' },
     server: { type: 'string' },
@@ -91,13 +92,18 @@ worker threads. Prints a progress line on a TTY; exits 0 on SIGINT/SIGTERM with 
   },
   async run({ values }) {
     const devices = num(values.devices, 'devices', 1, 1_000_000, true);
-    const server = values.server as string | undefined;
+    // The operator commands' conventions: ROTOR_SERVER, ROTOR_TOKEN_FILE / ROTOR_TOKEN, ROTOR_CA_FILE.
+    const env = process.env;
+    const server = (values.server as string | undefined) ?? env.ROTOR_SERVER;
     const deviceUrl = values['device-url'] as string | undefined;
-    const tokenFile = values['token-file'] as string | undefined;
-    if (devices === undefined || server === undefined || deviceUrl === undefined || tokenFile === undefined)
-      throw new CliError('CLI_USAGE', '--devices, --server, --device-url and --token-file are required');
-    const token = read(tokenFile, 'token file').trim();
-    const caFile = values.ca as string | undefined;
+    const tokenFile = (values['token-file'] as string | undefined) ?? env.ROTOR_TOKEN_FILE;
+    const envToken = env.ROTOR_TOKEN === '' ? undefined : env.ROTOR_TOKEN;
+    if (devices === undefined || server === undefined || deviceUrl === undefined)
+      throw new CliError('CLI_USAGE', '--devices, --server and --device-url are required');
+    if (tokenFile === undefined && envToken === undefined)
+      throw new CliError('CLI_USAGE', '--token-file (or ROTOR_TOKEN_FILE / ROTOR_TOKEN) is required');
+    const token = tokenFile !== undefined ? read(tokenFile, 'token file').trim() : envToken!;
+    const caFile = (values.ca as string | undefined) ?? env.ROTOR_CA_FILE;
     const anchors = [];
     const opKey = values['operator-key'] as string | undefined;
     if (opKey !== undefined)
@@ -129,8 +135,9 @@ worker threads. Prints a progress line on a TTY; exits 0 on SIGINT/SIGTERM with 
       reports,
     };
     const asJson = values.json === true;
-    const tty = process.stdout.isTTY && !asJson;
-    const color = useColor();
+    // Progress goes to stderr (stdout stays the summary), redrawn only on a terminal.
+    const tty = process.stderr.isTTY && !asJson;
+    const color = useColor() && process.stderr.isTTY;
     const t0 = Date.now();
 
     // One simulator here, or one per worker thread over a slice of the fleet.
@@ -207,7 +214,7 @@ worker threads. Prints a progress line on a TTY; exits 0 on SIGINT/SIGTERM with 
     if (!asJson) out(`fleet: ${devices} devices registered and running against ${deviceUrl}`);
     const progress = tty
       ? setInterval(() => {
-          process.stdout.write(
+          process.stderr.write(
             `\r${line(snapshot().counts, devices, (Date.now() - t0) / 1000, color)}\x1b[K`,
           );
         }, 500)
@@ -231,7 +238,7 @@ worker threads. Prints a progress line on a TTY; exits 0 on SIGINT/SIGTERM with 
     const seconds = Math.round((Date.now() - t0) / 100) / 10;
     if (asJson) json({ devices, seconds, signal: sig, ...sum });
     else {
-      if (tty) process.stdout.write('\n');
+      if (tty) process.stderr.write('\n');
       out(`stopped (${sig}) after ${seconds} s: ${line(sum.counts, devices, seconds, color)}`);
       out(`power cuts ${sum.powerCuts}, tracker errors ${sum.errors}`);
     }
