@@ -58,6 +58,16 @@ interface AttestationResult {
   claims: Record<string, unknown>;
 }
 
+/** What a device last reported for one capability (issue 8 module rollouts). */
+interface ModuleState {
+  name: string;
+  moduleId: string;
+  version: string;
+  state: string;
+  reason: string | null;
+  updatedAtMs: number;
+}
+
 const LABEL = /^[A-Za-z0-9._:-]{1,64}$/;
 
 const list: Subcommand = {
@@ -113,7 +123,7 @@ const show: Subcommand = {
   usage: `show ID [server options]
 
 The device record, and what the caller's role may read of its policy state (quarantine), recorded root of
-trust and newest attestation result.
+trust, newest attestation result and the capability modules it last reported.
 ${API_USAGE}`,
   options: { ...API_OPTIONS },
   async run({ values, positionals }) {
@@ -137,8 +147,30 @@ ${API_USAGE}`,
         { items: [{ id: 'integer', status: 'string', createdAtMs: 'integer', claims: 'object' }] },
       );
       const attestation = results?.items[0];
+      const modules = await optional<{ items: ModuleState[] }>(
+        api,
+        `/v1/capabilities/devices/${id}/modules`,
+        {
+          items: [
+            {
+              name: 'string',
+              moduleId: 'string',
+              version: 'string',
+              state: 'string',
+              reason: 'string|null',
+              updatedAtMs: 'integer',
+            },
+          ],
+        },
+      );
       if (values.json === true) {
-        json({ device, policy: policy ?? null, rot: rot ?? null, attestation: attestation ?? null });
+        json({
+          device,
+          policy: policy ?? null,
+          rot: rot ?? null,
+          attestation: attestation ?? null,
+          modules: modules?.items ?? null,
+        });
         return ExitCode.ok;
       }
       const rows: string[][] = [
@@ -170,6 +202,11 @@ ${API_USAGE}`,
         rows.push([
           'attestation',
           `${attestation.status} at ${when(attestation.createdAtMs)} (#${attestation.id})`,
+        ]);
+      for (const m of modules?.items ?? [])
+        rows.push([
+          `module ${m.name}`,
+          `${m.version} ${m.state}${m.reason === null ? '' : `: ${m.reason}`} (${when(m.updatedAtMs)})`,
         ]);
       out(table(['field', 'value'], rows));
       return ExitCode.ok;

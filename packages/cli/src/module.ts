@@ -20,7 +20,7 @@ import {
 import { API_OPTIONS, API_USAGE, withApi, type ApiClient, type Shape } from './api.ts';
 import { group, type Command, type Subcommand } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
-import { json, out, readInput, table, when } from './io.ts';
+import { json, out, readInput, safe, table, when } from './io.ts';
 import { noPositionals, oneId, PAGE_OPTIONS, pageQuery } from './release.ts';
 import { parseDuration, parseFraction, parseTarget } from './rollout.ts';
 
@@ -406,6 +406,34 @@ ${API_USAGE}`,
   },
 };
 
+const rolloutStatus: Subcommand = {
+  name: 'rollout-status',
+  summary: 'a module rollout: state, share offered, device counts',
+  usage: `rollout-status ROLLOUT_ID [server options]
+${API_USAGE}`,
+  options: { ...API_OPTIONS },
+  async run({ values, positionals }) {
+    const id = oneId(positionals, 'rollout ID');
+    return withApi(values, async (api) => {
+      const r = await api.get<ModuleRollout>(`/v1/capabilities/rollouts/${id}`, MODULE_ROLLOUT_SHAPE);
+      if (values.json === true) json(r);
+      else {
+        out(
+          `module rollout ${r.id} ${r.state}: ${r.currentPercent}% of the target offered module ${r.moduleId}`,
+        );
+        if (r.pauseReason !== undefined && r.pauseReason !== null) out(`  paused: ${safe(r.pauseReason)}`);
+        if (r.counts !== undefined)
+          out(
+            `  ${Object.entries(r.counts)
+              .map(([k, v]) => `${safe(k)} ${String(v)}`)
+              .join(', ')}`,
+          );
+      }
+      return ExitCode.ok;
+    });
+  },
+};
+
 function rolloutAction(name: 'pause' | 'resume' | 'cancel'): Subcommand {
   return {
     name: `rollout-${name}`,
@@ -513,6 +541,7 @@ export const moduleCommand: Command = group(
     show,
     rollout,
     rollouts,
+    rolloutStatus,
     rolloutAction('pause'),
     rolloutAction('resume'),
     rolloutAction('cancel'),

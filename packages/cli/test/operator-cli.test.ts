@@ -477,15 +477,13 @@ describe('rotor operator commands against a real server', () => {
         NO_COLOR: '1',
       });
       // Whichever device the server put in the first phase gets the update first: it succeeds, the other fails.
-      const first = await Promise.race(
-        devices.map(async (d) => {
-          const r = JSON.parse((await call(d, 'POST', '/d/v1/checkin')).body.toString()) as {
-            action: string;
-          };
-          return r.action === 'update' ? d : undefined;
-        }),
-      );
-      const canary = first ?? devices[0]!;
+      const offered: (typeof devices)[number][] = [];
+      for (const d of devices) {
+        const r = JSON.parse((await call(d, 'POST', '/d/v1/checkin')).body.toString()) as { action: string };
+        if (r.action === 'update') offered.push(d);
+      }
+      expect(offered.length).toBe(1);
+      const canary = offered[0]!;
       const other = devices.find((d) => d !== canary)!;
       await update(canary, true);
       await update(other, false);
@@ -562,7 +560,21 @@ describe('rotor operator commands against a real server', () => {
     expect(ro).toMatchObject({ moduleId: m.id, state: 'active' });
     const ros = await okJson<{ items: { id: string }[] }>(['module', 'rollouts', ...as('auditor')]);
     expect(ros.items.map((x) => x.id)).toContain(ro.id);
+    const st = await okJson<{ id: string; state: string }>([
+      'module',
+      'rollout-status',
+      ro.id,
+      ...as('auditor'),
+    ]);
+    expect(st).toMatchObject({ id: ro.id, state: 'active' });
     await ok(['module', 'rollout-cancel', ro.id, ...as('operator')]);
+    const shownDevice = await okJson<{ modules: unknown[] | null }>([
+      'device',
+      'show',
+      deviceIds[0]!,
+      ...as('operator'),
+    ]);
+    expect(shownDevice.modules).toEqual([]);
     expect((await cli(['module', 'revoke', m.id, '--reason', 'cve', ...as('author')])).code).toBe(8);
     const rv = await okJson<{ revoked: boolean }>([
       'module',
@@ -592,6 +604,7 @@ describe('rotor operator commands against a real server', () => {
         'show',
         'rollout',
         'rollouts',
+        'rollout-status',
         'rollout-pause',
         'rollout-resume',
         'rollout-cancel',
