@@ -1,7 +1,7 @@
 /**
- * The device listener with RFC 3820 proxy client certificates (device-tls.ts), on PGlite: a factory device whose
- * identity key stays in its enclave checks in with a proxy credential ([proxy, device cert]); plain device
- * certificates still work; every way a proxy can break the path rules is refused with a typed code.
+ * The device listener with RFC 3820 proxy client certificates (device-tls.ts), on PGlite: a device whose identity
+ * key stays in its enclave checks in with a proxy credential ([proxy, device cert]); plain device certificates still
+ * work; every way a proxy can break the path rules is refused with a typed code.
  */
 import 'reflect-metadata';
 import { createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
@@ -12,7 +12,6 @@ import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { softwareSigner } from '@rotor/cose';
-import { ProxyCredential, proxySubject } from '@rotor/device';
 import { loadConfig, openDatabase, startServer, type RotorServer } from '../src/index.ts';
 import { checkProxy } from '../src/device-tls.ts';
 import { signerCrypto, signerKeys } from '../src/factory/x509-signer.ts';
@@ -73,6 +72,20 @@ const pem = (der: ArrayBuffer | Uint8Array): string =>
     .toString('base64')
     .replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`;
 
+function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
+  const body = Buffer.concat(parts);
+  const n = body.length;
+  const len = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+  return new Uint8Array(Buffer.concat([Buffer.from([tag, ...len]), body]));
+}
+
+/** RFC 3820 §3.4: the issuer's RDNs plus one RDN with one commonName (UTF8String). */
+function proxySubject(issuer: Uint8Array, cn: string): Uint8Array {
+  const head = issuer[1]! < 0x80 ? 2 : 2 + (issuer[1]! & 0x7f);
+  const rdn = tlv(0x31, tlv(0x30, Buffer.from('0603550403', 'hex'), tlv(0x0c, Buffer.from(cn, 'utf8'))));
+  return tlv(0x30, issuer.subarray(head), rdn);
+}
+
 const devSubject = (d: Device): Uint8Array =>
   new Uint8Array(new x509.X509Certificate(d.pem).subjectName.toArrayBuffer());
 
@@ -129,13 +142,22 @@ async function forgeProxy(
   };
 }
 
-const credential = (d: Device, o: { lifetimeMs?: number; now?: number } = {}): Promise<ProxyCredential> =>
-  ProxyCredential.create({
-    deviceCertPem: d.pem,
-    signer: softwareSigner(d.key, -7),
-    ...(o.lifetimeMs === undefined ? {} : { lifetimeMs: o.lifetimeMs }),
-    now: () => o.now ?? clock,
+/**
+ * A proxy credential as the device makes it (device/tracker/credential.ts: notBefore 5 min back, subject = issuer +
+ * CN, critical proxyCertInfo inheritAll, keyUsage digitalSignature), built here with @peculiar/x509 — the server
+ * package does not depend on the device package; the device's own credential meets this listener in the CLI's
+ * end-to-end test (factory-device-run).
+ */
+const credential = (
+  d: Device,
+  o: { lifetimeMs?: number; now?: number } = {},
+): Promise<{ cert: string; key: string }> => {
+  const now = o.now ?? clock;
+  return forgeProxy(d, {
+    notBefore: new Date(now - 300_000),
+    notAfter: new Date(now + (o.lifetimeMs ?? 86_400_000)),
   });
+};
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'rotor-device-tls-'));
