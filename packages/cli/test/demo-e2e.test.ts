@@ -5,8 +5,8 @@
  * through the operator API) and on its flash (the device directories, read with the device agent after the device
  * process stopped).
  *
- * Steps of the story whose pieces are not in Rotor yet (attestation client, RoT rotation client, capability manager in
- * the simulator) are expected as 'missing' here, by number: when one lands, this list shrinks.
+ * Steps of the story whose pieces the demo cannot drive yet (capability modules on the demo's devices) are expected
+ * as 'missing' here, by number: when one lands, this list shrinks.
  */
 import 'reflect-metadata';
 import { spawn } from 'node:child_process';
@@ -20,12 +20,13 @@ import { DeviceAgent, nodeFs } from '@rotor/device';
 import { DemoClient, listDevices, type RolloutInfo } from '../src/demo/client.ts';
 import type { DemoResult } from '../src/demo/demo.ts';
 import { freePort, startServerProcess } from '../src/demo/processes.ts';
-import { demoImage, ensureDataDir, sequenceOf, serverArgs } from '../src/demo/setup.ts';
+import { DEMO_CLASS, demoImage, ensureDataDir, sequenceOf, serverArgs } from '../src/demo/setup.ts';
+import { AGENT_ROOT, readBundle } from '../src/factory-device.ts';
 
 const MAIN = fileURLToPath(new URL('../src/main.ts', import.meta.url));
 const N = 4;
 /** Steps that cannot run yet (see the file comment). */
-const MISSING = [9, 10, 11];
+const MISSING = [11];
 
 let dir = '';
 let result: DemoResult;
@@ -59,7 +60,9 @@ describe('rotor demo across processes', () => {
     const byStatus = (s: string): number[] => result.steps.filter((x) => x.status === s).map((x) => x.n);
     expect(byStatus('failed'), JSON.stringify(result.steps, null, 2)).toEqual([]);
     expect(byStatus('missing')).toEqual(MISSING);
-    expect(byStatus('ok')).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 12]);
+    expect(byStatus('ok')).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12]);
+    expect(result.devices.every((x) => x.attestation === 'affirming')).toBe(true);
+    expect(result.devices.filter((x) => x.rotIndex === '1')).toHaveLength(1);
     expect(result.ok).toBe(true);
     expect(exitCode).toBe(0);
     expect(result.rollouts.v11?.state).toBe('completed');
@@ -75,21 +78,27 @@ describe('rotor demo across processes', () => {
       .update(demoImage(sequenceOf('1.1'), 256 * 1024))
       .digest('hex');
     const flashSeq = new Map<string, bigint>();
+    const names: string[] = [];
     for (let i = 0; i < N; i++) {
-      const agent = new DeviceAgent({ fs: nodeFs(join(d.devicesDir, `dev-${i}`, 'flash')) });
+      const devDir = join(d.factoryDir, 'devices', 'demo', String(i).padStart(6, '0'));
+      const bundle = await readBundle(nodeFs(join(devDir, 'flash')));
+      expect(bundle, `device ${i} bundle`).toBeDefined();
+      const name = bundle!.deviceId;
+      names.push(name);
+      const agent = new DeviceAgent({ fs: nodeFs(join(devDir, 'flash')), root: AGENT_ROOT });
       const booted = await agent.powerOn();
-      expect(booted.event, `dev-${i}`).toBe('none');
-      expect(booted.record.sequence, `dev-${i}`).toBe(BigInt(sequenceOf('1.1')));
+      expect(booted.event, name).toBe('none');
+      expect(booted.record.sequence, name).toBe(BigInt(sequenceOf('1.1')));
       const img = booted.record.images[0]!;
       const bytes = await agent.flash.readAll(booted.bank, img.component, img.size, img.chunkSize);
-      expect(createHash('sha256').update(bytes).digest('hex'), `dev-${i} image`).toBe(image11);
-      flashSeq.set(`dev-${i}`, booted.record.sequence);
+      expect(createHash('sha256').update(bytes).digest('hex'), `${name} image`).toBe(image11);
+      flashSeq.set(name, booted.record.sequence);
     }
 
     // Server: a fresh server process on the demo's data directory; what it recorded matches the flash.
     const mqttPort = await freePort();
     const server = await startServerProcess(
-      serverArgs(d, { port: 0, devicePort: 0, mqttPort }, { deviceCa: false }),
+      serverArgs(d, { port: 0, devicePort: 0, mqttPort }, { deviceCa: true }),
       { env: { ROTOR_ADMIN_TOKEN: d.adminToken }, log: join(dir, 'server-check.log'), mqttPort },
     );
     try {
@@ -102,15 +111,13 @@ describe('rotor demo across processes', () => {
       expect(v12.state).toBe('paused');
       expect(v12.counts).toMatchObject({ total: N, failed: 1, succeeded: 0, pending: N - 1 });
 
-      const devices = await listDevices(api, 'demo');
-      expect(devices.map((x) => x.name).sort()).toEqual(Array.from({ length: N }, (_, i) => `dev-${i}`));
-      // The factory's devices are registered too (enclave identities, audited certificates).
-      const factory = (await api.get<{ items: { tags: string[] }[] }>('/v1/devices?limit=500')).items.filter(
-        (x) => x.tags.includes('factory'),
-      );
-      expect(factory).toHaveLength(N);
+      // The factory registered exactly these devices (by their UEID URN), in their class's group.
+      const devices = await listDevices(api, DEMO_CLASS);
+      expect(devices.map((x) => x.name).sort()).toEqual([...names].sort());
+      expect(devices.every((x) => x.tags.includes('factory'))).toBe(true);
 
       let rolledBack = 0;
+      let rotated = 0;
       for (const dev of devices) {
         expect(dev.lastSeenMs).not.toBeNull();
         const ev = (
@@ -127,8 +134,14 @@ describe('rotor demo across processes', () => {
           rolledBack++;
         }
         expect(flashSeq.get(dev.name)).toBe(BigInt(sequenceOf('1.1')));
+        const att = await api.get<{ items: { status: string }[] }>(
+          `/v1/devices/${dev.id}/attestation/results`,
+        );
+        expect(att.items[0]?.status, dev.name).toBe('affirming');
+        rotated += (await api.get<{ index: number }>(`/v1/devices/${dev.id}/rot`)).index;
       }
       expect(rolledBack).toBe(1);
+      expect(rotated).toBe(1);
     } finally {
       await server.stop();
     }
