@@ -111,8 +111,9 @@ async function optional<T>(api: ApiClient, path: string, shape: Shape): Promise<
   try {
     return await api.get<T>(path, shape);
   } catch (e) {
-    // Not recorded yet (NOT_FOUND), or not readable by this role (FORBIDDEN): shown as absent.
-    if (e instanceof CliError && (e.problem === 'NOT_FOUND' || e.problem === 'FORBIDDEN')) return undefined;
+    // Not recorded yet (NOT_FOUND), not readable by this role (FORBIDDEN), or a part the server does not run
+    // (capability keys not configured, …): that section is shown as absent. Credentials refused still fail.
+    if (e instanceof CliError && e.problem !== undefined && !e.problem.startsWith('AUTH_')) return undefined;
     throw e;
   }
 }

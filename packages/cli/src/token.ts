@@ -3,7 +3,7 @@
  * only a hash of its secret (packages/server/src/auth.ts) — so write it where it is needed (--out FILE, mode 0600)
  * rather than into a terminal's scrollback when you can.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { API_OPTIONS, API_USAGE, withApi, type Shape } from './api.ts';
 import { group, type Command, type Subcommand } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
@@ -47,6 +47,9 @@ ${API_USAGE}`,
     if (name === undefined || name.length === 0 || name.length > 128 || /[\u0000-\u001f]/.test(name))
       throw new CliError('CLI_USAGE', '--name: 1..128 characters, no control characters');
     const outFile = values.out as string | undefined;
+    // Checked before the token exists (the write below still refuses to overwrite: flag 'wx').
+    if (outFile !== undefined && existsSync(outFile))
+      throw new CliError('CLI_IO', `${outFile} exists: a token file is never overwritten`);
     return withApi(values, async (api) => {
       const t = await api.post<TokenInfo & { token: string }>(
         '/v1/tokens',

@@ -162,6 +162,22 @@ describe('rotor operator commands against a real server', () => {
     expect(plain.stdout).toMatch(/^rot_[0-9a-f]{16}_[A-Za-z0-9_-]{43}\n$/);
     const list = await okJson<{ items: { role: string }[] }>(['token', 'list', ...as('admin')]);
     expect(list.items.length).toBeGreaterThanOrEqual(5);
+    // An existing file is never overwritten, and no token is created for it.
+    const exists = await cli([
+      'token',
+      'create',
+      '--role',
+      'admin',
+      '--name',
+      'z',
+      '--out',
+      tokenFile.author!,
+      ...as('admin'),
+    ]);
+    expect(exists.code).toBe(6);
+    expect((await okJson<{ items: unknown[] }>(['token', 'list', ...as('admin')])).items.length).toBe(
+      list.items.length,
+    );
     // A token is never a flag: the option does not exist.
     const flag = await cli(['token', 'list', '--token', ADMIN_TOKEN, '--server', f.server.operatorUrl]);
     expect(flag.code).toBe(2);
@@ -632,6 +648,9 @@ describe('rotor operator commands against a real server', () => {
       }
     }
     expect((await cli(['server', '--help'])).code).toBe(0);
+    const server = await cli(['server', '--bogus']); // refused by the server's config parser before anything starts
+    expect(server.code).toBe(2);
+    expect(server.stderr).toMatch(/CONFIG_INVALID[\s\S]*Run 'rotor server --help'/);
     const unknown = await cli(['nope']);
     expect(unknown.code).toBe(2);
     const sub = await cli(['release', 'nope']);
