@@ -60,6 +60,8 @@ exit codes (stable):
 
 export async function run(argv: readonly string[]): Promise<number> {
   const [name, ...rest] = argv;
+  // `rotor help X [Y]` is `rotor X [Y] --help`.
+  if (name === 'help' && rest.length > 0) return run([...rest, '--help']);
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(USAGE);
     return name === undefined ? ExitCode.usage : ExitCode.ok;

@@ -633,6 +633,9 @@ describe('rotor operator commands against a real server', () => {
       factory: [],
       audit: [],
     };
+    const viaHelp = await cli(['help', 'rollout', 'watch']);
+    expect(viaHelp.code).toBe(0);
+    expect(viaHelp.stdout).toMatch(/^usage: rotor rollout watch/);
     const top = await cli(['--help']);
     expect(top.code).toBe(0);
     expect(top.stdout).toMatch(/8 denied/);
