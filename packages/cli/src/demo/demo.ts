@@ -508,7 +508,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
 
     await step(11, () => {
       throw new StepMissing(
-        'the fleet simulator does not run the device CapabilityManager yet (server: /v1/capabilities/modules, manifests, rollouts, revoke are there)',
+        "the demo does not drive capability modules yet: its devices run no CapabilityManager (the tracker's capability client and the server's catalog, manifests, rollouts and revocation exist; building a module, provisioning the capability authorities into the devices and the group manifest are not wired into the demo)",
       );
     });
 
