@@ -12,6 +12,7 @@ import {
   type AuditEntry,
   type Db,
 } from '../src/index.ts';
+import { DEVICE_STANDING_CHANNEL } from '../src/device-auth.ts';
 import { BACKENDS, createTestDatabase, type TestDatabase } from './helpers.ts';
 
 describe('canonical JSON and the pure chain verifier', () => {
@@ -154,6 +155,70 @@ describe('migrations under the advisory lock (postgres)', () => {
       expect([...a, ...b].sort((x, y) => x - y)).toEqual(MIGRATIONS.map((m) => m.version));
       const rows = await t.db.query<{ n: number }>('SELECT count(*)::int AS n FROM schema_migrations');
       expect(rows[0]!.n).toBe(MIGRATIONS.length);
+    } finally {
+      await t.drop();
+    }
+  });
+});
+
+describe('device standing notifications (migration 11, postgres)', () => {
+  it('a change of enabled, certificate or name notifies at commit; last-seen and rolled-back changes do not', async () => {
+    const t = await createTestDatabase('postgres');
+    try {
+      await migrate(t.db);
+      const heard: string[] = [];
+      const states: boolean[] = [];
+      const l = t.db.listen!(DEVICE_STANDING_CHANNEL, {
+        notify: (p) => heard.push(p),
+        connected: (up) => states.push(up),
+      });
+      // connected: the sync round trip succeeds once the LISTEN is in place
+      for (let i = 0; i < 100 && !states.includes(true); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(states).toEqual([true]);
+      const other = await t.open();
+      await other.query(
+        "INSERT INTO devices (id, name, cert_sha256, created_at_ms) VALUES ('d1', 'd1', sha256('\\x01'), 0)",
+      );
+      await l.sync();
+      expect(heard).toHaveLength(0);
+      await other.query("UPDATE devices SET last_seen_ms = 5 WHERE id = 'd1'");
+      await l.sync();
+      expect(heard).toHaveLength(0);
+      await other.query("UPDATE devices SET enabled = false WHERE id = 'd1'");
+      await l.sync();
+      expect(heard).toHaveLength(1);
+      await expect(
+        other.transaction(async (tx) => {
+          await tx.query("UPDATE devices SET cert_sha256 = sha256('\\x02') WHERE id = 'd1'");
+          throw new Error('rolled back');
+        }),
+      ).rejects.toThrow('rolled back');
+      await l.sync();
+      expect(heard).toHaveLength(1);
+      await other.query("UPDATE devices SET cert_sha256 = sha256('\\x02'), name = 'd1b' WHERE id = 'd1'");
+      await other.query("DELETE FROM devices WHERE id = 'd1'");
+      await l.sync();
+      expect(heard).toHaveLength(3);
+      await l.stop();
+      expect(states).toEqual([true, false]);
+      await expect(l.sync()).rejects.toMatchObject({ code: 'DB_UNAVAILABLE' });
+    } finally {
+      await t.drop();
+    }
+  });
+
+  it('the report and delete-guard lookups by device use rollout_devices_device', async () => {
+    const t = await createTestDatabase('postgres');
+    try {
+      await migrate(t.db);
+      const plan = await t.db.transaction(async (tx) => {
+        await tx.exec('SET LOCAL enable_seqscan = off');
+        return tx.query<{ 'QUERY PLAN': string }>(
+          'EXPLAIN SELECT 1 FROM rollout_devices WHERE device_id = $1 ORDER BY updated_at_ms DESC',
+          ['d'],
+        );
+      });
+      expect(plan.map((r) => r['QUERY PLAN']).join('\n')).toMatch(/rollout_devices_device/);
     } finally {
       await t.drop();
     }
