@@ -13,6 +13,7 @@ import * as x509 from '@peculiar/x509';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { coseKeyToPublicKeyObject, decodeCoseKey, softwareSigner, type Signer } from '@rotor/cose';
 import { DeviceError } from '../src/errors.ts';
+import { EnclaveClient } from '../src/enclave/client.ts';
 import { EnclaveCore } from '../src/enclave/core.ts';
 import { SimulatedFs } from '../src/storage/sim.ts';
 import {
@@ -103,6 +104,31 @@ describe('RFC 3820 proxy credential', () => {
       expect(no.status).not.toBe(0);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('works the same with the enclave in its own process, over the IPQ (EnclaveClient.signer)', async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'rotor-proxy-enclave-'));
+    const c = await EnclaveClient.start({ stateDir, timeoutMs: 30_000 });
+    try {
+      const info = await c.generateKey('identity', 'ES256');
+      const spki = new Uint8Array(
+        coseKeyToPublicKeyObject(decodeCoseKey(info.publicKey)).export({ type: 'spki', format: 'der' }),
+      );
+      const dev = await pki.device(spki);
+      const cred = await ProxyCredential.create({
+        deviceCertPem: dev.pem,
+        signer: await c.signer('identity'),
+      });
+      const proxyPem = certsOf(cred.cert)[0]!;
+      expect(new X509Certificate(proxyPem).verify(new X509Certificate(dev.pem).publicKey)).toBe(true);
+      await cred.renew();
+      expect(new X509Certificate(certsOf(cred.cert)[0]!).verify(new X509Certificate(dev.pem).publicKey)).toBe(
+        true,
+      );
+    } finally {
+      await c.close();
+      rmSync(stateDir, { recursive: true, force: true });
     }
   });
 
