@@ -19,6 +19,7 @@ import {
   PushListener,
   SimulatedFs,
   StatusTracker,
+  parseSelf,
   sim,
   type AgentConfig,
   type ByteSource,
@@ -27,7 +28,7 @@ import {
   type TrackerEvent,
   type TransitionRecord,
 } from '@rotor/device';
-import type { FleetIdentity } from './identity.ts';
+import type { FleetIdentity, OpenableIdentity, OpenedDevice } from './identity.ts';
 import type { FactoryImage } from './storage.ts';
 
 /** What the simulator counts a device as. */
@@ -68,7 +69,7 @@ export interface DeviceFaults {
 
 export interface SimDeviceOptions {
   readonly index: number;
-  readonly identity: FleetIdentity;
+  readonly identity: FleetIdentity | OpenableIdentity;
   readonly fs: StorageFs;
   readonly factory: FactoryImage;
   readonly server: { readonly url: string; readonly ca: string | undefined; readonly timeoutMs: number };
@@ -131,6 +132,7 @@ export class SimDevice {
   tracker: StatusTracker | undefined;
   enclave: EnclaveCore | undefined;
   #push: PushListener | undefined;
+  #opened: OpenedDevice | undefined;
   state: DeviceState = 'offline';
   /** The last outcome the server acknowledged (confirmed / failed / rolled-back), with its manifest sequence. */
   reported: { state: TransitionRecord['state']; sequence: bigint } | undefined;
@@ -168,33 +170,41 @@ export class SimDevice {
     this.o.onState(this, from, to, record);
   }
 
-  #agentConfig(): AgentConfig {
-    const fs = this.o.fs;
+  /** The simulator's agent options (clock skew, health check with its fault, reboot hook for the cut arm). */
+  #agentOptions(get: () => DeviceAgent): Omit<AgentConfig, 'fs' | 'root' | 'keys' | 'reportSigner'> {
     const skew = BigInt(Math.trunc(this.o.faults.clockSkewS));
     const failHealth = this.o.faults.failHealthCheck;
-    const agent: DeviceAgent = new DeviceAgent({
-      fs,
+    return {
       chunkSize: this.o.chunkSize,
-      keys: { agreements: [this.o.identity.agreement] },
-      reportSigner: this.o.identity.reportSigner,
       now: () => BigInt(Math.floor(Date.now() / 1000)) + skew,
       healthCheck: async (b) => {
         if (failHealth) return false;
         const img = b.record.images[0];
         if (img === undefined) return false;
-        const bytes = await agent.flash.readAll(b.bank, img.component, img.size, img.chunkSize);
+        const bytes = await get().flash.readAll(b.bank, img.component, img.size, img.chunkSize);
         return sim.isHealthy(bytes);
       },
       onReboot: () => {
         if (this.arm !== undefined) this.arm.reboot();
       },
-    });
-    this.agent = agent;
-    return agent.config;
+    };
   }
 
-  /** Powers the device on (first time: installs the factory state), starts its push listener. */
-  async powerOn(fresh: boolean): Promise<void> {
+  /** Opens the device: a software device over its storage, or a device that brings its own (OpenableIdentity). */
+  async #open(fresh: boolean): Promise<OpenedDevice> {
+    const id = this.o.identity;
+    if (id.kind === 'opened') {
+      // The health check reads the agent's flash: the agent exists once the device is open.
+      const box: { agent?: DeviceAgent } = {};
+      const opened = await id.open(
+        this.#agentOptions(() => {
+          if (box.agent === undefined) throw new Error('the device is not open');
+          return box.agent;
+        }),
+      );
+      box.agent = opened.agent;
+      return opened;
+    }
     if (fresh) await this.o.factory.install(this.o.fs);
     if (this.o.enclave) {
       const fs = this.o.fs;
@@ -205,12 +215,16 @@ export class SimDevice {
         await fs.fsync('fuse');
         await fs.fsyncDir('');
       }
+      await this.enclave?.close();
       this.enclave = await EnclaveCore.open({ fs, dir: 'enclave', fuse });
     }
-    this.#agentConfig();
-    const agent = this.agent!;
-    const id = this.o.identity;
-    this.tracker = new StatusTracker({
+    const agent: DeviceAgent = new DeviceAgent({
+      ...this.#agentOptions(() => agent),
+      fs: this.o.fs,
+      keys: { agreements: [id.agreement] },
+      reportSigner: id.reportSigner,
+    });
+    return {
       agent,
       server: {
         url: this.o.server.url,
@@ -218,11 +232,27 @@ export class SimDevice {
         ...(this.o.server.ca === undefined ? {} : { ca: this.o.server.ca }),
         timeoutMs: this.o.server.timeoutMs,
       },
+      close: () => Promise.resolve(),
+    };
+  }
+
+  /** Powers the device on (first time: installs the factory state), starts its push listener. */
+  async powerOn(fresh: boolean): Promise<void> {
+    await this.#opened?.close().catch(() => undefined);
+    const opened = await this.#open(fresh);
+    this.#opened = opened;
+    const agent = opened.agent;
+    this.agent = agent;
+    const id = this.o.identity;
+    this.tracker = new StatusTracker({
+      agent,
+      server: opened.server,
       ...(id.serverId === undefined ? {} : { deviceId: id.serverId }),
       transitions: this.o.reports,
       fetch: { retries: 5, backoffMs: 200, deadlineMs: 600_000 },
       fallbackSource: 'none',
       progressFlushMs: 2_000,
+      ...opened.tracker,
       ...this.o.trackerExtras?.(this),
       onEvent: (e) => {
         this.#onEvent(e);
@@ -240,17 +270,35 @@ export class SimDevice {
     }
     this.online = true;
     if (this.state === 'offline') this.#set('idle');
-    this.#startPush();
+    await this.#startPush();
   }
 
-  #startPush(): void {
+  async #startPush(): Promise<void> {
     const m = this.o.mqtt;
     const id = this.o.identity;
-    if (m === undefined || id.serverId === undefined || this.#push !== undefined) return;
+    const t = this.tracker;
+    if (m === undefined || this.#push !== undefined || t === undefined) return;
+    if (id.serverId === undefined) {
+      // The push topic is the server's device id: ask the server who we are (RFC 9019 §3 status tracker).
+      try {
+        const res = await t.http.request('GET', '/d/v1/self', {
+          accept: 'application/json',
+          maxBody: 16 * 1024,
+        });
+        if (res.status !== 200) throw new Error(`GET /d/v1/self: HTTP ${res.status}`);
+        id.serverId = parseSelf(res.body).id;
+      } catch (e) {
+        this.errors++;
+        this.lastError = `self: ${e instanceof Error ? e.message : String(e)}`;
+        return;
+      }
+    }
+    const serverId = id.serverId;
+    const identity = this.#opened?.server.identity;
     this.#push = new PushListener({
       url: m.url,
-      deviceId: id.serverId,
-      identity: id.tls,
+      deviceId: serverId,
+      ...(identity === undefined ? {} : { identity }),
       ...(m.ca === undefined ? {} : { ca: m.ca }),
       minBackoffMs: 1_000,
       maxBackoffMs: 30_000,
@@ -337,5 +385,9 @@ export class SimDevice {
 
   async stop(): Promise<void> {
     await this.goOffline();
+    await this.#opened?.close().catch(() => undefined);
+    this.#opened = undefined;
+    await this.enclave?.close().catch(() => undefined);
+    this.enclave = undefined;
   }
 }

@@ -24,12 +24,14 @@ import {
   type KeyAgreement,
   type Signer,
 } from '@rotor/cose';
-import type { TlsIdentity } from '@rotor/device';
+import type { AgentConfig, DeviceAgent, TlsIdentity, TrackerConfig } from '@rotor/device';
 import { cnName, encodeDeviceCertificate, toPem } from '@rotor/server';
 import { CliError } from '../errors.ts';
+import { openFactoryDevice } from '../factory-device.ts';
 import type { OperatorApi } from './operator.ts';
 
 export interface FleetIdentity {
+  readonly kind?: 'software';
   readonly name: string;
   /** Mutual-TLS client credential (certificate chain and key, PEM). */
   readonly tls: TlsIdentity;
@@ -45,16 +47,38 @@ export interface FleetIdentity {
   serverId: string | undefined;
 }
 
+/** What an opened device gives the simulator: its agent and the tracker's server settings (and more). */
+export interface OpenedDevice {
+  readonly agent: DeviceAgent;
+  readonly server: TrackerConfig['server'];
+  /** Extra tracker configuration (e.g. the device's attester). */
+  readonly tracker?: Partial<TrackerConfig>;
+  close(): Promise<void>;
+}
+
+/**
+ * A device that brings its own storage, keys and agent (e.g. a factory-provisioned device: enclave-held keys, an
+ * RFC 3820 proxy TLS credential): the simulator opens it at every power-on instead of building a software one.
+ */
+export interface OpenableIdentity {
+  readonly kind: 'opened';
+  readonly name: string;
+  /** The server's id for the device, when known (else asked from GET /d/v1/self for the push topic). */
+  serverId: string | undefined;
+  /** Opens the device with the simulator's agent options (health check, clock, reboot hook). */
+  open(agent: Omit<AgentConfig, 'fs' | 'root' | 'keys' | 'reportSigner'>): Promise<OpenedDevice>;
+}
+
 /** Where device identities come from, and how the server learns them. */
 export interface FleetIdentitySource {
   /** The identity of device `index` named `name` (created on first use; reused on a re-run when persistent). */
-  identity(index: number, name: string): Promise<FleetIdentity>;
-  /** Makes the server know the device (idempotent); returns the server's device id. */
+  identity(index: number, name: string): Promise<FleetIdentity | OpenableIdentity>;
+  /** Makes the server know the device (idempotent); returns the server's device id (undefined: not known). */
   register(
-    identity: FleetIdentity,
+    identity: FleetIdentity | OpenableIdentity,
     api: OperatorApi,
     opts: { group: string; tags: readonly string[] },
-  ): Promise<string>;
+  ): Promise<string | undefined>;
 }
 
 const spkiPem = (k: KeyObject): string => k.export({ type: 'spki', format: 'pem' }).toString();
@@ -166,6 +190,7 @@ export function softwareIdentities(
     },
     async register(id, api, o) {
       if (id.serverId !== undefined) return id.serverId;
+      if (id.kind === 'opened') return undefined;
       const res = await api.request('POST', '/v1/devices', {
         name: id.name,
         ...(opts.bySha256 === true ? { certSha256: id.certSha256 } : { certificatePem: id.tls.cert }),
@@ -202,6 +227,43 @@ export function softwareIdentities(
         await writeStored(file, { ...s, serverId });
       }
       return serverId;
+    },
+  };
+}
+
+/**
+ * Factory-provisioned devices (issue 6; `rotor factory provision` directories): each opened with
+ * `openFactoryDevice` — its enclave from its fuse, its agent on its flash, its proxy TLS credential signed by the
+ * enclave's identity key, its attester. The factory registered them (certificate, keys, pinned RoT), so register()
+ * has nothing to do. Device i is `dirs[i]`. Power cuts need memory storage and do not apply to these.
+ */
+export function factoryIdentities(
+  dirs: readonly string[],
+  opts: { deviceUrl: string; ca?: string | undefined },
+): FleetIdentitySource {
+  return {
+    identity(index, name) {
+      const dir = dirs[index];
+      if (dir === undefined)
+        return Promise.reject(new CliError('CLI_USAGE', `no factory device directory for device ${index}`));
+      const id: OpenableIdentity = {
+        kind: 'opened',
+        name,
+        serverId: undefined,
+        async open(agent) {
+          const d = await openFactoryDevice({ dir, agent });
+          return {
+            agent: d.agent,
+            server: d.server(opts.deviceUrl, opts.ca === undefined ? {} : { ca: opts.ca }),
+            tracker: { attester: d.attester },
+            close: () => d.close(),
+          };
+        },
+      };
+      return Promise.resolve(id);
+    },
+    register(id) {
+      return Promise.resolve(id.serverId);
     },
   };
 }
