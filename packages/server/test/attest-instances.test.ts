@@ -27,6 +27,7 @@ import {
 import type { Principal } from '../src/auth.ts';
 import type { Db } from '../src/db/db.ts';
 import { migrate } from '../src/db/migrations.ts';
+import { rememberFingerprint } from '../src/device-auth.ts';
 import { vaultFromHex } from '../src/keys.ts';
 import { createAttestationService, type AttestationService } from '../src/attestation/service.ts';
 import { loadVerifierSecret, SECRET_FILE } from '../src/attestation/secret.ts';
@@ -152,6 +153,28 @@ describe('verifier instances on one database (issue 7)', () => {
       await expect(a.issueNonces(device, count)).rejects.toMatchObject({
         code: 'REQUEST_INVALID',
       });
+  });
+
+  it('evidence is refused for a disabled device or a replaced certificate (the batch checks the standing)', async () => {
+    const a = await instance(t.db);
+    const { nonces } = await a.issueNonces(device, 3);
+    await t.db.query('UPDATE devices SET enabled = false WHERE id = $1', [deviceId]);
+    await expect(a.appraise(device, await evidence(nonces[0]!))).rejects.toMatchObject({
+      code: 'DEVICE_DISABLED',
+    });
+    await t.db.query('UPDATE devices SET enabled = true WHERE id = $1', [deviceId]);
+    // Authenticated by a certificate that is no longer the registered one.
+    const stale: Principal = { kind: 'device', deviceId, name: deviceId };
+    rememberFingerprint(stale, new Uint8Array(32).fill(9));
+    await expect(a.appraise(stale, await evidence(nonces[1]!))).rejects.toMatchObject({
+      code: 'DEVICE_UNKNOWN',
+    });
+    // In good standing with the registered certificate: appraised.
+    const good: Principal = { kind: 'device', deviceId, name: deviceId };
+    rememberFingerprint(good, createHash('sha256').update(deviceId).digest());
+    expect((await a.appraise(good, await evidence(nonces[2]!))).claims.nonce).toMatchObject({
+      status: 'affirming',
+    });
   });
 
   it('without a vault the secret is a 0600 file in the data directory, the same after a restart', async () => {

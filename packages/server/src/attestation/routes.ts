@@ -273,6 +273,9 @@ export function registerAttestationRoutes(
       bodyLimit: MAX_EVIDENCE,
       config: {
         auth: 'device',
+        // The appraisal's batch statement checks the device's standing itself (service.ts), so the cached
+        // authentication is used without the cross-instance sync round trip (device-auth.ts).
+        deviceStanding: 'handler',
         accepts: [OCTET_STREAM],
         summary: 'Post EAT evidence; answers the signed result',
       },

@@ -41,7 +41,7 @@ import { actorOf, authorize, type Principal } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { auditedTransaction } from '../tx.ts';
-import { deviceStateChanged } from '../device-auth.ts';
+import { deviceStateChanged, fingerprintOf } from '../device-auth.ts';
 import { evaluateResult, periodicAttestationDue, type PolicyDocument } from './policy.ts';
 import { nonceKeyOf, resultKeyPairOf } from './secret.ts';
 
@@ -453,6 +453,8 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     /** Component digests read from the (not yet verified) claims: only to fetch their reference facts early. */
     readonly digests: readonly Uint8Array[];
     readonly t: number;
+    /** The certificate fingerprint the request was authenticated by (its standing is checked in the batch). */
+    readonly fingerprint: Uint8Array | undefined;
     readonly resolve: (o: AppraisalOutcome) => void;
     readonly reject: (e: unknown) => void;
   }
@@ -476,7 +478,16 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     const t = now();
     cleanupNonces(t);
     return new Promise<AppraisalOutcome>((resolve, reject) => {
-      queue.push({ deviceId, token, peek, digests: peekDigests(token), t, resolve, reject });
+      queue.push({
+        deviceId,
+        token,
+        peek,
+        digests: peekDigests(token),
+        t,
+        fingerprint: fingerprintOf(p),
+        resolve,
+        reject,
+      });
       scheduleFlush();
     });
   }
@@ -507,14 +518,20 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
   async function runBatch(batch: Pending[]): Promise<void> {
     try {
       const outs = await appraiseBatch(batch);
-      for (const [j, it] of batch.entries()) it.resolve(outs[j]!);
+      for (const [j, it] of batch.entries()) {
+        const o = outs[j]!;
+        if (o instanceof ServerError) it.reject(o);
+        else it.resolve(o);
+      }
     } catch (e) {
       if (batch.length === 1) batch[0]!.reject(e);
       else
         await Promise.all(
           batch.map(async (it) => {
             try {
-              it.resolve((await appraiseBatch([it]))[0]!);
+              const o = (await appraiseBatch([it]))[0]!;
+              if (o instanceof ServerError) it.reject(o);
+              else it.resolve(o);
             } catch (err) {
               it.reject(err);
             }
@@ -523,7 +540,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     }
   }
 
-  async function appraiseBatch(items: readonly Pending[]): Promise<AppraisalOutcome[]> {
+  async function appraiseBatch(items: readonly Pending[]): Promise<(AppraisalOutcome | ServerError)[]> {
     const after = { disabled: false, confirming: new Set<string>() };
     const outs = await db.transaction(async (tx) => {
       // Nonce: issued by this verifier to this device, unexpired, and single use — consumed atomically by the
@@ -550,7 +567,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
       const digestSet = new Map<string, Uint8Array>();
       for (const it of items) for (const d of it.digests) digestSet.set(hex(d), d);
       const rows = await tx.query<{
-        k: 'n' | 'r' | 'v' | 'p' | 'd' | 'e';
+        k: 'n' | 'r' | 's' | 'v' | 'p' | 'd' | 'e';
         b: Uint8Array | null;
         dev: string | null;
         ueid: Uint8Array | null;
@@ -569,6 +586,8 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
          UNION ALL
          SELECT 'r', current_kid, device_id, ueid, records, attest_requested, rotate_requested, NULL, NULL
            FROM device_rot WHERE device_id = ANY($5::text[])
+         UNION ALL
+         SELECT 's', cert_sha256, id, NULL, NULL, enabled, NULL, NULL, NULL FROM devices WHERE id = ANY($5::text[])
          UNION ALL
          SELECT 'v', kid, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM rot_revocations WHERE kid = ANY($6::bytea[])
          UNION ALL
@@ -609,7 +628,10 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
       const revokedKids = new Set<string>();
       const facts: Facts = { digests: new Map(), expected: new Map() };
       let pol: { version: number; doc: PolicyDocument } | null = null;
+      const standing = new Map<string, { fp: Uint8Array; enabled: boolean }>();
       for (const r of rows) {
+        if (r.k === 's' && r.dev !== null && r.b !== null)
+          standing.set(r.dev, { fp: u8(r.b), enabled: r.f1 === true });
         if (r.k === 'n' && r.b !== null) fresh.add(hex(u8(r.b)));
         else if (r.k === 'r' && r.dev !== null && r.b !== null && r.ueid !== null && r.records !== null)
           rowOf.set(r.dev, {
@@ -634,6 +656,18 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
         }
       }
       for (const i of insert) if (!fresh.has(hex(nonceDigests[i]!))) replayed.add(i);
+      // The device's standing, checked here rather than by a cross-instance sync round trip at authentication
+      // (the route defers it: device-auth.ts): enabled, and still registered with the certificate the request was
+      // authenticated by — the same refusals as the authentication's. A refused item stores no result (its nonce
+      // stays consumed).
+      const refused = new Map<number, ServerError>();
+      for (const [i, it] of items.entries()) {
+        const st = standing.get(it.deviceId);
+        if (st === undefined || !st.enabled)
+          refused.set(i, new ServerError('DEVICE_DISABLED', 'device is disabled'));
+        else if (it.fingerprint !== undefined && !sameBytes(it.fingerprint, st.fp))
+          refused.set(i, new ServerError('DEVICE_UNKNOWN', 'client certificate is not registered'));
+      }
       for (const i of replayed)
         claimsOf[i]!.nonce = { status: 'contraindicated', reason: 'nonce already used (replay)' };
 
@@ -644,7 +678,9 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
         let ev: ParsedEvidence | undefined;
         let rotIndex: number | null = null;
         const row = rowOf.get(it.deviceId);
-        if (row === undefined) {
+        if (refused.has(i)) {
+          // not appraised
+        } else if (row === undefined) {
           claims.signature = { status: 'contraindicated', reason: 'no RoT chain recorded for this device' };
         } else {
           const chain = chainOf(row);
@@ -716,9 +752,11 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
 
       const statuses = claimsOf.map((c) => overallStatus(c));
       const evidenceDigests = items.map((it) => evidenceDigest(it.token));
-      const signed = await Promise.all(
-        items.map((it, i) =>
-          createAttestationResult(
+      const kept = items.flatMap((_, i) => (refused.has(i) ? [] : [i]));
+      const signedKept = await Promise.all(
+        kept.map((i) => {
+          const it = items[i]!;
+          return createAttestationResult(
             {
               deviceId: it.deviceId,
               status: statuses[i]!,
@@ -728,9 +766,11 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
               rotIndex: rotIndexes[i]!,
             },
             resultKey.signer,
-          ),
-        ),
+          );
+        }),
       );
+      const signed: (Uint8Array | undefined)[] = items.map(() => undefined);
+      for (const [j, i] of kept.entries()) signed[i] = signedKept[j];
       // Identities are drawn in row order (unnest keeps the order): sorted, the i-th is the i-th item's.
       const ids = (
         await tx.query<{ id: number }>(
@@ -739,21 +779,23 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
            FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::int8[]) AS u(d, s, c, r, e, t)
            RETURNING id`,
           [
-            items.map((it) => it.deviceId),
-            statuses,
-            claimsOf.map((c) => JSON.stringify(c)),
-            signed,
-            evidenceDigests,
-            items.map((it) => it.t),
+            kept.map((i) => items[i]!.deviceId),
+            kept.map((i) => statuses[i]!),
+            kept.map((i) => JSON.stringify(claimsOf[i]!)),
+            signedKept,
+            kept.map((i) => evidenceDigests[i]!),
+            kept.map((i) => items[i]!.t),
           ],
         )
       )
         .map((r) => r.id)
         .sort((a, b) => a - b);
-      if (ids.length !== items.length) throw new ServerError('INTERNAL', 'attestation result insert');
+      if (ids.length !== kept.length) throw new ServerError('INTERNAL', 'attestation result insert');
+      const idOf = new Map(kept.map((i, j) => [i, ids[j]!]));
 
       // The policy engine acts on every stored result in the same transaction (seed 001 policy engine), in order.
       for (const [i, it] of items.entries()) {
+        if (refused.has(i)) continue;
         const status = statuses[i]!;
         const ev = evs[i];
         const claims = claimsOf[i]!;
@@ -776,14 +818,17 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
           row.attest_requested = false;
         }
       }
-      return items.map((it, i): AppraisalOutcome => ({
-        id: ids[i]!,
-        deviceId: it.deviceId,
-        status: statuses[i]!,
-        claims: claimsOf[i]!,
-        result: signed[i]!,
-        createdAtMs: it.t,
-      }));
+      return items.map(
+        (it, i): AppraisalOutcome | ServerError =>
+          refused.get(i) ?? {
+            id: idOf.get(i)!,
+            deviceId: it.deviceId,
+            status: statuses[i]!,
+            claims: claimsOf[i]!,
+            result: signed[i]!,
+            createdAtMs: it.t,
+          },
+      );
     });
     if (after.disabled) deviceStateChanged();
     // Issue 7 "after every update": an update waiting for this attestation is confirmed when the new measurements
@@ -791,7 +836,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     if (after.confirming.size > 0 && onConfirmation !== undefined) {
       const l = onConfirmation;
       for (const o of outs) {
-        if (!after.confirming.has(o.deviceId)) continue;
+        if (o instanceof ServerError || !after.confirming.has(o.deviceId)) continue;
         after.confirming.delete(o.deviceId); // the first result of the batch decides
         const m = o.claims.measurements;
         const ok = o.status !== 'contraindicated' && m?.status === 'affirming';
