@@ -81,7 +81,7 @@ import {
   encodeRevoked,
   INDEX_BLOB,
   MANIFEST_BLOB,
-  REVOCATION_BLOB,
+  MODULE_REVOCATION_BLOB,
   REVOKED_BLOB,
   TRUST_REVOCATION_BLOB,
   type Entry,
@@ -424,7 +424,7 @@ export class CapabilityManager {
   // Boot
 
   async #boot(): Promise<void> {
-    const revBytes = await this.#store.get(REVOCATION_BLOB);
+    const revBytes = await this.#store.get(MODULE_REVOCATION_BLOB);
     if (revBytes !== undefined) {
       try {
         this.#revocation = verifyRevocationList(revBytes, {
@@ -523,7 +523,13 @@ export class CapabilityManager {
       ic.archives = keep;
     }
     // Drop blobs the index does not name (nothing else writes in this directory).
-    const named = new Set([INDEX_BLOB, MANIFEST_BLOB, REVOCATION_BLOB, TRUST_REVOCATION_BLOB, REVOKED_BLOB]);
+    const named = new Set([
+      INDEX_BLOB,
+      MANIFEST_BLOB,
+      MODULE_REVOCATION_BLOB,
+      TRUST_REVOCATION_BLOB,
+      REVOKED_BLOB,
+    ]);
     for (const c of index.values())
       for (const e of [c.active, ...c.archives]) if (e !== undefined) named.add(e.blob);
     const sweep = (await this.#store.names()).filter((n) => !named.has(n));
@@ -1321,7 +1327,7 @@ export class CapabilityManager {
     for (const d of digests) union.add(d);
     await this.#commit((index) => {
       const changes = new Map<string, Uint8Array | null>([
-        [general ? TRUST_REVOCATION_BLOB : REVOCATION_BLOB, bytes],
+        [general ? TRUST_REVOCATION_BLOB : MODULE_REVOCATION_BLOB, bytes],
         [REVOKED_BLOB, encodeRevoked(union)],
       ]);
       for (const name of index.keys())

@@ -20,7 +20,7 @@ import { DeviceError } from '../errors.ts';
 
 export const INDEX_BLOB = 'index';
 export const MANIFEST_BLOB = 'capability-manifest';
-export const REVOCATION_BLOB = 'revocation-list';
+export const MODULE_REVOCATION_BLOB = 'revocation-list';
 export const REVOKED_BLOB = 'revoked';
 /** The general trust revocation list (issue 7) in force, as received: its digest entries revoke modules. */
 export const TRUST_REVOCATION_BLOB = 'trust-revocation-list';
