@@ -138,6 +138,10 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
       serverConfig = d.server(server, caFile === undefined ? {} : { ca: read(caFile, 'CA') });
       close = () => d.close();
       attester = d.attester;
+      if (values.mqtt !== undefined)
+        out(
+          'note: the embedded MQTT broker verifies client certificates with OpenSSL, which refuses proxy certificates; this device polls',
+        );
       out(
         `factory device ${d.deviceId}: TLS proxy credential valid until ${d.credential.notAfter.toISOString()}`,
       );
