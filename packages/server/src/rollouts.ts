@@ -174,11 +174,15 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
     release_id: string | null;
     state: DeviceRolloutState | null;
   }
+  // Both lookups carry `= ANY($1)` as their index condition (devices_pkey, rollout_devices_one_active), whatever
+  // the statistics say: a LATERAL join by s.id was planned as a scan of every active row while the statistics
+  // still counted none (a large rollout just created, not yet analyzed).
   const ASSIGNMENT_SQL = `WITH seen AS (
-      UPDATE devices SET last_seen_ms = $2 WHERE id = ANY($1::text[]) AND enabled RETURNING id, cert_sha256)
-    SELECT s.id AS device_id, s.cert_sha256, a.rollout_id, a.release_id, a.state FROM seen s LEFT JOIN LATERAL (
-      SELECT rd.rollout_id, r.release_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
-      WHERE rd.device_id = s.id AND rd.active AND r.state = 'active' AND rd.phase <= r.current_phase) a ON true`;
+      UPDATE devices SET last_seen_ms = $2 WHERE id = ANY($1::text[]) AND enabled RETURNING id, cert_sha256),
+    work AS (
+      SELECT rd.device_id, rd.rollout_id, r.release_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
+      WHERE rd.device_id = ANY($1::text[]) AND rd.active AND r.state = 'active' AND rd.phase <= r.current_phase)
+    SELECT s.id AS device_id, s.cert_sha256, w.rollout_id, w.release_id, w.state FROM seen s LEFT JOIN work w ON w.device_id = s.id`;
   const MAX_BATCH = 256;
   const MAX_BATCHES_IN_FLIGHT = 2;
   let waiting: Waiting[] = [];
