@@ -85,7 +85,9 @@ function readDer(buf: Uint8Array, off: number): Der {
       if (b === undefined || (k === 0 && b === 0)) throw invalid('malformed DER length');
       len = len * 256 + b;
     }
-    if (len < 0x80) throw invalid('non-minimal DER length');
+    // X.690 §10.1: the shortest length form.
+    if (len < 0x80 || (n === 2 && len < 0x100) || (n === 3 && len < 0x10000))
+      throw invalid('non-minimal DER length');
     head += n;
   }
   const end = off + head + len;
