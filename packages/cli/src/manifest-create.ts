@@ -300,11 +300,16 @@ See the header of packages/cli/src/manifest-create.ts for the description format
 export const signSubcommand: Subcommand = {
   name: 'sign',
   summary: "add a second party's signature (e.g. the operator's approval) to an envelope",
-  usage: `sign <envelope> --key <signing key file|pkcs11: URI> [-o <out.suit>] [--alg ESP256|ES256|Ed25519|EdDSA]
+  usage: `sign <envelope> --key <signing key file|pkcs11: URI> [-o <out.suit>] [--alg ESP256|ES256|Ed25519|EdDSA] [--json]
 
 Appends a COSE_Sign1 authentication block over the envelope's SUIT_Digest after checking the digest against the
 manifest; every other byte of the envelope is kept. Writes in place unless -o is given.`,
-  options: { key: { type: 'string' }, output: { type: 'string', short: 'o' }, alg: { type: 'string' } },
+  options: {
+    key: { type: 'string' },
+    output: { type: 'string', short: 'o' },
+    alg: { type: 'string' },
+    json: { type: 'boolean' },
+  },
   async run({ values, positionals }) {
     if (positionals.length !== 1) throw new CliError('CLI_USAGE', 'expected exactly one envelope');
     const key = values.key as string | undefined;
@@ -316,7 +321,8 @@ manifest; every other byte of the envelope is kept. Writes in place unless -o is
     );
     const output = (values.output as string | undefined) ?? path;
     writeAtomic(output, signed);
-    out(`wrote ${output} (${signed.length} bytes)`);
+    if (values.json === true) json({ output, size: signed.length });
+    else out(`wrote ${output} (${signed.length} bytes)`);
     return ExitCode.ok;
   },
 };

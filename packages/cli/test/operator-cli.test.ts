@@ -633,6 +633,24 @@ describe('rotor operator commands against a real server', () => {
       factory: [],
       audit: [],
     };
+    // --json on the file commands too: manifest sign reports what it wrote.
+    const opKey = join(dir, 'second.pem');
+    writeFileSync(
+      opKey,
+      generateSigningKey(-7).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    );
+    const signed = await cli([
+      'manifest',
+      'sign',
+      envelopePath,
+      '--key',
+      opKey,
+      '-o',
+      join(dir, 'cosigned.suit'),
+      '--json',
+    ]);
+    expect(signed.code).toBe(0);
+    expect(JSON.parse(signed.stdout)).toMatchObject({ output: join(dir, 'cosigned.suit') });
     const viaHelp = await cli(['help', 'rollout', 'watch']);
     expect(viaHelp.code).toBe(0);
     expect(viaHelp.stdout).toMatch(/^usage: rotor rollout watch/);
