@@ -374,6 +374,32 @@ describe('capability modules end to end: server and devices', () => {
     expect((await b.tracker.syncCapabilities()).revoked).toEqual(['codec']);
   });
 
+  it('a version that faults is rolled back on the device, reported reverted, and its rollout pauses', async () => {
+    const b = devices[1]!;
+    ids.v3 = await upload([3, 0, 0], await buildModule('trap'));
+    const r = await operator.post('/v1/capabilities/rollouts', {
+      moduleId: ids.v3,
+      target: { group: 'trackers' },
+      phases: [{ percent: 100, durationMs: 3_600_000, failureThreshold: 0.5 }],
+    });
+    const id = (r.json() as { id: string }).id;
+    expect(await b.tracker.capability('codec')).toMatchObject({ ok: true, version: '3.0.0' });
+    expect((await rollout(id)).counts).toMatchObject({ installed: 1 });
+    // An input that makes it trap: the call fails typed, the device rolls back to its sealed 1.0.0 archive.
+    await expect(b.manager.call('codec', new Uint8Array([0xfd]))).rejects.toMatchObject({
+      code: 'CAP_TRAPPED',
+    });
+    expect((await b.manager.call('codec', new Uint8Array([1]))).version).toEqual([1, 0, 0]);
+    expect(b.events).toContainEqual(
+      expect.objectContaining({ type: 'rolled-back', name: 'codec', from: '3.0.0', to: '1.0.0' }),
+    );
+    await b.tracker.flushCapabilityReports();
+    expect(b.reports).toContainEqual({ kind: 'report-delivered', transition: 'reverted', status: 200 });
+    const ro = await rollout(id);
+    expect(ro.counts).toMatchObject({ total: 1, reverted: 1 });
+    expect(ro.state).toBe('paused');
+  });
+
   it('the boot stage refuses a tampered module: it falls back to a verified archive, else stays unloaded', async () => {
     const a = devices[0]!;
     const tamper = async (which: 'active' | 'archive'): Promise<void> => {
