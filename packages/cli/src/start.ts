@@ -1,6 +1,8 @@
 /**
- * `rotor start` (what `npm start` runs): the fleet server on embedded defaults together with a small simulated fleet,
- * in one process, on a development data directory created on first run and reused later (same keys, same devices;
+ * `rotor start` (what `npm start` runs): the fleet server on embedded defaults together with a small fleet of simulated
+ * factory devices (provisioned by the development factory: identity, agreement, report and RoT keys in each device's
+ * enclave, firmware 1.0; they authenticate with RFC 3820 proxy certificates and attest after every update), in one
+ * process, on a development data directory created on first run and reused later (same keys, same devices;
  * demo/setup.ts describes its files). Prints where to look and what to try, then a live one-line fleet status.
  * SIGINT/SIGTERM stop the fleet (every device's tracker, then its storage) and then the server, and exit 0.
  */
@@ -8,12 +10,22 @@ import 'reflect-metadata';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadConfig, startServer, type RotorServer } from '@rotor/server';
+import {
+  dbRegistry,
+  loadConfig,
+  migrate,
+  openDatabase,
+  provisionDevices,
+  startServer,
+  type Db,
+  type RotorServer,
+} from '@rotor/server';
 import type { Command } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
-import { agentAnchorsOf } from './factory-device.ts';
-import { FleetSimulator, type FleetCounts } from './fleet/simulator.ts';
+import { enclaveDevices } from './factory-device.ts';
+import { openFactoryCa } from './factory.ts';
 import { DemoClient } from './demo/client.ts';
+import { FactoryFleet, type FleetDeviceSnapshot } from './demo/factory-fleet.ts';
 import {
   authorRelease,
   DEMO_CLASS,
@@ -29,12 +41,13 @@ import {
 const USAGE = `usage: rotor start [--data-dir DIR] [--devices N] [--port N] [--device-port N] [--mqtt-port N]
 
 Starts the fleet server on embedded defaults (PGlite, the embedded MQTT broker over TLS, keys in files) and a small
-simulated fleet (real device agents over mutual TLS and MQTT, storage on disk), and prints where to look.
+fleet of factory devices (provisioned on first run by the development factory; real device agents with their
+enclaves over mutual TLS and MQTT, storage on disk), and prints where to look.
 On first run it creates the data directory (default ./rotor-data): a server TLS CA and certificate for
 127.0.0.1/localhost, a development factory with file keys, author and operator keys, the admin token (0600), a
 sample release. Later runs reuse it: same keys, same devices.
 
-  --devices N       simulated devices (0 … 1000, default 5; 0: the server only)
+  --devices N       devices (0 … 1000, default 5; more are provisioned when N grows; 0: the server only)
   --port N          operator API port (default 8080; 0: any)
   --device-port N   device API (mutual TLS) port (default 8443; 0: any)
   --mqtt-port N     embedded MQTT broker (TLS) port (default 8883; 0: any)
@@ -83,9 +96,53 @@ function writeSecret(path: string, text: string): void {
   }
 }
 
-function statusLine(c: FleetCounts): string {
-  const updating = c.downloading + c.installing;
-  return `fleet: ${c.total} devices · ${c.idle} idle · ${updating} updating · ${c.confirmed} updated · ${c.failed} failed · ${c['rolled-back']} rolled back · ${c.offline} offline`;
+const UPDATING = new Set(['downloading', 'downloaded', 'installing', 'installed', 'rebooting']);
+
+/** One line: devices per firmware version (from their flash), updating now, attested. */
+function statusLine(snap: readonly FleetDeviceSnapshot[], counts: Record<string, number>): string {
+  const versions = new Map<string, number>();
+  for (const s of snap) {
+    const seq = Number(s.flash?.sequence ?? NaN);
+    const v = Number.isNaN(seq) ? '?' : `${Math.floor(seq / 100)}.${seq % 100}`;
+    versions.set(v, (versions.get(v) ?? 0) + 1);
+  }
+  const updating = Object.entries(counts).reduce((a, [k, v]) => a + (UPDATING.has(k) ? v : 0), 0);
+  const fw = [...versions]
+    .sort()
+    .map(([v, k]) => `${k}× ${v}`)
+    .join(', ');
+  const rolledBack = snap.filter((s) => s.reported?.state === 'rolled-back').length;
+  const attested = snap.filter((s) => s.attestations > 0).length;
+  return `fleet: ${snap.length} devices · firmware ${fw} · ${updating} updating · ${rolledBack} rolled back · ${attested} attested`;
+}
+
+/**
+ * Makes sure the factory batch 'start' holds `count` devices (a resumable batch: a run that stopped half-way is
+ * finished or wiped per device, then the rest provisioned), registered in the server database.
+ */
+async function provisionFleet(d: DataDir, db: Db, count: number): Promise<string> {
+  const batchDir = join(d.factoryDir, 'devices', 'start');
+  const ca = await openFactoryCa(d.factoryDir, () => {
+    throw new CliError('CLI_USAGE', 'the development factory keeps its keys in files');
+  });
+  try {
+    mkdirSync(join(d.factoryDir, 'batches'), { recursive: true });
+    const r = await provisionDevices({
+      root: ca.root,
+      issuing: ca.issuing,
+      profile: ca.factory.profile,
+      journalPath: join(d.factoryDir, 'batches', 'start.journal'),
+      count,
+      devices: enclaveDevices({ dir: batchDir }),
+      registry: dbRegistry(db, { station: 'factory:start' }),
+      concurrency: 4,
+    });
+    if (r.provisioned > 0)
+      process.stdout.write(`rotor: the factory provisioned ${r.provisioned} device(s) into ${batchDir}\n`);
+  } finally {
+    await ca.close();
+  }
+  return batchDir;
 }
 
 export async function start(argv: readonly string[]): Promise<number> {
@@ -123,20 +180,28 @@ export async function start(argv: readonly string[]): Promise<number> {
       ? `rotor: created the development data directory ${d.dir} (keys in files: DEVELOPMENT ONLY)`
       : `rotor: using ${d.dir}`,
   );
-  // Devices are registered by certificate fingerprint (the simulator's software identities); the factory CA
-  // (d.deviceCa) becomes the server's --device-ca once the simulator runs factory devices (enclave identity, RFC 3820
-  // proxy credential).
+  // The devices are factory devices: the server accepts their proxy credentials when they chain to the factory CA.
   const config = loadConfig({
     argv: serverArgs(d, ports, {
-      deviceCa: false,
+      deviceCa: true,
       rolloutTickMs: 1000,
-      checkinIntervalS: 10,
+      checkinIntervalS: 5,
       logLevel: 'warn',
     }),
     env: { ...process.env, ROTOR_ADMIN_TOKEN: d.adminToken },
   });
-  const server: RotorServer = await startServer(config);
-  let fleet: FleetSimulator | undefined;
+  const db = await openDatabase({ databaseUrl: undefined, dataDir: join(d.dir, 'pg') });
+  let server: RotorServer;
+  let batchDir = join(d.factoryDir, 'devices', 'start');
+  try {
+    await migrate(db);
+    if (devices > 0) batchDir = await provisionFleet(d, db, devices);
+    server = await startServer(config, { db });
+  } catch (e) {
+    await db.close();
+    throw e;
+  }
+  let fleet: FactoryFleet | undefined;
   let timer: NodeJS.Timeout | undefined;
   const stopped = new Promise<string>((resolve) => {
     process.once('SIGINT', () => {
@@ -171,26 +236,15 @@ export async function start(argv: readonly string[]): Promise<number> {
       : writeExamples(d, await authorRelease(readFileSync(d.authorKey, 'utf8'), '1.1', image), image);
 
     if (devices > 0) {
-      fleet = await FleetSimulator.start({
-        devices,
-        operatorUrl: server.operatorUrl,
-        token: d.adminToken,
+      fleet = await FactoryFleet.start({
+        dir: batchDir,
         deviceUrl: server.deviceUrl!,
-        ca: d.tlsCaPem,
         ...(server.mqttUrl === undefined
           ? {}
           : { mqttUrl: server.mqttUrl.replace('://[::1]', '://127.0.0.1') }),
-        storage: { dir: d.devicesDir },
-        anchors: agentAnchorsOf({
-          authorKeyPem: d.authorPubPem,
-          operatorKeyPem: d.operatorPubPem,
-          serverTlsCaPem: d.tlsCaPem,
-          factoryCaPem: '',
-        }),
-        group: 'fleet',
-        namePrefix: 'device-',
-        tags: ['simulated'],
-        enclave: true,
+        operatorUrl: server.operatorUrl,
+        token: d.adminToken,
+        checkinMs: 5000,
       });
     }
     const rel = (p: string): string => {
@@ -202,7 +256,9 @@ export async function start(argv: readonly string[]): Promise<number> {
     log(`tokens         ${rel(d.adminTokenFile)}, ${rel(authorToken)}, ${rel(operatorToken)}   (mode 0600)`);
     log(`device API     ${server.deviceUrl ?? '-'}   (mutual TLS; server CA ${rel(d.tlsCa)})`);
     log(`MQTT (TLS)     ${server.mqttUrl ?? '-'}`);
-    log(`fleet          ${devices} simulated devices in group 'fleet', storage ${rel(d.devicesDir)}`);
+    log(
+      `fleet          ${devices} factory devices (class ${DEMO_CLASS}, firmware 1.0) in group '${DEMO_CLASS}', storage ${rel(batchDir)}`,
+    );
     log('');
     log('try, in another terminal:');
     const op = `--token-file ${rel(operatorToken)}`;
@@ -212,7 +268,7 @@ export async function start(argv: readonly string[]): Promise<number> {
     );
     log(`  npm run rotor -- release approve ${op} RELEASE`);
     log(
-      `  npm run rotor -- rollout create ${op} --release RELEASE --target group=fleet --phases 20,100   # prints ROLLOUT`,
+      `  npm run rotor -- rollout create ${op} --release RELEASE --target group=${DEMO_CLASS} --phases 20,100   # prints ROLLOUT`,
     );
     log(`  npm run rotor -- rollout watch ${op} ROLLOUT`);
     log('');
@@ -221,11 +277,21 @@ export async function start(argv: readonly string[]): Promise<number> {
       const f = fleet;
       const tty = process.stdout.isTTY;
       let last = '';
+      let busy = false;
       timer = setInterval(() => {
-        const line = statusLine(f.counts());
-        if (tty) process.stdout.write(`\r\x1b[2K${line}`);
-        else if (line !== last) process.stdout.write(`${line}\n`);
-        last = line;
+        if (busy) return;
+        busy = true;
+        void f
+          .snapshot()
+          .then((snap) => {
+            const line = statusLine(snap, f.counts());
+            if (tty) process.stdout.write(`\r\x1b[2K${line}`);
+            else if (line !== last) process.stdout.write(`${line}\n`);
+            last = line;
+          })
+          .finally(() => {
+            busy = false;
+          });
       }, 1000);
     }
     const sig = await stopped;
@@ -236,12 +302,13 @@ export async function start(argv: readonly string[]): Promise<number> {
     if (timer !== undefined) clearInterval(timer);
     await fleet?.stop();
     await server.close();
+    await db.close();
   }
 }
 
 export const startCommand: Command = {
   name: 'start',
-  summary: 'the fleet server and a small simulated fleet on a development data directory',
+  summary: 'the fleet server and a small fleet of factory devices on a development data directory',
   async run(argv) {
     if (argv.includes('--help') || argv.includes('-h')) {
       process.stdout.write(`${USAGE}\n`);

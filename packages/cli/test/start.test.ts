@@ -1,8 +1,9 @@
 /**
  * `rotor start` as a user runs it (a child process; ephemeral ports): the first run creates the data directory and
  * prints where to look and what to try; the printed commands work as printed (release upload → approve → rollout
- * create → rollout watch, which exits 0 when every simulated device updated); SIGINT stops everything with exit 0;
- * a second run reuses the directory (same admin token, same devices registered once).
+ * create → rollout watch, which exits 0 when every factory device updated and its new measurements appraised);
+ * SIGINT stops everything with exit 0; a second run reuses the directory (same admin token, same factory devices,
+ * none provisioned again).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -14,6 +15,8 @@ import { afterAll, describe, expect, it } from 'vitest';
 const MAIN = fileURLToPath(new URL('../src/main.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rotor-start-'));
 const children = new Set<ChildProcess>();
+/** The devices the first run registered (their UEID URNs). */
+let firstNames: string[] = [];
 
 afterAll(() => {
   for (const c of children) c.kill('SIGKILL');
@@ -88,6 +91,7 @@ describe('rotor start', () => {
     const s = await startRotor();
     const text = s.output();
     expect(text).toContain('created the development data directory');
+    expect(text).toContain('the factory provisioned 3 device(s)');
     const exportLine = /export ROTOR_SERVER=(\S+)/.exec(text);
     expect(exportLine).not.toBeNull();
     const env = { ROTOR_SERVER: exportLine![1]! };
@@ -111,6 +115,13 @@ describe('rotor start', () => {
     const watch = await rotor([...watchCmd.split(/\s+/), '--interval', '1s', '--json'], env);
     expect(watch.code, watch.out).toBe(0);
     expect(JSON.parse(watch.out)).toMatchObject({ state: 'completed', counts: { total: 3, succeeded: 3 } });
+    const list = await rotor(
+      ['device', 'list', '--json', '--token-file', join(dir, 'data', 'admin-token')],
+      env,
+    );
+    expect(list.code, list.out).toBe(0);
+    firstNames = (JSON.parse(list.out) as { items: { name: string }[] }).items.map((x) => x.name).sort();
+    expect(firstNames).toHaveLength(3);
 
     s.child.kill('SIGINT');
     expect(await s.exit).toBe(0);
@@ -126,10 +137,16 @@ describe('rotor start', () => {
       ROTOR_SERVER: /export ROTOR_SERVER=(\S+)/.exec(s.output())![1]!,
       ROTOR_TOKEN_FILE: join(dir, 'data', 'admin-token'),
     };
+
     const list = await rotor(['device', 'list', '--json'], env);
     expect(list.code, list.out).toBe(0);
-    const names = (JSON.parse(list.out) as { items: { name: string }[] }).items.map((d) => d.name).sort();
-    expect(names).toEqual(['device-0', 'device-1', 'device-2']);
+    const items = (JSON.parse(list.out) as { items: { name: string; tags: string[]; group: string }[] })
+      .items;
+    // The same three factory devices (UEID URNs), registered once, none provisioned again.
+    expect(items).toHaveLength(3);
+    expect(items.every((x) => x.name.startsWith('urn:dev:ueid:') && x.tags.includes('factory'))).toBe(true);
+    expect(items.map((x) => x.name).sort()).toEqual(firstNames);
+    expect(s.output()).not.toContain('the factory provisioned');
     s.child.kill('SIGINT');
     expect(await s.exit).toBe(0);
   }, 90_000);
