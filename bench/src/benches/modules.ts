@@ -11,7 +11,8 @@
  *    median of each phase.
  *  - ratio: calls per second through the sandbox (worker round trips, batched, 64 calls outstanding) over direct
  *    in-process calls of the same WebAssembly function (same ABI: copy in, process, copy out), measured in
- *    alternating rounds in the same run.
+ *    alternating rounds in the same run after a warm-up; cpu_ratio: the same comparison in process CPU per call
+ *    (every thread), which a loaded machine disturbs less than wall-clock rates.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -73,8 +74,15 @@ async function swapTimes(
   };
 }
 
+interface Rate {
+  /** Calls per second (wall clock). */
+  readonly perS: number;
+  /** Process CPU (every thread: main and sandbox workers) per call, microseconds — less sensitive to a loaded machine. */
+  readonly cpuUs: number;
+}
+
 /** Calls completed per second with `outstanding` calls in flight for `ms`. */
-async function sandboxRate(m: CapabilityManager, ms: number, outstanding: number): Promise<number> {
+async function sandboxRate(m: CapabilityManager, ms: number, outstanding: number): Promise<Rate> {
   let n = 0;
   const end = performance.now() + ms;
   const loop = async (): Promise<void> => {
@@ -84,20 +92,24 @@ async function sandboxRate(m: CapabilityManager, ms: number, outstanding: number
     }
   };
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   await Promise.all(Array.from({ length: outstanding }, loop));
-  return (n * 1000) / (performance.now() - t0);
+  const c = process.cpuUsage(c0);
+  return { perS: (n * 1000) / (performance.now() - t0), cpuUs: (c.user + c.system) / n };
 }
 
-function directRate(fn: () => void, ms: number): number {
+function directRate(fn: () => void, ms: number): Rate {
   let n = 0;
   const t0 = performance.now();
+  const c0 = process.cpuUsage();
   let t = t0;
   while (t - t0 < ms) {
     for (let i = 0; i < 256; i++) fn();
     n += 256;
     t = performance.now();
   }
-  return (n * 1000) / (t - t0);
+  const c = process.cpuUsage(c0);
+  return { perS: (n * 1000) / (t - t0), cpuUs: (c.user + c.system) / n };
 }
 
 export const modulesBench: Benchmark = {
@@ -131,16 +143,22 @@ export const modulesBench: Benchmark = {
       };
       const rounds = ctx.quick ? 1 : 5;
       const ms = ctx.quick ? 200 : 1000;
-      const rs: number[] = [];
-      const rd: number[] = [];
+      // Warm-up (JIT of both paths, Liftoff → TurboFan of the module in the worker, the pool's background refills):
+      // the first few hundred milliseconds run several times slower and are not the steady state.
+      await sandboxRate(m, 300, 64);
+      directRate(direct, 300);
+      const rs: Rate[] = [];
+      const rd: Rate[] = [];
       for (let r = 0; r < rounds; r++) {
         rs.push(await sandboxRate(m, ms, 64));
         rd.push(directRate(direct, ms));
       }
       await m.close();
       if (sink === 0) throw new Error('direct path produced nothing');
-      const sandbox = median(rs);
-      const directPerS = median(rd);
+      const sandbox = median(rs.map((x) => x.perS));
+      const directPerS = median(rd.map((x) => x.perS));
+      const sandboxCpu = median(rs.map((x) => x.cpuUs));
+      const directCpu = median(rd.map((x) => x.cpuUs));
       const f = (xs: number[]): number => round(median(xs), 2);
       const row = (
         what: string,
@@ -157,8 +175,16 @@ export const modulesBench: Benchmark = {
         rows: [
           row('swap 16 KB module (disk store)', k16),
           row('swap 1.2 MB module (disk store)', m12),
-          { what: 'calls/s through the sandbox (64 outstanding)', 'calls/s': Math.round(sandbox) },
-          { what: 'calls/s direct in-process', 'calls/s': Math.round(directPerS) },
+          {
+            what: 'calls/s through the sandbox (64 outstanding)',
+            'calls/s': Math.round(sandbox),
+            'cpu µs/call': round(sandboxCpu, 3),
+          },
+          {
+            what: 'calls/s direct in-process',
+            'calls/s': Math.round(directPerS),
+            'cpu µs/call': round(directCpu, 3),
+          },
         ],
         figures: {
           swap_ms_16k: f(k16.ms),
@@ -169,6 +195,9 @@ export const modulesBench: Benchmark = {
           sandbox_calls_per_s: Math.round(sandbox),
           direct_calls_per_s: Math.round(directPerS),
           ratio: round(sandbox / directPerS, 4),
+          sandbox_cpu_us_per_call: round(sandboxCpu, 3),
+          direct_cpu_us_per_call: round(directCpu, 3),
+          cpu_ratio: round(directCpu / sandboxCpu, 4),
         },
       };
     } finally {
