@@ -200,12 +200,13 @@ const create: Subcommand = {
   name: 'create',
   summary: 'create a phased rollout of an approved release (operator)',
   usage: `create --release ID --target all|group=G|tag=T|device=ID|attr=K=V [--target ...] --phases 1,10,100
-       [--failure-threshold 0.1] [--success-threshold 1] [--timeout 1h] [--name NAME] [server options]
+       [--failure-threshold 0.1] [--success-threshold 1] [--timeout 1h] [--name NAME] [--watch] [server options]
 
 --phases: cumulative percentages of the target, the last 100. A phase advances once --success-threshold of its
 devices succeeded (fraction or percent, default 1 = all that did not time out); the server pauses the rollout
 when --failure-threshold of them failed (default 0.1). A device that does not report within --timeout of its
 phase start (90s, 10m, 2h, 1d; default 1h) is timed out. Several --target filters all apply (AND).
+--watch follows the new rollout as 'rotor rollout watch' does (and exits as it does).
 ${API_USAGE}`,
   options: {
     ...API_OPTIONS,
@@ -216,6 +217,8 @@ ${API_USAGE}`,
     'success-threshold': { type: 'string' },
     timeout: { type: 'string' },
     name: { type: 'string' },
+    watch: { type: 'boolean' },
+    interval: { type: 'string' },
   },
   async run({ values, positionals }) {
     noPositionals(positionals);
@@ -233,6 +236,7 @@ ${API_USAGE}`,
       '--success-threshold',
     );
     const timeoutMs = parseDuration((values.timeout as string | undefined) ?? '1h', '--timeout');
+    const interval = parseInterval(values);
     if (timeoutMs < 1000 || timeoutMs > 30 * 86_400_000)
       throw new CliError('CLI_USAGE', '--timeout: 1s … 30d');
     const name = (values.name as string | undefined) ?? `${releaseId} to ${targetText(target)}`.slice(0, 128);
@@ -249,13 +253,13 @@ ${API_USAGE}`,
           phases: percents.map((percent) => ({ percent, successThreshold, failureThreshold, timeoutMs })),
         },
       );
-      if (values.json === true) json(r);
-      else {
+      if (values.json === true && values.watch !== true) json(r);
+      else if (values.json !== true) {
         out(
           `rollout ${r.id} created: ${r.assigned} devices assigned${r.excluded > 0 ? `, ${r.excluded} excluded (already in an active rollout)` : ''}`,
         );
       }
-      return ExitCode.ok;
+      return values.watch === true ? watchRollout(api, r.id, interval, values.json === true) : ExitCode.ok;
     });
   },
 };
@@ -343,6 +347,43 @@ ${API_USAGE}`,
 /** Consecutive unreachable polls `rollout watch` waits out before giving up (exit 6). */
 const MAX_WATCH_FAILURES = 5;
 
+function parseInterval(values: Record<string, unknown>): number {
+  const interval = parseDuration((values.interval as string | undefined) ?? '2s', '--interval');
+  if (interval < 100 || interval > 600_000) throw new CliError('CLI_USAGE', '--interval: 100ms … 10m');
+  return interval;
+}
+
+/** Polls a rollout every `interval` ms, drawing its phase bars, until it leaves the active state. */
+export async function watchRollout(
+  api: ApiClient,
+  id: string,
+  interval: number,
+  asJson: boolean,
+): Promise<number> {
+  const live = new LiveStatus({ enabled: !asJson, intervalMs: Math.max(interval, 5000) });
+  let failures = 0;
+  for (;;) {
+    let r: RolloutInfo;
+    try {
+      r = await getRollout(api, id);
+      failures = 0;
+    } catch (e) {
+      // A server restarting or a network blip is waited out (a few intervals); anything else ends the watch.
+      if (!(e instanceof CliError && e.code === 'CLI_IO') || ++failures > MAX_WATCH_FAILURES) throw e;
+      live.update([`rollout ${id}: ${e.message}; retrying (${failures}/${MAX_WATCH_FAILURES})`]);
+      await new Promise((res) => setTimeout(res, interval));
+      continue;
+    }
+    if (r.state !== 'active') {
+      live.finish(statusLines(r, live.color));
+      if (asJson) json(r);
+      return exitForState(r.state);
+    }
+    live.update(statusLines(r, live.color));
+    await new Promise((res) => setTimeout(res, interval));
+  }
+}
+
 const watch: Subcommand = {
   name: 'watch',
   summary: 'follow a rollout live until it completes, pauses or is cancelled',
@@ -355,33 +396,8 @@ ${API_USAGE}`,
   options: { ...API_OPTIONS, interval: { type: 'string' } },
   async run({ values, positionals }) {
     const id = oneId(positionals, 'rollout ID');
-    const interval = parseDuration((values.interval as string | undefined) ?? '2s', '--interval');
-    if (interval < 100 || interval > 600_000) throw new CliError('CLI_USAGE', '--interval: 100ms … 10m');
-    const asJson = values.json === true;
-    return withApi(values, async (api) => {
-      const live = new LiveStatus({ enabled: !asJson, intervalMs: Math.max(interval, 5000) });
-      let failures = 0;
-      for (;;) {
-        let r: RolloutInfo;
-        try {
-          r = await getRollout(api, id);
-          failures = 0;
-        } catch (e) {
-          // A server restarting or a network blip is waited out (a few intervals); anything else ends the watch.
-          if (!(e instanceof CliError && e.code === 'CLI_IO') || ++failures > MAX_WATCH_FAILURES) throw e;
-          live.update([`rollout ${id}: ${e.message}; retrying (${failures}/${MAX_WATCH_FAILURES})`]);
-          await new Promise((res) => setTimeout(res, interval));
-          continue;
-        }
-        if (r.state !== 'active') {
-          live.finish(statusLines(r, live.color));
-          if (asJson) json(r);
-          return exitForState(r.state);
-        }
-        live.update(statusLines(r, live.color));
-        await new Promise((res) => setTimeout(res, interval));
-      }
-    });
+    const interval = parseInterval(values);
+    return withApi(values, (api) => watchRollout(api, id, interval, values.json === true));
   },
 };
 

@@ -382,6 +382,25 @@ describe('rotor operator commands against a real server', () => {
     });
     expect(done.code).toBe(0);
     expect(done.stderr).toMatch(/rollout .* completed: 0\/0 succeeded/);
+    // create --watch follows the new rollout (--json: just the final state).
+    const followed = await cli([
+      'rollout',
+      'create',
+      '--release',
+      releaseId,
+      '--target',
+      'tag=nobody',
+      '--phases',
+      '100',
+      '--watch',
+      '--interval',
+      '200ms',
+      '--json',
+      ...as('operator'),
+    ]);
+    expect(followed.code).toBe(0);
+    expect(followed.stderr).toBe('');
+    expect(JSON.parse(followed.stdout)).toMatchObject({ state: 'completed' });
     // Usage errors: bad phases and targets exit 2 before anything is sent.
     for (const bad of [
       ['--phases', '50,10,100', '--target', 'all'],
