@@ -1,6 +1,6 @@
 /**
  * The demo's device process: the factory devices of a batch (factory-fleet.ts) in a process of their own. Options
- * come as JSON in argv[2]; it speaks JSON lines (same protocol as fleet-child.ts):
+ * come as JSON in argv[2]; it speaks JSON lines:
  *   out: {type:'ready', devices}, transition, attestation, device-error, {type:'snapshot', devices}, stopped
  *   in:  {cmd:'snapshot'}, {cmd:'nudge'}, {cmd:'stop'}
  * SIGTERM/SIGINT or stdin closing stop every tracker, then every enclave, and exit 0.

@@ -1,6 +1,6 @@
 /**
  * Child processes of the demo: the fleet server (`rotor server …`, its addresses read from its startup log line) and
- * the simulated fleet (fleet-child.ts, JSON lines on stdout, commands on stdin). Their output goes to log files in
+ * the factory devices (factory-fleet-child.ts, JSON lines on stdout, commands on stdin). Their output goes to log files in
  * the run directory; a child that exits early fails the step that waits on it with its last log lines.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -11,7 +11,6 @@ import { createInterface } from 'node:readline';
 import { CliError } from '../errors.ts';
 
 const MAIN = fileURLToPath(new URL('../main.ts', import.meta.url));
-const FLEET_CHILD = fileURLToPath(new URL('./fleet-child.ts', import.meta.url));
 const FACTORY_FLEET_CHILD = fileURLToPath(new URL('./factory-fleet-child.ts', import.meta.url));
 
 /** A free TCP port on 127.0.0.1 (for the embedded MQTT broker, whose bound port the server does not log). */
@@ -151,15 +150,10 @@ export interface FleetProcess {
   readonly log: string;
 }
 
-/** Starts a fleet child (factory devices, or the fleet simulator's software devices) with its options (JSON in argv[2]). */
-export function startFleetProcess(
-  options: Record<string, unknown>,
-  log: string,
-  kind: 'factory' | 'simulator' = 'factory',
-): FleetProcess {
+/** Starts the device process (factory devices of a batch) with its options (JSON in argv[2]). */
+export function startFleetProcess(options: Record<string, unknown>, log: string): FleetProcess {
   const out = createWriteStream(log, { flags: 'a' });
-  const script = kind === 'factory' ? FACTORY_FLEET_CHILD : FLEET_CHILD;
-  const child = spawn(process.execPath, [script, JSON.stringify(options)], {
+  const child = spawn(process.execPath, [FACTORY_FLEET_CHILD, JSON.stringify(options)], {
     env: { ...process.env, NO_COLOR: '1' },
     stdio: ['pipe', 'pipe', 'pipe'],
   });

@@ -10,7 +10,7 @@
  *   keys/content-kek               the server's content-key vault KEK (64 hex digits, 0600)
  *   keys/capability-*.key.pem      the capability server's signing and authority keys (0600)
  *   pg/                            the server's embedded database (PGlite)
- *   devices/                       the simulated fleet's device storage
+ *   factory/devices/<batch>/NNNNNN the factory's devices: fuse (device-unique secret) and flash
  *
  * Everything is generated with node:crypto and @peculiar/x509 (no openssl CLI). Private keys never leave their files
  * and are never printed.
@@ -35,7 +35,7 @@ import { buildEnvelope, buildUpdateManifest } from '@rotor/suit';
 import { CliError } from '../errors.ts';
 import { initFactory } from '../factory.ts';
 
-/** The simulated device class every demo device belongs to (the fleet simulator's factory firmware uses it). */
+/** The device class of the demo's firmware (the simulator's, so simulated and factory devices take the same releases). */
 export const DEMO_VENDOR = sim.VENDOR;
 export const DEMO_CLASS = sim.CLASS;
 /** The firmware component (the simulator's `fw`). */
@@ -58,7 +58,6 @@ export interface DataDir {
   readonly contentKek: string;
   readonly capabilitySigningKey: string;
   readonly capabilityAuthorityKey: string;
-  readonly devicesDir: string;
   /** Whether this call created the directory (first run). */
   readonly created: boolean;
 }
@@ -229,7 +228,6 @@ function layout(dir: string, created: boolean): DataDir {
     contentKek: join(dir, 'keys', 'content-kek'),
     capabilitySigningKey: join(dir, 'keys', 'capability-signing.key.pem'),
     capabilityAuthorityKey: join(dir, 'keys', 'capability-authority.key.pem'),
-    devicesDir: join(dir, 'devices'),
     created,
   };
 }
@@ -284,7 +282,6 @@ export async function ensureDataDir(dirArg: string): Promise<DataDir> {
           .toString(),
       );
   }
-  mkdirSync(join(dir, 'devices'), { recursive: true, mode: 0o700 });
   writePublic(
     join(dir, 'rotor.json'),
     `${JSON.stringify({ version: 1, kind: 'rotor development data directory', developmentOnly: true }, null, 2)}\n`,
