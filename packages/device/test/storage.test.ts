@@ -50,6 +50,15 @@ describe('SimulatedFs power-loss model', () => {
     expect(await fs.list('')).toEqual(['x']);
   });
 
+  it('size() reads a length without counting as an operation', async () => {
+    const fs = new SimulatedFs();
+    await fs.write('f', enc('hello'));
+    const ops = fs.ops;
+    expect(await fs.size('f')).toBe(5);
+    expect(await fs.size('g')).toBeUndefined();
+    expect(fs.ops).toBe(ops);
+  });
+
   it('a scheduled cut fails that operation and every later one', async () => {
     const fs = new SimulatedFs();
     fs.cutPowerAt(1);
@@ -184,6 +193,8 @@ describe('nodeFs direct I/O (O_DIRECT for large aligned writes)', () => {
       // Rewriting a file directly truncates it first.
       await fs.write('d/short', buf);
       expect((await fs.read('d/short'))!.length).toBe(size);
+      expect(await fs.size!('d/short')).toBe(size);
+      expect(await fs.size!('d/none')).toBeUndefined();
       // Released buffers are reused (pooled), small sizes are plain buffers.
       fs.releaseBuffer!(buf);
       expect(fs.allocBuffer!(size)).toBe(buf);

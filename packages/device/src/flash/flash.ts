@@ -131,11 +131,14 @@ export class Flash {
    */
   async durablePrefix(bank: BankId, component: ComponentId, chunkSize: number): Promise<number> {
     const names = await this.#chunks(bank, component);
+    const fs = this.fs;
     let n = 0;
     for (const name of names) {
       if (name !== chunkName(n)) break;
-      const data = await this.fs.read(`${this.dir(bank, component)}/${name}`);
-      if (data?.length !== chunkSize) break;
+      // The length only: a resume of a large image must not read all of it twice (it is re-hashed anyway).
+      const path = `${this.dir(bank, component)}/${name}`;
+      const length = fs.size === undefined ? (await fs.read(path))?.length : await fs.size(path);
+      if (length !== chunkSize) break;
       n++;
     }
     return n;

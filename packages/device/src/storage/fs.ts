@@ -8,7 +8,7 @@
  * `/` separators and no `.`/`..` segments.
  */
 import { constants } from 'node:fs';
-import { open, mkdir, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import { open, mkdir, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { DeviceError } from '../errors.ts';
 
@@ -29,6 +29,8 @@ export interface StorageFs {
   fsyncDir(path: string): Promise<void>;
   /** Names of the entries of a directory ([] when it does not exist). */
   list(path: string): Promise<string[]>;
+  /** Optional: the length of a file, or undefined when there is none (without reading it). */
+  size?(path: string): Promise<number | undefined>;
   /**
    * Optional: a buffer of `size` bytes suited to this file system's writes (nodeFs: page-aligned, so that large
    * writes can bypass the page cache). Give it back with `releaseBuffer` once no write from it is in flight.
@@ -244,6 +246,16 @@ export function nodeFs(root: string): StorageFs {
         await syncPath(p, 'r');
       } catch (e) {
         throw io(e, `fsync dir ${p}`);
+      }
+    },
+    async size(p) {
+      try {
+        const st = await stat(abs(p));
+        if (!st.isFile()) throw new Error('not a file');
+        return st.size;
+      } catch (e) {
+        if (isNotFound(e)) return undefined;
+        throw io(e, `stat ${p}`);
       }
     },
     async list(p) {

@@ -165,6 +165,16 @@ export class SimulatedFs implements StorageFs {
     });
   }
 
+  size(path: string): Promise<number | undefined> {
+    return this.#run(() => {
+      this.#check();
+      const n = this.#lookup(path);
+      if (n === undefined) return undefined;
+      if (n.kind !== 'file') throw new DeviceError('STORAGE_IO', `${path} is a directory`);
+      return n.data.length;
+    });
+  }
+
   write(path: string, data: Uint8Array): Promise<void> {
     return this.#run(() => {
       this.#mutate('write', path);
