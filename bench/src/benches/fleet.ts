@@ -137,6 +137,9 @@ export const fleetBench: Benchmark = {
         group: 'bench',
         startSpreadMs: Math.min(30_000, n * 2),
         interval: { defaultMs: 600_000, minMs: 600_000 },
+        onSetup: (phase, done, total) => {
+          ctx.log(`fleet: ${phase} ${done}/${total}`);
+        },
       });
       const f = fleet;
       await f.waitFor(() => f.devices.every((d) => d.checkins > 0 && d.pushConnected), 600_000);

@@ -133,6 +133,15 @@ worker threads. Prints a progress line on stderr when it is a terminal; exits 0 
       group: (values.group as string | undefined) ?? 'simulated',
       namePrefix: (values['name-prefix'] as string | undefined) ?? 'sim-',
       reports,
+      ...(values.json === true
+        ? {}
+        : {
+            onSetup: (phase: 'register' | 'boot', done: number, total: number) => {
+              process.stderr.write(
+                `fleet: ${phase === 'register' ? 'registered' : 'powered on'} ${done}/${total}\n`,
+              );
+            },
+          }),
     };
     const asJson = values.json === true;
     // Progress goes to stderr (stdout stays the summary), redrawn only on a terminal.
@@ -148,12 +157,15 @@ worker threads. Prints a progress line on stderr when it is a terminal; exits 0 
     if (workers === 1) local = await FleetSimulator.start(base);
     else {
       const per = Math.ceil(devices / workers);
+      const plain: FleetOptions = { ...base };
+      delete (plain as { onSetup?: unknown }).onSetup;
       const ready: Promise<void>[] = [];
       for (let w = 0; w < workers && w * per < devices; w++) {
         const slice = { counts: {}, powerCuts: 0, errors: 0 };
         slices.push(slice);
         const worker = new Worker(new URL('./fleet/worker.ts', import.meta.url), {
-          workerData: { ...base, devices: Math.min(per, devices - w * per), firstIndex: w * per },
+          // workerData is structured-cloned: functions (the setup progress callback) stay here.
+          workerData: { ...plain, devices: Math.min(per, devices - w * per), firstIndex: w * per },
         });
         threads.push(worker);
         let done: () => void = () => undefined;

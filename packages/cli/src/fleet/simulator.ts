@@ -102,6 +102,8 @@ export interface FleetOptions {
    * CapabilityManager, trust sources).
    */
   readonly trackerExtras?: (d: SimDevice) => Partial<TrackerConfig>;
+  /** Setup progress: devices registered, devices powered on (called about every 5%). */
+  readonly onSetup?: (phase: 'register' | 'boot', done: number, total: number) => void;
   /** Every tracker event, per device (verbose; for debugging and the demo's narration). */
   readonly onTrackerEvent?: (index: number, e: TrackerEvent) => void;
 }
@@ -238,6 +240,12 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
     const skew = Math.abs(o.clockSkewS ?? 0);
     const mqtt = o.mqttUrl === undefined ? undefined : { url: o.mqttUrl, ca: o.ca };
 
+    const done = { register: 0, boot: 0 };
+    const step = Math.max(1, Math.floor(n / 20));
+    const progress = (phase: 'register' | 'boot'): void => {
+      const k = ++done[phase];
+      if (k % step === 0 || k === n) o.onSetup?.(phase, k, n);
+    };
     // Identities and registration (the server learns every device before any device talks to it).
     const indices = Array.from({ length: n }, (_, i) => i);
     const created = new Array<boolean>(n).fill(false);
@@ -245,6 +253,7 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
       const name = `${prefix}${(o.firstIndex ?? 0) + i}`;
       const identity = await ids.identity(i, name);
       await ids.register(identity, this.api, { group, tags });
+      progress('register');
       let fs: StorageFs;
       if (dir === undefined) fs = new SimulatedFs();
       else {
@@ -297,6 +306,7 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
       async (i) => {
         const d = this.devices[i]!;
         await d.powerOn(created[i]!);
+        progress('boot');
         d.nextAt = now + (spread > 0 ? randomInt(0, spread + 1) : 0);
       },
     );
