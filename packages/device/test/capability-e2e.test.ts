@@ -370,8 +370,11 @@ describe('capability modules end to end: server and devices', () => {
     a.manager = again.manager;
     expect(again.booted).toBeDefined();
     expect(a.manager.status().map((s) => s.version)).toEqual(['1.0.0']);
-    // b syncs later and unloads too.
-    expect((await b.tracker.syncCapabilities()).revoked).toEqual(['codec']);
+    // b's next check-in cycle fetches the list too (every cycle checks it) and unloads it.
+    const cycle = await b.tracker.cycle();
+    expect(cycle.error).toBeUndefined();
+    await expect(b.manager.call('codec', new Uint8Array([1]))).rejects.toMatchObject({ code: 'CAP_REVOKED' });
+    expect(b.events).toContainEqual(expect.objectContaining({ type: 'unloaded', reason: 'revoked' }));
   });
 
   it('a version that faults is rolled back on the device, reported reverted, and its rollout pauses', async () => {

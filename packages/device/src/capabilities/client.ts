@@ -345,6 +345,21 @@ export class CapabilityClient {
     return out;
   }
 
+  /**
+   * sync() and flush() for the tracker's cycle: never throws (server trouble is an `error` event; the next cycle
+   * tries again), so capability upkeep cannot fail a firmware check-in.
+   */
+  async syncQuietly(): Promise<void> {
+    try {
+      await this.sync();
+    } catch (e) {
+      this.#emit({ kind: 'error', error: asError(e) });
+    }
+    await this.flush().catch((e: unknown) => {
+      this.#emit({ kind: 'error', error: asError(e) });
+    });
+  }
+
   /** Delivers queued reports, oldest first; stops at the first transient failure (order is kept). */
   flush(): Promise<{ delivered: number; remaining: number }> {
     return this.#serial(async () => {

@@ -465,7 +465,8 @@ export class StatusTracker {
       await this.#syncTrust(checkin);
       if (checkin.action === 'update') update = await this.#runAssignment(checkin);
       await this.flush();
-      await this.#caps?.flush();
+      // Seed 000 step 7: the module revocation list is "periodically distributed and checked" — every cycle.
+      await this.#caps?.syncQuietly();
       await this.#attest(update?.ok === true && update.confirmed);
       this.#failures = 0;
     } catch (e) {
