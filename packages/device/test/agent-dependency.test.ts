@@ -318,10 +318,16 @@ describe('dependency-chain refusals', () => {
       'MANIFEST_REJECTED',
       'SUIT_MISSING_PARTY',
     );
-    // The genuine chain still installs on that device.
+    // The genuine chain still installs on that device, and so does an author release the operator co-signed.
     const a3 = await authored(resources, 3);
     expect(await second.update(await dependent([{ envelope: a3 }]))).toMatchObject({
       ok: true,
+      confirmed: true,
+    });
+    const a4 = await authored(resources, 4, [k.author, k.operator]);
+    expect(await agent.update(await dependent([{ envelope: a4 }]))).toMatchObject({
+      ok: true,
+      sequence: 4n,
       confirmed: true,
     });
   });

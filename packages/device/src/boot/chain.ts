@@ -109,8 +109,10 @@ export async function requireDistinctParties(
 ): Promise<void> {
   if (!chain.authorFromDependency) return;
   const anchors: TrustAnchor[] = [];
+  // Only the keys that signed the dependency *as author* (an author envelope the operator also co-signed is fine).
   for (const a of dependencySigners)
-    if (a.verifier !== undefined) anchors.push({ name: a.name, role: AUTHOR, verifier: a.verifier });
+    if (a.role === AUTHOR && a.verifier !== undefined)
+      anchors.push({ name: a.name, role: AUTHOR, verifier: a.verifier });
   if (anchors.length === 0) return;
   try {
     // requiredRoles: every anchor is tried on every block (@rotor/suit verifyBlocks), whatever the kids say.
