@@ -246,7 +246,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     }, config.rolloutTickMs);
     tick.unref();
     op.app.log.info(
-      { operatorUrl, deviceUrl, engine: db.engine, bootstrapTokenFile },
+      { operatorUrl, deviceUrl, mqttUrl: notifier?.url, engine: db.engine, bootstrapTokenFile },
       'rotor server started',
     );
 
