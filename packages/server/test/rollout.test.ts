@@ -1,9 +1,10 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateAgreementKey, generateSigningKey, softwareSigner } from '@rotor/cose';
 import { encodeReport, decodeEnvelope, ReportReason, signReport } from '@rotor/suit';
 import { createServices, migrate, type Principal, type Services, type PhaseSpec } from '../src/index.ts';
 import { BACKENDS, createTestDatabase, deviceClient, selfSignedCert } from './helpers.ts';
+import { deferStandingCheck } from '../src/device-auth.ts';
 import {
   authorKeyPair,
   sha256hex,
@@ -333,6 +334,33 @@ describe.each(BACKENDS)('rollouts on %s', (backend) => {
       ),
     ).toEqual({ rolloutId: r.id, state: 'succeeded' });
     await s.rollouts.cancel(OPERATOR, r.id);
+  });
+
+  it('the check-in verifies the standing itself: a cached authentication of a disabled or re-keyed device is refused', async () => {
+    const cert = await selfSignedCert(`standing-${backend}`);
+    const der = new Uint8Array(new X509Certificate(cert.certPem).raw);
+    const d = await s.devices.create(ADMIN, { name: `standing-${backend}`, certificatePem: cert.certPem });
+    // The check-in route takes a cached authentication without the cross-instance sync (device-auth.ts)…
+    // (on PostgreSQL nothing is cached until the LISTEN connection is up: authenticate until it is)
+    let first = await s.devices.authenticate(der);
+    for (let i = 0; i < 200; i++) {
+      const again = await s.devices.authenticate(der);
+      if (again === first) break;
+      first = again;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(await s.rollouts.checkin(first)).toEqual({ action: 'none' });
+    const cached = await deferStandingCheck(() => s.devices.authenticate(der));
+    expect(cached).toBe(first);
+    // …so a change the cache has not heard of (made behind the server's back here) is caught by the check-in's
+    // own statement: disabled…
+    await t.db.query('UPDATE devices SET enabled = false WHERE id = $1', [d.id]);
+    await expect(s.rollouts.checkin(cached)).rejects.toMatchObject({ code: 'DEVICE_DISABLED' });
+    // …or re-keyed: the certificate the request was authenticated by is no longer the device's.
+    await t.db.query("UPDATE devices SET enabled = true, cert_sha256 = sha256('\\x00') WHERE id = $1", [
+      d.id,
+    ]);
+    await expect(s.rollouts.checkin(cached)).rejects.toMatchObject({ code: 'DEVICE_UNKNOWN' });
   });
 
   it('a device sees only its own history and envelopes', async () => {
