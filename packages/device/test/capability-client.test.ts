@@ -59,7 +59,7 @@ describe('capability answers are read strictly', () => {
       const body = typeof b === 'string' ? new TextEncoder().encode(b) : enc(b);
       expect(
         code(() => parseCapabilityAnswer(body, 1024)),
-        String(JSON.stringify(b)).slice(0, 80),
+        JSON.stringify(b).slice(0, 80),
       ).toBe('TRACKER_PROTOCOL');
     }
   });
