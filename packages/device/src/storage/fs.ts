@@ -97,10 +97,17 @@ export function allocDirectBuffer(size: number): Uint8Array {
     pooled -= size;
     return free;
   }
-  const mem = new WebAssembly.Memory({
-    initial: Math.ceil(size / WASM_PAGE),
-    maximum: Math.ceil(size / WASM_PAGE),
-  });
+  let mem: WebAssembly.Memory;
+  try {
+    mem = new WebAssembly.Memory({
+      initial: Math.ceil(size / WASM_PAGE),
+      maximum: Math.ceil(size / WASM_PAGE),
+    });
+  } catch {
+    // The engine's address-space budget for wasm memories is spent (many writers at once): a plain buffer,
+    // written buffered.
+    return new Uint8Array(size);
+  }
   alignedBuffers.add(mem.buffer);
   return new Uint8Array(mem.buffer, 0, size);
 }
