@@ -148,6 +148,15 @@ worker threads. Prints a progress line on stderr when it is a terminal; exits 0 
     const tty = process.stderr.isTTY && !asJson;
     const color = useColor() && process.stderr.isTTY;
     const t0 = Date.now();
+    // Listening before the fleet starts: a signal during setup stops it as soon as it is up.
+    const signal = new Promise<string>((res) => {
+      process.once('SIGINT', () => {
+        res('SIGINT');
+      });
+      process.once('SIGTERM', () => {
+        res('SIGTERM');
+      });
+    });
 
     // One simulator here, or one per worker thread over a slice of the fleet.
     const slices: { counts: Record<string, number>; powerCuts: number; errors: number }[] = [];
@@ -231,14 +240,7 @@ worker threads. Prints a progress line on stderr when it is a terminal; exits 0 
           );
         }, 500)
       : undefined;
-    const sig = await new Promise<string>((res) => {
-      process.once('SIGINT', () => {
-        res('SIGINT');
-      });
-      process.once('SIGTERM', () => {
-        res('SIGTERM');
-      });
-    });
+    const sig = await signal;
     if (progress !== undefined) clearInterval(progress);
     const counts = snapshot().counts;
     if (local !== undefined) await local.stop();
