@@ -5,7 +5,8 @@
  *   payload CBOR map {1: "checkin"} — a nudge only, no secrets, no state: the device checks in over mutual TLS.
  *
  * Embedded broker (default, aedes) on an MQTT-over-TLS listener that authenticates devices by their client
- * certificate against the same fingerprint registry as the device API. A device may subscribe to its own notify
+ * certificate against the same fingerprint registry as the device API, with the device listener's rules for RFC 3820
+ * proxy client certificates (device-tls.ts). A device may subscribe to its own notify
  * topic only (anything else is granted 0x80, MQTT 3.1.1 §3.9.3 / 5.0 §3.9.3), its client identifier must be
  * `<deviceId>` or `rotor-<deviceId>` (no session takeover of another device), and no client may publish: only the server publishes,
  * in-process. External broker (MQTT_URL): the server is a client that publishes with QoS 1; the broker's own ACLs
@@ -18,6 +19,7 @@ import mqtt from 'mqtt';
 import { encode } from '@rotor/cose';
 import type { Principal } from './auth.ts';
 import type { Db } from './db/db.ts';
+import { createDeviceTls, deviceTlsServerOptions } from './device-tls.ts';
 
 /** The notification payload: CBOR {1: "checkin"} (docs/protocol.md). */
 export const NOTIFY_PAYLOAD: Uint8Array = encode(new Map([[1, 'checkin']]));
@@ -40,6 +42,8 @@ export interface EmbeddedBrokerOptions {
   readonly tls: { cert: string; key: string; ca?: string | undefined };
   /** Identifies a device by its client certificate (DER); throws when unknown or disabled. */
   readonly authenticateDevice: (certDer: Uint8Array) => Promise<Principal>;
+  /** Clock for proxy certificate validity, ms (tests). */
+  readonly now?: () => number;
 }
 
 /** Device ids are server-generated UUIDs or similar; anything with MQTT wildcards or separators is refused. */
@@ -47,20 +51,29 @@ const SAFE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<Notifier> {
   const devices = new WeakMap<Client, string>();
+  const deviceTls = createDeviceTls({
+    deviceCa: opts.tls.ca,
+    ...(opts.now === undefined ? {} : { now: opts.now }),
+  });
   const broker = await Aedes.createBroker({
     // MQTT 3.1.1 §3.1.4 / 5.0 §3.1.4: the server may refuse a connection (return code 5 / reason 0x87).
     authenticate: (client, _username, _password, done) => {
-      const sock = client.conn as Partial<TLSSocket>;
-      const cert = typeof sock.getPeerCertificate === 'function' ? sock.getPeerCertificate(false) : undefined;
-      const raw = (cert as { raw?: Buffer } | undefined)?.raw;
       const refuse = (): void => {
         done(Object.assign(new Error('not authorized'), { returnCode: 5 as const }), false);
       };
-      if (raw === undefined) {
+      // The same per-connection rules as the device listener (device-tls.ts, docs/protocol.md §1.1): a plain
+      // certificate must have been authorized by OpenSSL against the device CA; an RFC 3820 proxy certificate is
+      // checked against the issuer presented after it (RFC 3820 §4.1 path validation, lifetime, device key
+      // signature) and stands for that device certificate, which the registry then looks up. Decided here, before
+      // the client may subscribe (MQTT 3.1.1 §3.1.4: authentication precedes every other packet).
+      let raw: Uint8Array;
+      try {
+        raw = deviceTls.certificate(client.conn as Partial<TLSSocket>);
+      } catch {
         refuse();
         return;
       }
-      opts.authenticateDevice(new Uint8Array(raw)).then(
+      opts.authenticateDevice(raw).then(
         (p) => {
           // The client identifier must name the device (`<deviceId>` or `rotor-<deviceId>`): a device cannot take
           // over another device's session (MQTT 3.1.1 §3.1.4: a new connection with the same id closes the old).
@@ -90,9 +103,9 @@ export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<
     {
       cert: opts.tls.cert,
       key: opts.tls.key,
-      requestCert: true,
-      rejectUnauthorized: opts.tls.ca !== undefined,
-      ...(opts.tls.ca === undefined ? {} : { ca: opts.tls.ca }),
+      // rejectUnauthorized false: OpenSSL refuses proxy certificates (RFC 3820) without X509_V_FLAG_ALLOW_PROXY_CERTS,
+      // which Node cannot set; every connection is decided in `authenticate` instead (createDeviceTls).
+      ...deviceTlsServerOptions(opts.tls.ca),
       minVersion: 'TLSv1.2',
     },
     (socket) => {
