@@ -13,6 +13,9 @@
  * runs in process (sealed backend, keys from the fuse); the identity key never leaves it, so TLS uses an RFC 3820
  * proxy credential the enclave signs (device/tracker/credential.ts); content keys are agreed through the enclave's
  * agreement key and reports are signed by its report key; the server CA comes from the bundle's trust anchors.
+ * Updates are authenticated against the device's current trust (anchors from the factory's version-1 statement
+ * on, minus revoked keys by a fresh revocation list; factory-trust.ts), synced at check-in; push (--mqtt) works
+ * with the proxy credential (the embedded broker applies the device listener's proxy rules).
  */
 import { readFileSync, existsSync } from 'node:fs';
 import { createPrivateKey } from 'node:crypto';
@@ -23,6 +26,7 @@ import {
   nodeFs,
   StatusTracker,
   type Attester,
+  type DeviceTrust,
   type TrackerConfig,
   type TrackerEvent,
 } from '@rotor/device';
@@ -96,6 +100,11 @@ function printer(asJson: boolean): (e: TrackerEvent) => void {
       case 'push':
         out(e.why === 'push' ? 'push: check in now' : 'push: connected');
         break;
+      case 'trust':
+        out(
+          `trust: anchors ${e.sync.anchors === undefined ? 'unchanged' : `v${e.sync.anchors.from} → v${e.sync.anchors.to}`}, revocation list ${e.sync.revocation === undefined ? 'none' : `v${e.sync.revocation}`}`,
+        );
+        break;
       case 'error':
         out(`${e.where}: ${'code' in e.error ? String(e.error.code) : 'ERROR'}: ${e.error.message}`);
         break;
@@ -109,8 +118,10 @@ const run: Subcommand = {
   usage: `run --dir DIR --server URL [--mqtt URL] [--ca FILE] [--reports all|outcomes] [--json]
 
 Runs the device in DIR (tls/ + keys/ + state/, or a factory device directory with its fuse and flash: then
-the enclave runs in process and TLS uses a proxy certificate it signs) against the server's device API URL
-(https, mutual TLS). With --mqtt (mqtt:// or mqtts://) the device also takes push nudges. Prints each
+the enclave runs in process and TLS uses a proxy certificate it signs, on the device API and on MQTT alike)
+against the server's device API URL (https, mutual TLS). With --mqtt (mqtt:// or mqtts://) the device also
+takes push nudges. A factory device verifies updates against its current trust anchors and revocation
+list (provisioned by the factory, synced at check-in). Prints each
 transition and report; exits 0 on SIGINT/SIGTERM after the tracker stopped. --reports outcomes sends
 only confirmed / failed / rolled-back (for a server that ends a rollout at a device's first report).`,
   options: {
@@ -132,16 +143,14 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
     let serverConfig: TrackerConfig['server'];
     let close = (): Promise<void> => Promise.resolve();
     let attester: Attester | undefined;
+    let trust: DeviceTrust | undefined;
     if (existsSync(join(dir, 'fuse')) && !existsSync(join(dir, 'tls', 'device.crt'))) {
       const d = await openFactoryDevice({ dir });
       agent = d.agent;
       serverConfig = d.server(server, caFile === undefined ? {} : { ca: read(caFile, 'CA') });
       close = () => d.close();
       attester = d.attester;
-      if (values.mqtt !== undefined)
-        out(
-          'note: the embedded MQTT broker verifies client certificates with OpenSSL, which refuses proxy certificates; this device polls',
-        );
+      trust = d.trust;
       out(
         `factory device ${d.deviceId}: TLS proxy credential valid until ${d.credential.notAfter.toISOString()}`,
       );
@@ -171,6 +180,7 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
       agent,
       server: serverConfig,
       ...(attester === undefined ? {} : { attester }),
+      ...(trust === undefined ? {} : { trust }),
       ...(mqttUrl === undefined ? {} : { mqtt: { url: mqttUrl } }),
       transitions: reports,
       onEvent: printer(values.json === true),

@@ -39,6 +39,7 @@ import {
   RECOVERY_KEY,
   type AgentConfig,
   type AnchorRecord,
+  type DeviceTrust,
   type IdentityRecord,
   type StorageFs,
   type TrackerConfig,
@@ -53,6 +54,7 @@ import {
 import { decodeEnvelope } from '@rotor/suit';
 import type { EvidenceClaims } from '@rotor/trust';
 import { CliError } from './errors.ts';
+import { openDeviceTrust } from './factory-trust.ts';
 
 export const IDENTITY_KEY_ID = 'identity';
 /** The enclave's key-agreement key (ECDH-ES+A128KW content-key wraps, RFC 9053 §6.3). */
@@ -288,6 +290,7 @@ export function enclaveDevices(opts: EnclaveDevicesOptions): DeviceFactory & {
                   ? new Uint8Array()
                   : new Uint8Array(Buffer.from(b.firmware.envelopeBase64, 'base64')),
               ],
+              ...(b.trust === undefined ? [] : [['trust.json', enc(JSON.stringify(b.trust))] as const]),
               [
                 'provisioning.json',
                 enc(
@@ -330,6 +333,7 @@ export async function readBundle(fs: StorageFs): Promise<DeviceBundle | undefine
     antiRollback: Record<string, number>;
   };
   const fw = await store.get('firmware.suit');
+  const trust = await store.get('trust.json');
   return {
     deviceId: p.deviceId,
     certificatePem: dec(cert),
@@ -343,7 +347,19 @@ export async function readBundle(fs: StorageFs): Promise<DeviceBundle | undefine
         ? null
         : { envelopeBase64: Buffer.from(fw).toString('base64'), sha256: '' },
     antiRollback: p.antiRollback,
+    ...(trust === undefined ? {} : { trust: parseTrust(dec(trust)) }),
   };
+}
+
+/** The bundle's trust documents (trust.json: base64 of the signed statement and list; verified on use). */
+function parseTrust(text: string): NonNullable<DeviceBundle['trust']> {
+  const v = JSON.parse(text) as unknown;
+  if (typeof v === 'object' && v !== null) {
+    const { anchorStatementBase64: a, revocationListBase64: r } = v as Record<string, unknown>;
+    if (typeof a === 'string' && typeof r === 'string')
+      return { anchorStatementBase64: a, revocationListBase64: r };
+  }
+  throw new CliError('CLI_INPUT', "the device's trust.json is malformed");
 }
 
 export interface FactoryDeviceOptions {
@@ -375,6 +391,13 @@ export interface FactoryDevice {
    * the server counts a confirmed update only once its measurements appraise.
    */
   readonly attester: Attester;
+  /**
+   * The device's current trust (issue 7, factory-trust.ts): anchors from the provisioned version-1 statement onward,
+   * the provisioned or newer revocation list. The agent authenticates every update against it; give it to the
+   * StatusTracker (`trust`) so check-ins sync newer versions. Undefined for devices of a profile without trust
+   * documents (made before issue 7): their agent verifies against the factory anchors.
+   */
+  readonly trust: DeviceTrust | undefined;
   /** The server CA from the bundle's trust anchors (undefined if the profile has none). */
   readonly serverCa: string | undefined;
   /** The StatusTracker's `server` member for a device API URL. */
@@ -459,8 +482,10 @@ export async function openFactoryDevice(o: FactoryDeviceOptions): Promise<Factor
     // Devices provisioned before issue 6's key registration have no agreement or report key.
     const agreements = hasKey(core, AGREEMENT_KEY_ID) ? [enclaveKeyAgreement(core, AGREEMENT_KEY_ID)] : [];
     const reportSigner = hasKey(core, REPORT_KEY_ID) ? enclaveSigner(core, REPORT_KEY_ID) : undefined;
+    const trust = await openDeviceTrust(fs, bundle, o.now === undefined ? {} : { nowMs: o.now });
     const agent = new DeviceAgent({
       ...o.agent,
+      ...(trust === undefined ? {} : { trust }),
       fs,
       root: AGENT_ROOT,
       keys: { agreements },
@@ -493,6 +518,7 @@ export async function openFactoryDevice(o: FactoryDeviceOptions): Promise<Factor
       agent,
       credential,
       attester,
+      trust,
       serverCa,
       server(url, so = {}) {
         const ca = so.ca ?? serverCa;

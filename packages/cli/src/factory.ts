@@ -28,7 +28,7 @@ import {
 } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as x509 from '@peculiar/x509';
-import { Alg, softwareSigner } from '@rotor/cose';
+import { Alg, softwareSigner, type Signer } from '@rotor/cose';
 import {
   createIssuingCa,
   createRootCa,
@@ -42,11 +42,13 @@ import {
   toPem,
   type CaCert,
   type FactoryKeyType,
+  type ProfileTrust,
   type ProvisioningProfile,
 } from '@rotor/server';
 import { group, type Command, type Subcommand } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { enclaveDevices } from './factory-device.ts';
+import { createFactoryTrust, pemSigner } from './factory-trust.ts';
 import { json, out, writeAtomic } from './io.ts';
 import { progressBar as liveProgressBar } from './progress.ts';
 
@@ -238,19 +240,31 @@ export async function initFactory(o: InitFactoryOptions): Promise<InitFactoryRes
       x509.PemConverter.encode(spki.slice().buffer, 'PUBLIC KEY').trimEnd() + '\n';
     let authorPem: string;
     let operatorPem: string;
+    let signers: { author: Signer; operator: Signer };
     if (token === undefined || o.fileSigningKeys === true) {
-      const gen = (name: string): string => {
+      const gen = (name: string): { pub: string; signer: Signer } => {
         const g = generatePem(keyType);
         writePrivate(join(dir, `${name}.key.pem`), g.privatePem);
-        return pub(g.spki);
+        return { pub: pub(g.spki), signer: pemSigner(g.privatePem) };
       };
-      authorPem = gen('author');
-      operatorPem = gen('operator');
+      const a = gen('author');
+      const op = gen('operator');
+      authorPem = a.pub;
+      operatorPem = op.pub;
+      signers = { author: a.signer, operator: op.signer };
       keys = { ...keys, author: join(dir, 'author.key.pem'), operator: join(dir, 'operator.key.pem') };
     } else {
       authorPem = pub((await token.generate(keys.author, keyType)).spki);
       operatorPem = pub((await token.generate(keys.operator, keyType)).spki);
+      signers = { author: await token.signer(keys.author), operator: await token.signer(keys.operator) };
     }
+    // Issue 7: the version-1 anchor statement and the first revocation list every device starts from
+    // (factory-trust.ts); also written as files for the operator (rotor revocation upload, PUT /v1/trust-anchors).
+    const trust = await createFactoryTrust({
+      authorPublicPem: authorPem,
+      operatorPublicPem: operatorPem,
+      ...signers,
+    });
     const rootPem = toPem(new Uint8Array(rootCert.rawData));
     const issPem = toPem(new Uint8Array(issCert.rawData));
     const fw = o.firmware ?? null;
@@ -273,7 +287,16 @@ export async function initFactory(o: InitFactoryOptions): Promise<InitFactoryRes
               sha256: createHash('sha256').update(fw).digest('hex'),
             },
       antiRollback: { ...(o.antiRollback ?? {}) },
+      trust,
     };
+    writeAtomic(
+      join(dir, 'trust-anchors-v1.cbor'),
+      new Uint8Array(Buffer.from(trust.anchorStatementBase64, 'base64')),
+    );
+    writeAtomic(
+      join(dir, 'revocation-list-v1.cbor'),
+      new Uint8Array(Buffer.from(trust.revocationListBase64, 'base64')),
+    );
     write(join(dir, 'root-ca.pem'), rootPem);
     write(join(dir, 'issuing-ca.pem'), issPem);
     write(join(dir, 'device-ca.pem'), issPem + rootPem);
@@ -441,6 +464,15 @@ function parseProfile(v: unknown): ProvisioningProfile {
       throw new Error('profile.json: antiRollback');
     antiRollback[name] = n;
   }
+  // Profiles made before issue 7 have no trust documents (their devices verify updates against factory anchors).
+  let trust: ProfileTrust | undefined;
+  if (v.trust !== undefined) {
+    if (!isObj(v.trust)) throw new Error('profile.json: trust');
+    trust = {
+      anchorStatementBase64: str(v.trust, 'anchorStatementBase64'),
+      revocationListBase64: str(v.trust, 'revocationListBase64'),
+    };
+  }
   const fw = v.firmware;
   let firmware: ProvisioningProfile['firmware'] = null;
   if (fw !== null) {
@@ -460,6 +492,7 @@ function parseProfile(v: unknown): ProvisioningProfile {
     },
     firmware,
     antiRollback,
+    ...(trust === undefined ? {} : { trust }),
   };
 }
 

@@ -255,7 +255,7 @@ export function factoryIdentities(
           return {
             agent: d.agent,
             server: d.server(opts.deviceUrl, opts.ca === undefined ? {} : { ca: opts.ca }),
-            tracker: { attester: d.attester },
+            tracker: { attester: d.attester, ...(d.trust === undefined ? {} : { trust: d.trust }) },
             close: () => d.close(),
           };
         },

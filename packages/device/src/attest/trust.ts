@@ -105,7 +105,8 @@ export class DeviceTrust {
     };
     let policy: TrustPolicy;
     try {
-      policy = await this.revocation.trustPolicy(this.#source(), opts);
+      // The source is asked for only when the held list must be refreshed: a fresh list needs no server.
+      policy = await this.revocation.trustPolicy({ latest: () => this.#source().latest() }, opts);
     } catch (e) {
       if (e instanceof DeviceError) throw e;
       throw new DeviceError(

@@ -18,10 +18,11 @@ import { open, readFile, type FileHandle } from 'node:fs/promises';
 import * as x509 from '@peculiar/x509';
 import { RotChain } from '@rotor/trust';
 import { appendAudit, type Json } from '../audit.ts';
-import { actorOf, SYSTEM } from '../auth.ts';
+import { actorOf, SYSTEM, type Principal } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
 import { ROT_ALGS, MAX_CHAIN_RECORDS } from '../attestation/service.ts';
+import { createDistributionService } from '../attestation/distribution.ts';
 import {
   checkDeviceCsr,
   issueDeviceCertificate,
@@ -51,6 +52,19 @@ export interface ProvisioningProfile {
   readonly firmware: { readonly envelopeBase64: string; readonly sha256: string } | null;
   /** Initial anti-rollback values (e.g. the manifest sequence number per component). */
   readonly antiRollback: Readonly<Record<string, number>>;
+  /**
+   * Issue 7 trust distribution, provisioned: the version-1 trust-anchor statement (COSE_Sign, trust/anchors.ts —
+   * the device walks every later version from it, TUF §5.3.4) and the first signed revocation list (so a fresh
+   * device holds an unexpired list before it trusts any update: freeze-attack rule, TUF §5.3.8). Absent in
+   * profiles made before issue 7: such devices verify updates against their factory anchors only.
+   */
+  readonly trust?: ProfileTrust;
+}
+
+/** The trust documents a profile provisions (base64 of the signed bytes). */
+export interface ProfileTrust {
+  readonly anchorStatementBase64: string;
+  readonly revocationListBase64: string;
 }
 
 /** Everything the device stores (atomically) at the end of its provisioning. */
@@ -63,6 +77,7 @@ export interface DeviceBundle {
   readonly trustAnchors: ProvisioningProfile['trustAnchors'];
   readonly firmware: ProvisioningProfile['firmware'];
   readonly antiRollback: ProvisioningProfile['antiRollback'];
+  readonly trust?: ProfileTrust;
 }
 
 /**
@@ -574,6 +589,7 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
     trustAnchors: p.trustAnchors,
     firmware: p.firmware,
     antiRollback: p.antiRollback,
+    ...(p.trust === undefined ? {} : { trust: p.trust }),
   });
   const finish = async (
     i: number,
@@ -678,4 +694,41 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
   } finally {
     await journal.close();
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The profile's trust documents on the server
+
+/** The factory station as the uploader of its own trust documents (audited under this name). */
+const FACTORY_PRINCIPAL: Principal = {
+  kind: 'operator',
+  tokenId: 'factory',
+  name: 'factory',
+  role: 'admin',
+};
+
+/**
+ * Publishes a profile's version-1 anchor statement and first revocation list on the server when it holds none yet
+ * (issue 7: devices sync newer versions at check-in, and a device whose provisioned list expires fetches the
+ * server's — TUF §5.3.8). Both go through the distribution service's own checks (version 1 signed by its root
+ * threshold; the list signed by the anchors' revocation role, unexpired), audited as uploaded by `factory`.
+ * Idempotent: what the server already holds is left alone (a newer list is never replaced by the factory's).
+ */
+export async function publishProfileTrust(
+  db: Db,
+  trust: ProfileTrust,
+  now: () => number = Date.now,
+): Promise<{ anchors: number | undefined; revocation: number | undefined }> {
+  const d = createDistributionService(db, now);
+  const held = await d.versions();
+  const b64 = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'base64'));
+  const anchors =
+    held.anchors === 0
+      ? (await d.uploadAnchors(FACTORY_PRINCIPAL, b64(trust.anchorStatementBase64))).version
+      : undefined;
+  const revocation =
+    held.revocation === 0
+      ? (await d.uploadRevocationList(FACTORY_PRINCIPAL, b64(trust.revocationListBase64))).version
+      : undefined;
+  return { anchors, revocation };
 }
