@@ -16,6 +16,7 @@ import {
   migrate,
   openDatabase,
   provisionDevices,
+  publishProfileTrust,
   startServer,
   type Db,
   type RotorServer,
@@ -139,6 +140,9 @@ async function provisionFleet(d: DataDir, db: Db, count: number): Promise<string
     });
     if (r.provisioned > 0)
       process.stdout.write(`rotor: the factory provisioned ${r.provisioned} device(s) into ${batchDir}\n`);
+    // Issue 7: the profile's version-1 anchors and first revocation list on the server (once; factory-trust.ts).
+    const trust = ca.factory.profile.trust;
+    if (trust !== undefined) await publishProfileTrust(db, trust);
   } finally {
     await ca.close();
   }

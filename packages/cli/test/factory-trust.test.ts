@@ -9,18 +9,23 @@
  *  - the server publishes the profile's statement and list once (publishProfileTrust: idempotent, devices then see
  *    versions 1/1 at check-in), through the distribution service's own checks.
  */
-import { createPrivateKey } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createPrivateKey, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Alg, coseKeyFromKeyObject, softwareSigner } from '@rotor/cose';
+import { StatusTracker, type TrackerEvent } from '@rotor/device';
 import {
+  dbRegistry,
+  loadConfig,
   migrate,
   openDatabase,
   provisionDevices,
   publishProfileTrust,
+  startServer,
   type DeviceRegistry,
+  type RotorServer,
 } from '@rotor/server';
 import {
   anchorKey,
@@ -29,10 +34,11 @@ import {
   RevokedKind,
   verifyTrustRevocationList,
 } from '@rotor/trust';
-import { enclaveDevices, openFactoryDevice } from '../src/factory-device.ts';
+import { enclaveDevices, openFactoryDevice, type FactoryDevice } from '../src/factory-device.ts';
 import { initFactory, openFactoryCa } from '../src/factory.ts';
 import { FACTORY_TRUST_ALGS } from '../src/factory-trust.ts';
 import { run } from '../src/main.ts';
+import { selfSignedCert } from '../../server/test/helpers.ts';
 
 let dir = '';
 let factoryDir = '';
@@ -223,5 +229,110 @@ describe('factory devices hold the factory trust (issue 7)', () => {
       await db.close();
     }
     expect(existsSync(join(factoryDir, 'revocation-list-v1.cbor'))).toBe(true);
+  });
+});
+
+describe('a factory device takes push with its proxy credential and syncs a new revocation list at once', () => {
+  it('operator uploads list v2 → the server nudges over MQTT → the device checks in and fetches it', async () => {
+    const admin = `admin_${randomBytes(16).toString('hex')}`;
+    const db = await openDatabase({});
+    let server: RotorServer | undefined;
+    let tracker: StatusTracker | undefined;
+    let d: FactoryDevice | undefined;
+    try {
+      await migrate(db);
+      const ca = await openFactoryCa(factoryDir, () => '');
+      const trust = ca.factory.profile.trust!;
+      try {
+        await provisionDevices({
+          issuing: ca.issuing,
+          root: ca.root,
+          profile: {
+            ...ca.factory.profile,
+            firmware: { envelopeBase64: Buffer.from(await envelope(5)).toString('base64'), sha256: '' },
+            antiRollback: {},
+          },
+          journalPath: join(dir, 'push.journal'),
+          count: 1,
+          devices: enclaveDevices({ dir: join(dir, 'push-devices') }),
+          registry: dbRegistry(db, { station: 'test' }),
+        });
+      } finally {
+        await ca.close();
+      }
+      await publishProfileTrust(db, trust);
+      const serverCert = await selfSignedCert('localhost', { server: true });
+      writeFileSync(join(dir, 'server.crt'), serverCert.certPem);
+      writeFileSync(join(dir, 'server.key'), serverCert.keyPem, { mode: 0o600 });
+      mkdirSync(join(dir, 'data'), { recursive: true });
+      const config = loadConfig({
+        argv: ['--port', '0', '--device-port', '0', '--mqtt-port', '0', '--log-level', 'silent'],
+        env: {
+          ROTOR_ADMIN_TOKEN: admin,
+          ROTOR_DATA_DIR: join(dir, 'data'),
+          ROTOR_TLS_CERT_FILE: join(dir, 'server.crt'),
+          ROTOR_TLS_KEY_FILE: join(dir, 'server.key'),
+          ROTOR_DEVICE_CA_FILE: join(factoryDir, 'device-ca.pem'),
+        },
+      });
+      server = await startServer(config, { db });
+
+      d = await openFactoryDevice({ dir: join(dir, 'push-devices', '000000') });
+      const events: TrackerEvent[] = [];
+      const waiters: (() => void)[] = [];
+      const hour = 3_600_000;
+      tracker = new StatusTracker({
+        agent: d.agent,
+        server: d.server(server.deviceUrl!, { ca: serverCert.certPem }),
+        trust: d.trust!,
+        attester: d.attester,
+        mqtt: { url: server.mqttUrl! },
+        // Check-ins only at start and on a push: the list can only arrive through the nudge.
+        interval: { defaultMs: hour, minMs: hour, maxMs: hour },
+        onEvent: (e) => {
+          events.push(e);
+          for (const w of waiters.splice(0)) w();
+        },
+      });
+      /** Resolves once `p` holds for an event seen so far (a liveness bound, not a timing assertion). */
+      const seen = (p: (e: TrackerEvent) => boolean): Promise<TrackerEvent> =>
+        new Promise((resolve, reject) => {
+          const timer = setTimeout(() => {
+            reject(new Error(`not seen; events: ${events.map((e) => e.kind).join(', ')}`));
+          }, 30_000);
+          const look = (): void => {
+            const hit = events.find(p);
+            if (hit !== undefined) {
+              clearTimeout(timer);
+              resolve(hit);
+            } else waiters.push(look);
+          };
+          look();
+        });
+      await tracker.start();
+      await seen((e) => e.kind === 'push' && e.why === 'connected');
+      expect(d.trust!.revocation.list?.version).toBe(1);
+
+      const now = Math.floor(Date.now() / 1000);
+      const v2 = await createTrustRevocationList(
+        { version: 2, issuedAt: now - 60, expiresAt: now + 86_400, entries: [] },
+        operatorSigner(),
+      );
+      const res = await fetch(new URL('/v1/revocation-list', server.operatorUrl), {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/octet-stream' },
+        body: v2,
+      });
+      expect(res.status).toBe(200);
+      await seen((e) => e.kind === 'push' && e.why === 'push');
+      await seen((e) => e.kind === 'trust' && e.sync.revocation === 2);
+      expect(d.trust!.revocation.list?.version).toBe(2);
+      expect(events.filter((e) => e.kind === 'error')).toEqual([]);
+    } finally {
+      await tracker?.stop();
+      await d?.close();
+      await server?.close();
+      await db.close();
+    }
   });
 });
