@@ -138,6 +138,8 @@ export interface InitFactoryOptions {
   readonly deviceClass?: string;
   readonly profile?: string;
   readonly validityDays?: number;
+  /** Lifetime of the first revocation list, days (default 365; factory-trust.ts). */
+  readonly revocationDays?: number;
 }
 
 export interface InitFactoryResult {
@@ -260,11 +262,14 @@ export async function initFactory(o: InitFactoryOptions): Promise<InitFactoryRes
     }
     // Issue 7: the version-1 anchor statement and the first revocation list every device starts from
     // (factory-trust.ts); also written as files for the operator (rotor revocation upload, PUT /v1/trust-anchors).
-    const trust = await createFactoryTrust({
-      authorPublicPem: authorPem,
-      operatorPublicPem: operatorPem,
-      ...signers,
-    });
+    const trust = await createFactoryTrust(
+      {
+        authorPublicPem: authorPem,
+        operatorPublicPem: operatorPem,
+        ...signers,
+      },
+      o.revocationDays === undefined ? {} : { revocationTtlDays: o.revocationDays },
+    );
     const rootPem = toPem(new Uint8Array(rootCert.rawData));
     const issPem = toPem(new Uint8Array(issCert.rawData));
     const fw = o.firmware ?? null;
@@ -327,7 +332,7 @@ const init: Subcommand = {
   summary: 'create the factory CAs, signing keys and provisioning profile',
   usage: `init --dir DIR --server-ca FILE (--token URI|LABEL | --file-keys) [--module PATH] [--pin-file FILE]
             [--key-type p256|ed25519] [--firmware FILE] [--anti-rollback NAME=N,...]
-            [--class NAME] [--profile NAME] [--validity-days N]
+            [--class NAME] [--profile NAME] [--validity-days N] [--revocation-days N]
 
 With --token: generates in the PKCS#11 token (RFC 7512 URIs pkcs11:token=<label>;object=rotor-…) the root CA and
 issuing CA keys and, unless --file-keys, the author and operator signing keys. Keys are non-extractable.
@@ -335,7 +340,10 @@ With --file-keys and no --token (DEVELOPMENT ONLY): every key — root CA, issui
 PEM file in DIR (mode 0600) and DIR/DEVELOPMENT-ONLY.txt says so; everything else works the same.
 With --token and --file-keys: CA keys in the token, author and operator keys in files.
 Writes root-ca.pem, issuing-ca.pem, device-ca.pem (for the server's --device-ca), the public keys
-and profile.json (trust anchors, initial firmware, anti-rollback values). The PIN: --pin-file or ROTOR_FACTORY_PIN.
+and profile.json (trust anchors, initial firmware, anti-rollback values), and the devices' starting trust
+(issue 7): trust-anchors-v1.cbor (root = author + operator, threshold 2) and revocation-list-v1.cbor (empty,
+signed by the operator key, valid --revocation-days, default 365), both also in the profile; publish them on the
+server once (rotor start does). The PIN: --pin-file or ROTOR_FACTORY_PIN.
 --firmware: a SUIT envelope with its image integrated, signed by the author and the operator; provisioning installs
 it into each device's firmware bank (and recovery bank) through the device agent and sets the agent's anti-rollback
 counters to --anti-rollback (firmware=N and recovery=N name the default keys; N must not exceed the envelope's
@@ -353,6 +361,7 @@ sequence number).`,
     class: { type: 'string' },
     profile: { type: 'string' },
     'validity-days': { type: 'string' },
+    'revocation-days': { type: 'string' },
   },
   async run({ values }) {
     const dir = resolve((values.dir as string | undefined) ?? 'rotor-factory');
@@ -369,6 +378,9 @@ sequence number).`,
     const validity = Number((values['validity-days'] as string | undefined) ?? '3650');
     if (!Number.isSafeInteger(validity) || validity < 1 || validity > 36500)
       throw new CliError('CLI_USAGE', '--validity-days: 1 … 36500');
+    const revocationDays = Number((values['revocation-days'] as string | undefined) ?? '365');
+    if (!Number.isSafeInteger(revocationDays) || revocationDays < 1 || revocationDays > 3650)
+      throw new CliError('CLI_USAGE', '--revocation-days: 1 … 3650');
     const antiRollback: Record<string, number> = {};
     const ar = values['anti-rollback'] as string | undefined;
     for (const kv of ar === undefined || ar === '' ? [] : ar.split(',')) {
@@ -406,6 +418,7 @@ sequence number).`,
         ...(values.class === undefined ? {} : { deviceClass: values.class as string }),
         ...(values.profile === undefined ? {} : { profile: values.profile as string }),
         validityDays: validity,
+        revocationDays,
       }),
     );
     if (r.backend === 'files') {

@@ -153,6 +153,38 @@ describe('factory devices hold the factory trust (issue 7)', () => {
     expect(list.expiresAt - list.issuedAt).toBeGreaterThan(300 * 86_400);
   });
 
+  it("rotor factory init --revocation-days sets the first list's lifetime (bounded)", async () => {
+    writeFileSync(join(dir, 'server-ca.pem'), SERVER_CA);
+    const init = (sub: string, days: string): Promise<number> =>
+      run([
+        'factory',
+        'init',
+        '--dir',
+        join(dir, sub),
+        '--file-keys',
+        '--server-ca',
+        join(dir, 'server-ca.pem'),
+        '--revocation-days',
+        days,
+      ]);
+    expect(await init('f0', '0')).toBe(2);
+    expect(existsSync(join(dir, 'f0', 'factory.json'))).toBe(false);
+    expect(await init('f30', '30')).toBe(0);
+    const set = initialAnchorSet(
+      new Uint8Array(readFileSync(join(dir, 'f30', 'trust-anchors-v1.cbor'))),
+      FACTORY_TRUST_ALGS,
+    );
+    const list = verifyTrustRevocationList(
+      new Uint8Array(readFileSync(join(dir, 'f30', 'revocation-list-v1.cbor'))),
+      {
+        verifiers: set.verifiers('revocation'),
+        allowedAlgs: FACTORY_TRUST_ALGS,
+        now: Math.floor(Date.now() / 1000),
+      },
+    );
+    expect(list.expiresAt - list.issuedAt).toBe(30 * 86_400 + 60);
+  });
+
   it('an update installs against the provisioned trust; a revoked author key is refused (SIGNER_REVOKED)', async () => {
     const d = await openFactoryDevice({ dir: deviceDir(0) });
     try {
