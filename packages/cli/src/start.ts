@@ -240,6 +240,12 @@ export async function start(argv: readonly string[]): Promise<number> {
       : writeExamples(d, await authorRelease(readFileSync(d.authorKey, 'utf8'), '1.1', image), image);
 
     if (devices > 0) {
+      // Capability modules (issue 8): the devices' group gets a capability manifest on first run (none authorized
+      // yet: `rotor module manifest` issues the next one, the devices sync it every cycle); each device runs a
+      // CapabilityManager wired into its tracker.
+      const manifests = await admin.get<{ items: { group: string | null }[] }>('/v1/capabilities/manifests');
+      if (!manifests.items.some((m) => m.group === DEMO_CLASS))
+        await admin.post('/v1/capabilities/manifests', { group: DEMO_CLASS, modules: [] });
       fleet = await FactoryFleet.start({
         dir: batchDir,
         deviceUrl: server.deviceUrl!,
@@ -249,6 +255,7 @@ export async function start(argv: readonly string[]): Promise<number> {
         operatorUrl: server.operatorUrl,
         token: d.adminToken,
         checkinMs: 5000,
+        capabilities: true,
       });
     }
     const rel = (p: string): string => {

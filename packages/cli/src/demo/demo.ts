@@ -12,12 +12,16 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import * as x509 from '@peculiar/x509';
+import { encode } from '@rotor/cose';
+import { encodeModuleMetadata } from '@rotor/trust';
 import { dbRegistry, migrate, openDatabase, provisionDevices } from '@rotor/server';
 import { CliError, ExitCode } from '../errors.ts';
 import { enclaveDevices } from '../factory-device.ts';
 import { openFactoryCa } from '../factory.ts';
 import { json, out } from '../io.ts';
+import type { LoadResult } from './capabilities.ts';
 import { DemoClient, listDevices, type DeviceInfo, type RolloutInfo } from './client.ts';
+import { buildFilter, FILTER, filterMetadata, type FilterVersion } from './modules/build.ts';
 import { narrator, table, type Narrator } from './narrate.ts';
 import {
   freePort,
@@ -76,6 +80,12 @@ export interface DemoResult {
   readonly devices: DeviceRow[];
   readonly server: { readonly operatorUrl: string; readonly deviceUrl: string } | undefined;
   readonly rollouts: Record<string, RolloutInfo>;
+  /** Step 11: the module rollouts (v1, v2) and the device whose authorization for the module was revoked. */
+  readonly modules: {
+    readonly rollouts: Record<string, ModuleRolloutInfo>;
+    readonly revoked: { readonly name: string; readonly serverId: string } | undefined;
+    readonly calls: { readonly total: number; readonly failed: number } | undefined;
+  };
 }
 
 class StepFailed extends Error {
@@ -141,12 +151,34 @@ interface Snapshot {
   readonly reported?: { state: string; sequence: string };
   readonly flash?: { bank: string; sequence: string; trial: boolean; updating: boolean };
   readonly rotIndex?: number;
+  readonly modules?: readonly { name: string; version: string; archives: string[] }[];
+  readonly moduleEvents?: readonly string[];
+}
+
+/** The group a device is moved to when its authorization for the demo's module is revoked (step 11). */
+export const NO_FILTER_GROUP = `${DEMO_CLASS}-no-${FILTER}`;
+
+interface ModuleRolloutInfo {
+  readonly id: string;
+  readonly state: string;
+  readonly pauseReason: string | null;
+  readonly counts: Record<string, number>;
 }
 
 async function snapshot(fleet: FleetProcess): Promise<Snapshot[]> {
   const wait = fleet.next((m) => m.type === 'snapshot', 'a fleet snapshot', 30_000);
   fleet.send({ cmd: 'snapshot' });
   return (await wait).devices as Snapshot[];
+}
+
+/** The summary table's module column: the active version (archives in parentheses), or why it is not there. */
+function moduleCell(s: Snapshot): string {
+  const m = (s.modules ?? []).find((x) => x.name === FILTER);
+  if (m !== undefined)
+    return `${FILTER} ${m.version}${m.archives.length > 0 ? ` (${m.archives.join(', ')} archived)` : ''}`;
+  const unloaded = (s.moduleEvents ?? []).filter((e) => e.startsWith(`unloaded ${FILTER}`)).at(-1);
+  if (unloaded !== undefined) return unloaded.replace(/^unloaded /, 'unloaded: ');
+  return s.modules === undefined ? 'n/a' : '-';
 }
 
 export async function runDemo(o: DemoOptions): Promise<DemoResult> {
@@ -156,6 +188,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const n = o.devices;
   const steps: StepResult[] = [];
   const rollouts: Record<string, RolloutInfo> = {};
+  const moduleRollouts: Record<string, ModuleRolloutInfo> = {};
+  let moduleRevoked: { name: string; serverId: string } | undefined;
+  let moduleCalls: { total: number; failed: number } | undefined;
   const TITLES = [
     `The factory provisions ${n} devices`,
     'The fleet server starts (its own process)',
@@ -287,11 +322,18 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
           alg: 'ESP256',
           publicKeyPem: data.authorPubPem,
         });
+      // The capability manifest of the devices' group (seed 000 step 1: what the devices are provisioned with,
+      // signed by the capability authority): the capability-signing key may sign the module 'filter'.
+      const man = await operator.post<{ version: number }>('/v1/capabilities/manifests', {
+        group: GROUP,
+        modules: [{ name: FILTER }],
+      });
       say.info(
         `operator API ${server.operatorUrl} · device API ${server.deviceUrl} (mutual TLS) · MQTT ${server.mqttUrl}`,
       );
+      say.info(`capability manifest v${man.version} for group ${GROUP}: module '${FILTER}' authorized`);
       say.info(`server pid ${server.pid}, log ${server.log}`);
-      return 'server up; author key registered; author and operator tokens issued';
+      return 'server up; author key registered; author and operator tokens issued; capability manifest issued';
     });
     if (!go || server === undefined || admin === undefined || author === undefined || operator === undefined)
       throw new StepFailed('stopped');
@@ -307,6 +349,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       deviceUrl: srv.deviceUrl,
       mqttUrl: srv.mqttUrl,
       checkinMs: 1000,
+      capabilities: true,
     });
     go = await step(3, async () => {
       fleet = startFleetProcess(fleetOptions(), join(runDir, 'devices.log'));
@@ -506,10 +549,163 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       return `${target.name.slice(0, 32)}…: RoT key ${before.index} → ${now.index} (new key signed by the old one; old kid revoked), still checking in`;
     });
 
-    await step(11, () => {
-      throw new StepMissing(
-        "the demo does not drive capability modules yet: its devices run no CapabilityManager (the tracker's capability client and the server's catalog, manifests, rollouts and revocation exist; building a module, provisioning the capability authorities into the devices and the group manifest are not wired into the demo)",
+    await step(11, async () => {
+      const t0 = Date.now();
+      const wasm = new Map<FilterVersion, Uint8Array>([
+        [1, await buildFilter(1)],
+        [2, await buildFilter(2)],
+      ]);
+      const upload = async (v: FilterVersion): Promise<string> => {
+        const body = encode([encodeModuleMetadata(filterMetadata(v, DEMO_CLASS)), wasm.get(v)!]);
+        const m = await auth.expect<{ id: string }>(
+          [201],
+          'POST',
+          '/v1/capabilities/modules',
+          body,
+          'application/octet-stream',
+        );
+        return m.id;
+      };
+      const rollOut = async (moduleId: string): Promise<string> =>
+        (
+          await op.post<{ id: string }>('/v1/capabilities/rollouts', {
+            moduleId,
+            target: { group: GROUP },
+            phases: [{ percent: 100, durationMs: 0, successThreshold: 1 }],
+          })
+        ).id;
+      /** Every device asks for the module now (the device process runs tracker.capability on each). */
+      const ask = async (version: string): Promise<void> => {
+        const wait = fl.next((m) => m.type === 'capability', 'the devices to install the module', 60_000);
+        fl.send({ cmd: 'capability', name: FILTER });
+        const r = await wait;
+        check(r.error === undefined, `the devices could not ask for the module: ${String(r.error)}`);
+        const outcomes = r.outcomes as { index: number; ok: boolean; version?: string; code?: string }[];
+        const good = outcomes.filter((x) => x.ok && x.version === version);
+        const bad = outcomes.find((x) => !x.ok || x.version !== version);
+        check(
+          good.length === n,
+          `${good.length} of ${n} devices installed ${FILTER} ${version}${bad === undefined ? '' : ` (device ${bad.index}: ${bad.code ?? bad.version ?? '?'})`}`,
+        );
+      };
+      /** The server's rollout: every device of the group reported installed (signed SUIT reports). */
+      const settled = async (id: string, label: string): Promise<ModuleRolloutInfo> => {
+        const end = Date.now() + 30_000;
+        for (;;) {
+          const r = await op.get<ModuleRolloutInfo>(`/v1/capabilities/rollouts/${id}`);
+          say.progress(label, r.counts.installed ?? 0, n, r.state);
+          if ((r.counts.installed ?? 0) >= n && r.state === 'completed') {
+            say.end();
+            return r;
+          }
+          if (Date.now() > end) {
+            say.end();
+            throw new StepFailed(`module rollout ${r.state}, counts ${JSON.stringify(r.counts)}`);
+          }
+          await sleep(200);
+        }
+      };
+      const modulesOf = (s: Snapshot): string =>
+        (s.modules ?? [])
+          .filter((m) => m.name === FILTER)
+          .map((m) => `${m.version}${m.archives.length > 0 ? ` (archived ${m.archives.join(', ')})` : ''}`)
+          .join('') || 'none';
+
+      // v1 rolled out to the group.
+      const v1 = await upload(1);
+      const r1 = await rollOut(v1);
+      await ask('1.0.0');
+      moduleRollouts.v1 = await settled(r1, `${FILTER} 1.0.0 installed`);
+      let snap = await snapshot(fl);
+      const on1 = snap.filter((s) => modulesOf(s) === '1.0.0');
+      check(on1.length === n, `${on1.length} of ${n} devices run ${FILTER} 1.0.0 in their manager`);
+      say.info(
+        `${FILTER} 1.0.0 (${wasm.get(1)!.length} bytes of WebAssembly) rolled out to group ${GROUP}: each device fetched its own encrypted envelope over mutual TLS, verified, sandboxed and reported it`,
       );
+
+      // v2 hot-swapped on the group while every device keeps answering calls.
+      const started = fl.next((m) => m.type === 'load-started', 'calls on every device', 30_000);
+      fl.send({ cmd: 'load-start', name: FILTER });
+      const st = await started;
+      check(st.error === undefined, `calls could not start: ${String(st.error)}`);
+      const v2 = await upload(2);
+      const r2 = await rollOut(v2);
+      await ask('2.0.0');
+      await sleep(300);
+      const stopped = fl.next((m) => m.type === 'load', 'the call tallies', 30_000);
+      fl.send({ cmd: 'load-stop' });
+      const results = (await stopped).results as LoadResult[];
+      const calls = results.reduce((a, r) => a + r.calls, 0);
+      const failed = results.reduce((a, r) => a + r.failed, 0);
+      moduleCalls = { total: calls, failed };
+      check(results.length === n, `${results.length} of ${n} devices ran calls`);
+      const firstBad = results.find((r) => r.failed > 0);
+      check(
+        failed === 0,
+        `${failed} of ${calls} calls failed (device ${firstBad?.index ?? '?'}: ${firstBad?.firstError ?? '?'})`,
+      );
+      const notSwapped = results.find(
+        (r) => r.runs.length !== 2 || r.runs[0]?.[0] !== '1.0.0' || r.runs[1]?.[0] !== '2.0.0',
+      );
+      check(
+        notSwapped === undefined,
+        `device ${notSwapped?.index ?? '?'}: answers by version ${JSON.stringify(notSwapped?.runs)}`,
+      );
+      moduleRollouts.v2 = await settled(r2, `${FILTER} 2.0.0 installed`);
+      snap = await snapshot(fl);
+      const on2 = snap.filter((s) => modulesOf(s) === '2.0.0 (archived 1.0.0)');
+      check(on2.length === n, `${on2.length} of ${n} devices run ${FILTER} 2.0.0 with 1.0.0 archived`);
+      const v1calls = results.reduce((a, r) => a + (r.runs[0]?.[1] ?? 0), 0);
+      say.info(
+        `hot swap under load: ${calls} calls, ${v1calls} answered by 1.0.0 then ${calls - v1calls} by 2.0.0, ${failed} failed; 1.0.0 archived sealed by each device's enclave`,
+      );
+
+      // Revoked on one device: the operator takes the device's authorization for the module away (its new group's
+      // capability manifest grants no 'filter'); the device applies the newer manifest and unloads the module.
+      const target = fleetDevices[n - 1];
+      check(target !== undefined, 'no device for the revocation');
+      const tgt = target!;
+      const tgtSnap = snap.find((s) => s.index === tgt.index);
+      await op.post('/v1/capabilities/manifests', { group: NO_FILTER_GROUP, modules: [] });
+      // Moving a device is the admin's (role device.update).
+      await adm.expect([200], 'PATCH', `/v1/devices/${tgt.serverId}`, { group: NO_FILTER_GROUP });
+      const synced = fl.next(
+        (m) => m.type === 'capabilities-synced' && m.index === tgt.index,
+        'the device to sync',
+        30_000,
+      );
+      const revokedAt = Date.now();
+      fl.send({ cmd: 'sync-capabilities', index: tgt.index });
+      const sy = await synced;
+      check(sy.error === undefined, `the device could not sync: ${String(sy.error)}`);
+      const unloadedIn = Date.now() - revokedAt;
+      snap = await snapshot(fl);
+      const after = snap.find((s) => s.index === tgt.index);
+      check(after !== undefined && modulesOf(after) === 'none', `${tgt.name} still runs ${FILTER}`);
+      check(
+        (after!.moduleEvents ?? []).includes(`unloaded ${FILTER} 2.0.0 (unauthorized)`),
+        `${tgt.name}: no unload event (${(after!.moduleEvents ?? []).join('; ')})`,
+      );
+      const others = snap.filter((s) => s.index !== tgt.index && modulesOf(s) === '2.0.0 (archived 1.0.0)');
+      check(others.length === n - 1, `${others.length} of ${n - 1} other devices still run ${FILTER} 2.0.0`);
+      // The server has the device's signed 'unloaded' report.
+      const end = Date.now() + 15_000;
+      let reported = '';
+      for (;;) {
+        const m = await op.get<{ items: { name: string; version: string; state: string }[] }>(
+          `/v1/capabilities/devices/${tgt.serverId}/modules`,
+        );
+        reported = m.items.map((x) => `${x.name} ${x.version} ${x.state}`).join(', ');
+        if (m.items.some((x) => x.name === FILTER && x.version === '2.0.0' && x.state === 'unloaded')) break;
+        if (Date.now() > end)
+          throw new StepFailed(`the server has no unload report of ${tgt.name}: ${reported}`);
+        await sleep(200);
+      }
+      moduleRevoked = { name: tgt.name, serverId: tgt.serverId };
+      say.info(
+        `${tgt.name.slice(0, 32)}… moved to group ${NO_FILTER_GROUP} (manifest without '${FILTER}'): unloaded ${FILTER} 2.0.0 within ${unloadedIn} ms of its sync (was ${tgtSnap === undefined ? '?' : modulesOf(tgtSnap)}), reported it; the other ${n - 1} keep 2.0.0`,
+      );
+      return `${FILTER} 1.0.0 → 2.0.0 hot-swapped on ${n} devices under ${calls} calls (0 failed); authorization revoked on one device, which unloaded it and reported it (${((Date.now() - t0) / 1000).toFixed(1)} s)`;
     });
 
     await step(12, async () => {
@@ -555,7 +751,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     powerCuts: s.powerCuts,
     attestation: attestation.get(s.serverId ?? '') ?? '-',
     rotIndex: s.rotIndex === undefined ? '-' : String(s.rotIndex),
-    module: 'n/a',
+    module: moduleCell(s),
   }));
   const ok =
     steps.every((s) => s.status === 'ok' || (o.partial && s.status === 'missing')) && steps.length === 12;
@@ -568,6 +764,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     server:
       srvUrls === undefined ? undefined : { operatorUrl: srvUrls.operatorUrl, deviceUrl: srvUrls.deviceUrl },
     rollouts,
+    modules: { rollouts: moduleRollouts, revoked: moduleRevoked, calls: moduleCalls },
   };
   if (!o.json) {
     out('');

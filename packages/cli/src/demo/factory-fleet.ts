@@ -8,11 +8,33 @@
  */
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { sim, StatusTracker, type TrackerEvent } from '@rotor/device';
+import {
+  CapabilityManager,
+  enclaveArchiveSealer,
+  nodeFs,
+  SandboxPool,
+  sim,
+  StatusTracker,
+  type CapabilityEvent,
+  type TrackerEvent,
+} from '@rotor/device';
 import type { EvidenceClaims } from '@rotor/trust';
 // The attester is not exported by @rotor/device's index yet (asked for in the integration report).
 import { Attester, type AttestingEnvironment } from '../../../device/src/attest/attester.ts';
-import { openFactoryDevice, type FactoryDevice } from '../factory-device.ts';
+import {
+  AGREEMENT_KEY_ID,
+  enclaveKeyAgreement,
+  openFactoryDevice,
+  type FactoryDevice,
+} from '../factory-device.ts';
+import {
+  callLoad,
+  capabilityProvisioning,
+  CAPABILITY_VENDOR,
+  fetchCapabilityKeys,
+  type CapabilityKeysInfo,
+  type LoadResult,
+} from './capabilities.ts';
 
 export interface FactoryFleetOptions {
   /** The batch directory (factory/devices/<batch>). */
@@ -25,6 +47,13 @@ export interface FactoryFleetOptions {
   readonly checkinMs?: number;
   /** Server CA (PEM) when it is not the one in the devices' bundles. */
   readonly ca?: string;
+  /**
+   * Give every device a CapabilityManager (issue 8): storage under its flash directory (`capabilities/`), archives
+   * sealed by its enclave, module keys unwrapped by the enclave's agreement key, the server's capability authority
+   * as manifest and revocation authority, wired into its tracker. Needs the server's capability keys and a
+   * capability manifest for the devices' group (capabilities.ts: provisioning on first power-on).
+   */
+  readonly capabilities?: boolean;
 }
 
 export type FleetEvent =
@@ -37,6 +66,7 @@ export type FleetEvent =
       readonly record: { state: string; sequence: bigint; reason: string | undefined };
     }
   | { readonly type: 'attestation'; readonly index: number; readonly name: string; readonly outcome: unknown }
+  | { readonly type: 'module'; readonly index: number; readonly name: string; readonly event: string }
   | {
       readonly type: 'device-error';
       readonly index: number;
@@ -55,6 +85,10 @@ export interface FleetDeviceSnapshot {
   readonly attestations: number;
   readonly lastAttestation: string | undefined;
   readonly rotIndex: number | undefined;
+  /** Capability modules (when the fleet runs a CapabilityManager per device): active version and archives. */
+  readonly modules: readonly { name: string; version: string; archives: string[] }[] | undefined;
+  /** The device's capability events so far, oldest first, as 'installed filter 1.0.0' etc. */
+  readonly moduleEvents: readonly string[];
 }
 
 interface Running {
@@ -68,6 +102,15 @@ interface Running {
   state: string;
   attestations: number;
   lastAttestation: string | undefined;
+  readonly manager: CapabilityManager | undefined;
+  readonly moduleEvents: string[];
+}
+
+function moduleEvent(e: CapabilityEvent): string | undefined {
+  if (e.type === 'installed') return `installed ${e.name} ${e.version}`;
+  if (e.type === 'unloaded') return `unloaded ${e.name} ${e.version} (${e.reason})`;
+  if (e.type === 'rolled-back') return `rolled back ${e.name} ${e.from} → ${e.to ?? 'none'}`;
+  return undefined;
 }
 
 function environment(d: FactoryDevice): AttestingEnvironment {
@@ -113,6 +156,9 @@ function measure(d: FactoryDevice): () => Promise<EvidenceClaims> {
 export class FactoryFleet {
   readonly devices: readonly Running[];
   readonly #onEvent: (e: FleetEvent) => void;
+  /** Warm sandboxes shared by the devices' capability managers (one worker_thread each). */
+  #pool: SandboxPool | undefined;
+  #load: ReturnType<typeof callLoad> | undefined;
 
   private constructor(devices: Running[], onEvent: (e: FleetEvent) => void) {
     this.devices = devices;
@@ -130,6 +176,9 @@ export class FactoryFleet {
     const devices: Running[] = [];
     const fleet = new FactoryFleet(devices, onEvent);
     const every = o.checkinMs ?? 1000;
+    let keys: Promise<CapabilityKeysInfo> | undefined;
+    const capabilityKeys = (): Promise<CapabilityKeysInfo> =>
+      (keys ??= fetchCapabilityKeys(o.operatorUrl, o.token));
     try {
       for (const [index, n] of names.entries()) {
         let dev: Running | undefined = undefined;
@@ -174,6 +223,51 @@ export class FactoryFleet {
           } else if (e.kind === 'error')
             onEvent({ type: 'device-error', index, where: e.where, message: e.error.message });
         };
+        let manager: CapabilityManager | undefined;
+        const moduleEvents: string[] = [];
+        if (o.capabilities === true)
+          try {
+            const ca = o.ca ?? d.serverCa;
+            const prov = await capabilityProvisioning(join(o.dir, n), capabilityKeys, {
+              url: o.deviceUrl,
+              identity: d.credential,
+              ...(ca === undefined ? {} : { ca }),
+            });
+            fleet.#pool ??= new SandboxPool({ spare: 1 });
+            manager = await CapabilityManager.open({
+              fs: nodeFs(join(o.dir, n, 'flash')),
+              dir: 'capabilities',
+              // The firmware version of the image booted now, 1.0 until then (the tracker powers the agent on: it
+              // sets the agent's payload source first, so that an interrupted update resumes through it).
+              device: {
+                vendorDomain: CAPABILITY_VENDOR,
+                deviceClass: sim.CLASS,
+                get firmwareVersion(): [number, number, number] {
+                  const seq = Number(d.agent.booted?.record.sequence ?? 100n);
+                  return [Math.floor(seq / 100), seq % 100, 0];
+                },
+              },
+              keys: { agreements: [enclaveKeyAgreement(d.core, AGREEMENT_KEY_ID)] },
+              manifestAuthorities: [prov.authority],
+              revocationAuthorities: [prov.authority],
+              initialCapabilityManifest: prov.manifest,
+              pool: fleet.#pool,
+              // Archives sealed under the enclave's device-unique sealing key (SealData / UnsealData).
+              sealer: enclaveArchiveSealer({
+                sealData: (label, data) => Promise.resolve(d.core.sealData({ label, data }).sealed),
+                unsealData: (label, sealed) => Promise.resolve(d.core.unsealData({ label, sealed }).data),
+              }),
+              onEvent: (e) => {
+                const m = moduleEvent(e);
+                if (m === undefined) return;
+                moduleEvents.push(m);
+                onEvent({ type: 'module', index, name: d.deviceId, event: m });
+              },
+            });
+          } catch (e) {
+            await d.close().catch(() => undefined);
+            throw e;
+          }
         const tracker = new StatusTracker({
           agent: d.agent,
           server: d.server(o.deviceUrl, { timeoutMs: 30_000, ...(o.ca === undefined ? {} : { ca: o.ca }) }),
@@ -187,6 +281,7 @@ export class FactoryFleet {
           fetch: { retries: 3, backoffMs: 50, deadlineMs: 120_000 },
           fallbackSource: 'none',
           attester: new Attester(environment(d), measure(d)),
+          ...(manager === undefined ? {} : { capabilities: manager }),
           onEvent: event,
         });
         dev = {
@@ -199,6 +294,8 @@ export class FactoryFleet {
           state: 'idle',
           attestations: 0,
           lastAttestation: undefined,
+          manager,
+          moduleEvents,
         };
         devices.push(dev);
       }
@@ -246,6 +343,12 @@ export class FactoryFleet {
           attestations: r.attestations,
           lastAttestation: r.lastAttestation,
           rotIndex: chain === null ? undefined : chain.records.length - 1,
+          modules: r.manager?.status().map((m) => ({
+            name: m.name,
+            version: m.version,
+            archives: m.archives.map((a) => a.version),
+          })),
+          moduleEvents: [...r.moduleEvents],
         };
       }),
     );
@@ -255,9 +358,54 @@ export class FactoryFleet {
     for (const r of this.devices) void r.tracker.cycle().catch(() => undefined);
   }
 
-  /** Stops every tracker, then closes every enclave. */
+  #managed(indexes?: readonly number[]): (Running & { manager: CapabilityManager })[] {
+    return this.devices.filter(
+      (r): r is Running & { manager: CapabilityManager } =>
+        r.manager !== undefined && (indexes === undefined || indexes.includes(r.index)),
+    );
+  }
+
+  /**
+   * Each device (all, or those of `indexes`) asks the capability server for `name` now (as a push of the rollout
+   * would make it): query, fetch, install, signed report (the tracker's capability client).
+   */
+  async capability(
+    name: string,
+    indexes?: readonly number[],
+  ): Promise<({ index: number } & Awaited<ReturnType<StatusTracker['capability']>>)[]> {
+    return Promise.all(
+      this.#managed(indexes).map(async (r) => ({ index: r.index, ...(await r.tracker.capability(name)) })),
+    );
+  }
+
+  /** A device applies the newest revocation list and capability manifest now, and delivers its module reports. */
+  async syncCapabilities(index: number): Promise<{ revoked: string[]; unauthorized: string[] }> {
+    const r = this.#managed([index])[0];
+    if (r === undefined) throw new Error(`device ${index} runs no capability manager`);
+    const out = await r.tracker.syncCapabilities();
+    await r.tracker.flushCapabilityReports();
+    return out;
+  }
+
+  /** Starts continuous calls to `name` on every device with a manager; resolves once each answered a few. */
+  async startLoad(name: string): Promise<void> {
+    if (this.#load !== undefined) throw new Error('a call load is running');
+    this.#load = callLoad(this.#managed(), name);
+    await this.#load.ready;
+  }
+
+  async stopLoad(): Promise<LoadResult[]> {
+    const l = this.#load;
+    this.#load = undefined;
+    return l === undefined ? [] : l.stop();
+  }
+
+  /** Stops every tracker and call load, then every capability manager, then closes every enclave. */
   async stop(): Promise<void> {
+    await this.stopLoad().catch(() => undefined);
     for (const r of this.devices) await r.tracker.stop().catch(() => undefined);
+    for (const r of this.devices) await r.manager?.close().catch(() => undefined);
+    await this.#pool?.close().catch(() => undefined);
     for (const r of this.devices) await r.d.close().catch(() => undefined);
   }
 }
