@@ -122,6 +122,16 @@ describe('rotor start', () => {
     expect(list.code, list.out).toBe(0);
     firstNames = (JSON.parse(list.out) as { items: { name: string }[] }).items.map((x) => x.name).sort();
     expect(firstNames).toHaveLength(3);
+    // Every device runs a CapabilityManager: provisioned with the capability authority and its group's manifest
+    // on first power-on, its store under its flash.
+    for (let i = 0; i < 3; i++) {
+      const devDir = join(dir, 'data', 'factory', 'devices', 'start', String(i).padStart(6, '0'));
+      const prov = JSON.parse(readFileSync(join(devDir, 'capability-provisioning.json'), 'utf8')) as {
+        manifestBase64: string;
+      };
+      expect(prov.manifestBase64.length).toBeGreaterThan(0);
+      expect(statSync(join(devDir, 'flash', 'capabilities')).isDirectory()).toBe(true);
+    }
 
     s.child.kill('SIGINT');
     expect(await s.exit).toBe(0);
