@@ -93,7 +93,7 @@ describe('fleet simulator', () => {
     } finally {
       await fleet.stop();
     }
-  });
+  }, 150_000);
 
   it('power cuts during install, a failing health check and late joiners: never bricked; server and flash agree', async () => {
     const n = 12;
@@ -152,5 +152,5 @@ describe('fleet simulator', () => {
     } finally {
       await fleet.stop();
     }
-  });
+  }, 150_000);
 });

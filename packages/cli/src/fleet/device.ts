@@ -321,14 +321,12 @@ export class SimDevice {
         }
         break;
       case 'transition':
+        // The agent's own records, in order (the tracker emits each once, oldest first): the state follows them.
         this.#set(STATE_OF[e.record.state], e.record);
         break;
       case 'delivered':
         if (e.record.state === 'confirmed' || e.record.state === 'failed' || e.record.state === 'rolled-back')
           this.reported = { state: e.record.state, sequence: e.record.sequence };
-        break;
-      case 'update':
-        if (e.outcome.ok) this.#set(e.outcome.confirmed ? 'confirmed' : 'rolled-back');
         break;
       case 'error':
         this.errors++;
@@ -342,7 +340,7 @@ export class SimDevice {
   /** One tracker round; a power cut reboots the device (fresh agent on the durable state) and is not an error. */
   async cycle(
     why: 'start' | 'timer' | 'push',
-  ): Promise<{ intervalS: number | undefined; unreachable: boolean }> {
+  ): Promise<{ intervalS: number | undefined; unreachable: boolean; rebooted?: boolean }> {
     const t = this.tracker;
     if (t === undefined || !this.online) return { intervalS: undefined, unreachable: false };
     try {
@@ -352,7 +350,8 @@ export class SimDevice {
     } catch (e) {
       if (!isPowerCut(e)) throw e;
       await this.#powerCut();
-      return { intervalS: undefined, unreachable: false };
+      // A device that boots checks in at once (the tracker's start), so it finishes what the cut interrupted.
+      return { intervalS: undefined, unreachable: false, rebooted: true };
     }
   }
 

@@ -384,7 +384,7 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
       .then((r) => {
         if (r.unreachable) d.failures++;
         else d.failures = 0;
-        d.nextAt = d.nudged ? Date.now() : Date.now() + this.#nextDelay(d, r);
+        d.nextAt = d.nudged || r.rebooted === true ? Date.now() : Date.now() + this.#nextDelay(d, r);
       })
       .catch((e: unknown) => {
         d.errors++;
