@@ -94,6 +94,20 @@ export async function startEmbeddedBroker(opts: EmbeddedBrokerOptions): Promise<
       const id = devices.get(client);
       done(null, id !== undefined && sub.topic === notifyTopic(opts.prefix, id) ? sub : null);
     },
+    // A proxy credential's validity is re-checked at every delivery (createDeviceTls re-checks per call, as the
+    // device listener does per request, docs/protocol.md §1.1): a connection that outlived its proxy gets nothing
+    // more and is closed; the device reconnects with its renewed credential.
+    authorizeForward: (client, packet) => {
+      try {
+        deviceTls.certificate(client.conn as Partial<TLSSocket>);
+        return packet;
+      } catch {
+        setImmediate(() => {
+          client.close();
+        });
+        return null;
+      }
+    },
     // Nobody but the server publishes (client null = in-process publish).
     authorizePublish: (client, _packet, done) => {
       done(client === null ? null : new Error('devices may not publish'));

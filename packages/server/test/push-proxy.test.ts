@@ -14,7 +14,14 @@ import * as x509 from '@peculiar/x509';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decode, softwareSigner, type CborMap } from '@rotor/cose';
-import { loadConfig, notifyTopic, openDatabase, startServer, type RotorServer } from '../src/index.ts';
+import {
+  loadConfig,
+  notifyTopic,
+  openDatabase,
+  startEmbeddedBroker,
+  startServer,
+  type RotorServer,
+} from '../src/index.ts';
 import { signerCrypto, signerKeys } from '../src/factory/x509-signer.ts';
 import { selfSignedCert, type TestCert } from './helpers.ts';
 import { createTestPki, type TestPki } from './proxy-pki.ts';
@@ -243,5 +250,52 @@ describe('embedded MQTT broker: RFC 3820 proxy client certificates', () => {
     // The good credential of the same device still connects.
     const c = await connect(await proxyCredential(d), `rotor-${id}`);
     expect(c.connected).toBe(true);
+  });
+});
+
+describe('embedded broker: a connection does not outlive its proxy', () => {
+  it('delivers while the proxy is valid; once it has expired, the nudge is withheld and the client closed', async () => {
+    let clock = Date.now();
+    const d = await pki.softwareDevice();
+    const broker = await startEmbeddedBroker({
+      host: '127.0.0.1',
+      port: 0,
+      prefix: 'rotor/v1',
+      tls: { cert: serverCert.certPem, key: serverCert.keyPem, ca: pki.caPem },
+      authenticateDevice: () => Promise.resolve({ kind: 'device', deviceId: 'dev-1', name: 'dev-1' }),
+      now: () => clock,
+    });
+    const c = await mqtt.connectAsync(broker.url!, {
+      clientId: 'rotor-dev-1',
+      ca: serverCert.certPem,
+      ...(await proxyCredential(d, {
+        notBefore: new Date(clock - 60_000),
+        notAfter: new Date(clock + 3600_000),
+      })),
+      protocolVersion: 4,
+      reconnectPeriod: 0,
+      connectTimeout: 10_000,
+    });
+    try {
+      await c.subscribeAsync(notifyTopic('rotor/v1', 'dev-1'), { qos: 1 });
+      const first = nextMessage(c);
+      await broker.notify(['dev-1']);
+      expect((await first).topic).toBe(notifyTopic('rotor/v1', 'dev-1'));
+
+      const received: string[] = [];
+      c.on('message', (topic) => received.push(topic));
+      const closed = new Promise<void>((resolve) =>
+        c.once('close', () => {
+          resolve();
+        }),
+      );
+      clock += 2 * 3600_000;
+      await broker.notify(['dev-1']);
+      await closed;
+      expect(received).toEqual([]);
+    } finally {
+      await c.endAsync(true).catch(() => undefined);
+      await broker.close();
+    }
   });
 });
