@@ -100,11 +100,14 @@ function printer(asJson: boolean): (e: TrackerEvent) => void {
       case 'push':
         out(e.why === 'push' ? 'push: check in now' : 'push: connected');
         break;
-      case 'trust':
-        out(
-          `trust: anchors ${e.sync.anchors === undefined ? 'unchanged' : `v${e.sync.anchors.from} → v${e.sync.anchors.to}`}, revocation list ${e.sync.revocation === undefined ? 'none' : `v${e.sync.revocation}`}`,
-        );
+      case 'trust': {
+        const a = e.sync.anchors;
+        const anchors =
+          a === undefined || a.from === a.to ? 'unchanged' : `v${String(a.from)} → v${String(a.to)}`;
+        const list = e.sync.revocation === undefined ? 'none' : `v${String(e.sync.revocation)}`;
+        out(`trust: anchors ${anchors}, revocation list ${list}`);
         break;
+      }
       case 'error':
         out(`${e.where}: ${'code' in e.error ? String(e.error.code) : 'ERROR'}: ${e.error.message}`);
         break;
