@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { encode } from '@rotor/cose';
 import { encodeModuleMetadata } from '@rotor/trust';
-import { dbRegistry, migrate, openDatabase, provisionDevices } from '@rotor/server';
+import { dbRegistry, migrate, openDatabase, provisionDevices, publishProfileTrust } from '@rotor/server';
 import { CliError, ExitCode } from '../errors.ts';
 import { enclaveDevices } from '../factory-device.ts';
 import { openFactoryCa } from '../factory.ts';
@@ -286,6 +286,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
           "SELECT count(*)::int AS n FROM devices WHERE 'factory' = ANY(tags)",
         );
         check((rows[0]?.n ?? 0) >= n, 'the factory registrations are not in the server database');
+        // Issue 7: the profile's version-1 trust anchors and first revocation list on the server (once).
+        const trust = ca.factory.profile.trust;
+        if (trust !== undefined) await publishProfileTrust(db, trust);
         say.info(
           `identity keys born in each device's enclave; certificates from the issuing CA (${d.factoryDir}/device-ca.pem); firmware 1.0 installed; registered and audited`,
         );

@@ -282,6 +282,7 @@ export class FactoryFleet {
           fallbackSource: 'none',
           attester: new Attester(environment(d), measure(d)),
           ...(manager === undefined ? {} : { capabilities: manager }),
+          ...(d.trust === undefined ? {} : { trust: d.trust }),
           onEvent: event,
         });
         dev = {
