@@ -633,11 +633,16 @@ DATABASE_URL, else the embedded database in --data-dir/pg (default ./rotor-data;
           onProgress: progressBar(`provisioning ${batch}`, values.json !== true),
         });
         if (values.json === true) json(r);
-        else
+        else {
           out(
             `batch ${batch}: ${r.deviceIds.length}/${count} devices provisioned (${r.provisioned} now; recovered: ${r.recovered.rolledForward} finished, ${r.recovered.discarded} wiped)`,
           );
-        return ExitCode.ok;
+          for (const d of r.refused)
+            process.stderr.write(
+              `device ${String(d.index)} (${d.deviceId}) refused by the registry: ${d.code}: ${d.message}; wiped, a re-run retries it\n`,
+            );
+        }
+        return r.refused.length === 0 ? ExitCode.ok : ExitCode.rejected;
       } finally {
         await db.close();
         await ca.close();

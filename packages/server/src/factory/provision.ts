@@ -221,6 +221,13 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
     const found = existing[0];
     // Rolled forward after a crash: already recorded and registered.
     if (found !== undefined) return { id: found.id, created: false };
+    // One device, one identity: the same device id with another certificate is refused (devices.name is unique).
+    const same = await tx.query<{ id: string }>('SELECT id FROM devices WHERE name = $1', [r.deviceId]);
+    if (same.length > 0)
+      throw new ServerError(
+        'ALREADY_EXISTS',
+        `device ${r.deviceId} is already registered with another certificate`,
+      );
     // RFC 5280 §4.1.2.2: one serial, one certificate (migration 8's unique index is the backstop for races).
     const clash = await tx.query<{ id: string }>(
       `SELECT id FROM devices WHERE lower(attributes->>'serial') = lower($1)`,
@@ -291,13 +298,26 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
       const batch = queue;
       queue = [];
       try {
+        // A savepoint per device: one refused registration (duplicate serial or device, a unique index firing)
+        // is rolled back alone and fails only its own device; the others of the group commit go through.
         const results = await db.transaction(async (tx) => {
-          const out: { id: string; created: boolean }[] = [];
-          for (const p of batch) out.push(await registerOne(tx, p.r, p.keys));
+          const out: ({ ok: true; v: { id: string; created: boolean } } | { ok: false; e: unknown })[] = [];
+          for (const p of batch) {
+            await tx.query('SAVEPOINT factory_reg');
+            try {
+              out.push({ ok: true, v: await registerOne(tx, p.r, p.keys) });
+              await tx.query('RELEASE SAVEPOINT factory_reg');
+            } catch (e) {
+              await tx.query('ROLLBACK TO SAVEPOINT factory_reg');
+              out.push({ ok: false, e: uniqueViolation(e, p.r) });
+            }
+          }
           return out;
         });
         batch.forEach((p, k) => {
-          p.done(results[k]!);
+          const r = results[k]!;
+          if (r.ok) p.done(r.v);
+          else p.fail(r.e);
         });
       } catch (e) {
         for (const p of batch) p.fail(e);
@@ -321,6 +341,21 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
       });
     },
   };
+}
+
+/**
+ * A unique index that fired despite the checks (another station registering the same serial or device at once) is
+ * the same refusal as the check's: a typed error, not the driver's SQLSTATE 23505.
+ */
+function uniqueViolation(e: unknown, r: Registration): unknown {
+  if (typeof e !== 'object' || e === null || (e as { code?: unknown }).code !== '23505') return e;
+  return (e as { constraint?: unknown }).constraint === 'devices_cert_serial'
+    ? new ServerError(
+        'CERT_SERIAL_DUPLICATE',
+        `certificate serial ${r.certificate.serial} is already registered (RFC 5280 §4.1.2.2)`,
+        { cause: e },
+      )
+    : new ServerError('ALREADY_EXISTS', `device ${r.deviceId} is already registered`, { cause: e });
 }
 
 const sha256hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -434,7 +469,8 @@ type JournalRecord =
       readonly cert: string;
       readonly spki: string;
     }
-  | { readonly i: number; readonly s: 'done'; readonly deviceId: string };
+  | { readonly i: number; readonly s: 'done'; readonly deviceId: string }
+  | { readonly i: number; readonly s: 'refused'; readonly code: string };
 
 const MAX_JOURNAL_LINE = 8192;
 
@@ -456,6 +492,7 @@ function parseRecord(line: string): JournalRecord {
   if (o.s === 'issued')
     return { i, s: 'issued', deviceId: str('deviceId'), cert: str('cert'), spki: str('spki') };
   if (o.s === 'done') return { i, s: 'done', deviceId: str('deviceId') };
+  if (o.s === 'refused') return { i, s: 'refused', code: str('code') };
   throw bad();
 }
 
@@ -549,8 +586,31 @@ export interface ProvisionOptions {
   readonly now?: () => Date;
 }
 
+/** A device whose registration the registry refused for good (its certificate was never registered nor installed). */
+export interface RefusedDevice {
+  readonly index: number;
+  readonly deviceId: string;
+  readonly code: string;
+  readonly message: string;
+}
+
+/**
+ * Registry answers that refuse one device for good (not a transient failure): that device is wiped and journalled
+ * `refused`, the rest of the batch goes on; the next run of the batch starts it afresh (new key, new serial).
+ */
+const REFUSALS: ReadonlySet<string> = new Set([
+  'CERT_SERIAL_DUPLICATE',
+  'ALREADY_EXISTS',
+  'CONFLICT',
+  'DEVICE_KEY_INVALID',
+]);
+const refusal = (e: unknown): ServerError | undefined =>
+  e instanceof ServerError && REFUSALS.has(e.code) ? e : undefined;
+
 export interface ProvisionResult {
   readonly provisioned: number;
+  /** Devices refused by the registry in this run (wiped; a later run of the batch retries them). */
+  readonly refused: readonly RefusedDevice[];
   readonly recovered: { readonly discarded: number; readonly rolledForward: number };
   readonly total: number;
   readonly deviceIds: readonly string[];
@@ -597,32 +657,45 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
     issued: IssuedCertificate,
     spki: Uint8Array,
     keys: DevicePublicKeys,
-  ): Promise<void> => {
-    await opts.registry.register({
-      ...keys,
-      deviceId: dev.deviceId,
-      certificate: issued,
-      issuer: issuerName,
-      identityKeySpki: spki,
-      keyType: p.keyType,
-      deviceClass: p.deviceClass,
-      profile: p.name,
-    });
+  ): Promise<boolean> => {
+    try {
+      await opts.registry.register({
+        ...keys,
+        deviceId: dev.deviceId,
+        certificate: issued,
+        issuer: issuerName,
+        identityKeySpki: spki,
+        keyType: p.keyType,
+        deviceClass: p.deviceClass,
+        profile: p.name,
+      });
+    } catch (e) {
+      const r = refusal(e);
+      if (r === undefined) throw e;
+      // Refused for good: the certificate is neither registered nor installed; the device goes back to
+      // "not started" and only this device is skipped (the other devices of the group commit are unaffected).
+      await opts.devices.discard(i);
+      await journal.append({ i, s: 'refused', code: r.code });
+      refused.push({ index: i, deviceId: dev.deviceId, code: r.code, message: r.message });
+      return false;
+    }
     step('registered', i);
     await dev.install(bundle(dev.deviceId, toPem(issued.der)));
     step('installed', i);
     await journal.append({ i, s: 'done', deviceId: dev.deviceId });
     step('done', i);
+    return true;
   };
 
   let discarded = 0;
   let rolledForward = 0;
   let provisioned = 0;
   let done = 0;
+  const refused: RefusedDevice[] = [];
   try {
     // Recovery first: every device ends fully provisioned or not started.
     for (const [i, r] of [...journal.state]) {
-      if (r.s === 'begin') {
+      if (r.s === 'begin' || r.s === 'refused') {
         await opts.devices.discard(i);
         journal.state.delete(i);
         discarded++;
@@ -640,15 +713,16 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
         };
         // The device's other keys were generated before its certificate was journalled: the same ones come back.
         const keys = (await dev.publicKeys?.()) ?? {};
-        await finish(i, dev, issued, new Uint8Array(Buffer.from(r.spki, 'base64')), keys);
+        const ok = await finish(i, dev, issued, new Uint8Array(Buffer.from(r.spki, 'base64')), keys);
         await opts.devices.close?.(i);
-        rolledForward++;
+        if (ok) rolledForward++;
       }
     }
     const todo: number[] = [];
     for (let i = 0; i < opts.count; i++) {
-      if (journal.state.get(i)?.s === 'done') done++;
-      else todo.push(i);
+      const s = journal.state.get(i)?.s;
+      if (s === 'done') done++;
+      else if (s !== 'refused') todo.push(i);
     }
     opts.onProgress?.(done, opts.count);
     let next = 0;
@@ -675,8 +749,9 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
           spki: Buffer.from(checked.spki).toString('base64'),
         });
         step('issued', i);
-        await finish(i, dev, issued, checked.spki, keys);
+        const ok = await finish(i, dev, issued, checked.spki, keys);
         await opts.devices.close?.(i);
+        if (!ok) continue;
         provisioned++;
         done++;
         opts.onProgress?.(done, opts.count);
@@ -690,7 +765,7 @@ export async function provisionDevices(opts: ProvisionOptions): Promise<Provisio
       const r = journal.state.get(i);
       if (r?.s === 'done') deviceIds.push(r.deviceId);
     }
-    return { provisioned, recovered: { discarded, rolledForward }, total: opts.count, deviceIds };
+    return { provisioned, refused, recovered: { discarded, rolledForward }, total: opts.count, deviceIds };
   } finally {
     await journal.close();
   }
