@@ -178,15 +178,12 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
             authority: capabilityKeyFromPem(config.capabilityAuthorityKeyPem, 'capability authority key'),
           }
         : undefined);
-    registerCapabilityRoutes(
-      op.app,
-      dev?.app,
-      createCapabilityService(db, {
-        ...(capabilityKeys === undefined ? {} : { keys: capabilityKeys }),
-        ...(keys.vault === undefined ? {} : { vault: keys.vault }),
-        ...(opts.now === undefined ? {} : { now: opts.now }),
-      }),
-    );
+    const capabilities = createCapabilityService(db, {
+      ...(capabilityKeys === undefined ? {} : { keys: capabilityKeys }),
+      ...(keys.vault === undefined ? {} : { vault: keys.vault }),
+      ...(opts.now === undefined ? {} : { now: opts.now }),
+    });
+    registerCapabilityRoutes(op.app, dev?.app, capabilities);
     await op.app.ready();
     if (dev !== undefined) await dev.app.ready();
     openapi = openApiDocument(
@@ -225,6 +222,16 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
         const job = notifyRollout(db, n, rolloutId).catch((e: unknown) => {
           op.app.log.warn({ err: e, rolloutId }, 'push notification failed (devices will poll)');
         });
+        pushes.add(job);
+        void job.finally(() => pushes.delete(job));
+      });
+      // Issue 8: a module rollout that starts, resumes or advances nudges the devices of its share.
+      capabilities.setWorkListener((rolloutId) => {
+        const job = capabilities
+          .nudgeRollout(rolloutId, (ids) => n.notify(ids))
+          .catch((e: unknown) => {
+            op.app.log.warn({ err: e, rolloutId }, 'push notification failed (devices will poll)');
+          });
         pushes.add(job);
         void job.finally(() => pushes.delete(job));
       });

@@ -9,6 +9,7 @@ import type { Principal } from '../auth.ts';
 import { ServerError } from '../errors.ts';
 import { OCTET_STREAM, SUIT_REPORT_TYPE, SUIT_SIGNED_REPORT_TYPE } from '../http.ts';
 import {
+  MAX_MODULE_OFFERS,
   MAX_MODULE_REPORT_BYTES,
   MAX_MODULE_UPLOAD_BYTES,
   MODULE_DEVICE_STATES,
@@ -147,6 +148,7 @@ const queryBody = {
   required: ['capability'],
   properties: {
     capability: capName,
+    moduleId: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' },
     firmwareVersion: versionText,
     deviceClass: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' },
     installed: {
@@ -159,6 +161,47 @@ const queryBody = {
         properties: { name: capName, version: versionText },
       },
     },
+  },
+} as const;
+
+const installedList = {
+  type: 'array',
+  maxItems: 256,
+  items: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['name', 'version'],
+    properties: { name: capName, version: versionText },
+  },
+} as const;
+
+const offersBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { installed: installedList },
+} as const;
+
+const offersAnswer = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['offers', 'more'],
+  properties: {
+    offers: {
+      type: 'array',
+      maxItems: MAX_MODULE_OFFERS,
+      items: {
+        type: 'object',
+        additionalProperties: false,
+        required: ['rolloutId', 'moduleId', 'name', 'version'],
+        properties: {
+          rolloutId: { type: 'string' },
+          moduleId: { type: 'string' },
+          name: { type: 'string' },
+          version: { type: 'string' },
+        },
+      },
+    },
+    more: { type: 'boolean' },
   },
 } as const;
 
@@ -536,6 +579,18 @@ export function registerCapabilityRoutes(
       schema: { body: queryBody, response: { 200: queryAnswer } },
     },
     async (req) => s.query(principal(req), req.body),
+  );
+  dev.post<{ Body: { installed?: { name: string; version: string }[] } }>(
+    '/d/v1/capabilities/offers',
+    {
+      config: {
+        auth: 'device',
+        summary:
+          'Module rollouts that offer this device a module it does not run yet (fetch each with query + moduleId)',
+      },
+      schema: { body: offersBody, response: { 200: offersAnswer } },
+    },
+    async (req) => s.offers(principal(req), req.body),
   );
   dev.post<{ Body: Buffer }>(
     '/d/v1/capabilities/reports',

@@ -386,6 +386,23 @@ export interface QueryInput {
   deviceClass?: string;
   /** Modules the device already runs (satisfy dependencies). */
   installed?: { name: string; version: string }[];
+  /**
+   * A module a live rollout offers the device (from `offers`): that module and no other. Its compatibility and
+   * authorization are then the device's to judge — its manager refuses and reports `failed` with the reason, which
+   * the rollout counts, as a firmware rollout counts a device that refuses its image.
+   */
+  moduleId?: string;
+}
+
+/** Most module rollout offers in one answer (the device asks again next cycle for the rest). */
+export const MAX_MODULE_OFFERS = 16;
+
+/** A module rollout that offers the device a module it does not run yet (`POST /d/v1/capabilities/offers`). */
+export interface ModuleOffer {
+  rolloutId: string;
+  moduleId: string;
+  name: string;
+  version: string;
 }
 
 export interface QueryAnswer {
@@ -414,6 +431,9 @@ export interface CapabilityServiceOptions {
   readonly vendorDomain?: string;
 }
 
+/** Devices per page when nudging the devices of a module rollout's phase. */
+const NUDGE_PAGE = 500;
+
 export type CapabilityService = ReturnType<typeof createCapabilityService>;
 
 export function createCapabilityService(db: Db, opts: CapabilityServiceOptions = {}) {
@@ -428,6 +448,25 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         'the capability server needs its capability-signing and authority keys and the content-key vault',
       );
     return { keys: opts.keys, vault: opts.vault };
+  }
+
+  /**
+   * Push (RFC 9019 §3, as firmware rollouts: push.ts notifyRollout): rollouts that started, resumed or advanced
+   * since the last nudge. The listener runs after the change is committed; a nudge of a rolled-back change only
+   * makes a device check in early.
+   */
+  const moved = new Set<string>();
+  let workListener: ((rolloutId: string) => void) | undefined;
+  function nudgeMoved(): void {
+    const ids = [...moved];
+    moved.clear();
+    if (workListener === undefined) return;
+    for (const id of ids)
+      try {
+        workListener(id);
+      } catch {
+        // a listener's failure is not the rollout's: devices find the work on their next poll
+      }
   }
 
   const payloadUrl = (ciphertextSha: Uint8Array): string =>
@@ -575,6 +614,8 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         'rollout',
       );
     }
+    // A wider share: the devices of the new phase are nudged once the change is committed (push.ts).
+    moved.add(r.id);
     await appendAudit(
       tx,
       {
@@ -612,6 +653,7 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       }
       out.push(await db.transaction(async (tx) => evaluateLocked(tx, await lockRollout(tx, r.id))));
     }
+    nudgeMoved();
     return out;
   }
 
@@ -637,7 +679,104 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
     return p.deviceId;
   }
 
+  /**
+   * The newest rollout of each module (it governs who is offered the module), brought up to date, and the calling
+   * device's part in each: `offered(moduleId)` is the rule of the README's table — active or completed: the target
+   * up to the current phase's percent (stable per-device buckets) plus every device offered it before in this
+   * rollout; paused: only devices that installed it (no new device); cancelled: nobody.
+   */
+  async function rolloutGate(dev: TargetDevice) {
+    const rollouts = await advanceDue(
+      await db.query<RolloutRow>(
+        'SELECT DISTINCT ON (module_id) * FROM capability_rollouts ORDER BY module_id, started_at_ms DESC, id',
+      ),
+    );
+    const gated = new Map(rollouts.map((r) => [r.module_id, r]));
+    const mine = new Map(
+      (
+        await db.query<{ rollout_id: string; state: ModuleDeviceState }>(
+          'SELECT rollout_id, state FROM capability_rollout_devices WHERE device_id = $1',
+          [dev.id],
+        )
+      ).map((x) => [x.rollout_id, x.state]),
+    );
+    const offered = (moduleId: string): boolean => {
+      const r = gated.get(moduleId);
+      if (r === undefined) return true;
+      const had = mine.get(r.id);
+      switch (r.state) {
+        case 'cancelled':
+          return false;
+        case 'paused':
+          return had === 'installed';
+        case 'completed':
+          return had !== undefined || inTarget(r.target, dev);
+        case 'active':
+          return (
+            had !== undefined ||
+            (inTarget(r.target, dev) &&
+              rolloutBucket(r.id, dev.id) < (r.phases[r.current_phase]?.percent ?? 100))
+          );
+      }
+    };
+    return { rollouts, gated, mine, offered };
+  }
+
+  async function quarantined(deviceId: string): Promise<boolean> {
+    const st = await db.query<{ quarantined: boolean }>(
+      'SELECT quarantined FROM device_policy_state WHERE device_id = $1',
+      [deviceId],
+    );
+    return st[0]?.quarantined === true;
+  }
+
   return {
+    /**
+     * The push half of module rollouts (RFC 9019 §3; issue 8 "roll modules out like firmware"): `fn` is told the
+     * id of every module rollout that started, resumed or advanced (after the change is committed). The server
+     * wires it to `nudgeRollout` over its notifier, like firmware rollouts' work listener.
+     */
+    setWorkListener(fn: ((rolloutId: string) => void) | undefined): void {
+      workListener = fn;
+    },
+
+    /**
+     * Nudges the devices a live module rollout offers its module to now and that have not reported it installed,
+     * failed or reverted (the current phase's share of the target), page by page. Returns how many were nudged.
+     */
+    async nudgeRollout(rolloutId: string, notify: (deviceIds: string[]) => Promise<void>): Promise<number> {
+      const r = (
+        await db.query<RolloutRow>('SELECT * FROM capability_rollouts WHERE id = $1', [rolloutId])
+      )[0];
+      if (r === undefined || (r.state !== 'active' && r.state !== 'completed')) return 0;
+      const percent = r.state === 'completed' ? 100 : (r.phases[r.current_phase]?.percent ?? 100);
+      const done = new Set(
+        (
+          await db.query<{ device_id: string }>(
+            "SELECT device_id FROM capability_rollout_devices WHERE rollout_id = $1 AND state <> 'offered'",
+            [rolloutId],
+          )
+        ).map((x) => x.device_id),
+      );
+      let after = '';
+      let n = 0;
+      for (;;) {
+        const rows = await db.query<TargetDevice>(
+          `SELECT id, device_group, tags, attributes FROM devices
+           WHERE enabled AND id > $1 AND ($2::text IS NULL OR device_group = $2) ORDER BY id LIMIT $3`,
+          [after, r.target.group ?? null, NUDGE_PAGE],
+        );
+        const last = rows.at(-1);
+        if (last === undefined) return n;
+        after = last.id;
+        const ids = rows
+          .filter((d) => !done.has(d.id) && inTarget(r.target, d) && rolloutBucket(r.id, d.id) < percent)
+          .map((d) => d.id);
+        if (ids.length > 0) await notify(ids);
+        n += ids.length;
+      }
+    },
+
     /** Catalog upload (author): validates, encrypts once, stores ciphertext and wrapped key; audited. */
     async upload(p: Principal, body: Uint8Array): Promise<ModuleInfo> {
       authorize(p, 'capability.upload');
@@ -888,7 +1027,7 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       authorize(p, 'capability.rollout');
       validatePhases(input.phases);
       const id = randomUUID();
-      return audited(p, 'capability.rollout', async (tx) => {
+      const info = await audited(p, 'capability.rollout', async (tx) => {
         const m = one(
           await tx.query<{ revoked_at_ms: unknown }>(
             'SELECT revoked_at_ms FROM capability_modules WHERE id = $1',
@@ -921,6 +1060,10 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
           },
         };
       });
+      // The first phase's devices are nudged (push.ts), as a firmware rollout's are.
+      moved.add(id);
+      nudgeMoved();
+      return info;
     },
 
     /** Pause (active → paused: offered to no new device), resume (paused → active, the phase restarts), cancel. */
@@ -930,7 +1073,7 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       action: 'pause' | 'resume' | 'cancel',
     ): Promise<ModuleRolloutInfo> {
       authorize(p, 'capability.rollout');
-      return audited(p, `capability.rollout.${action}`, async (tx) => {
+      const info = await audited(p, `capability.rollout.${action}`, async (tx) => {
         const r = await lockRollout(tx, id);
         const t = now();
         let rows: RolloutRow[];
@@ -959,6 +1102,10 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         }
         return { result: await rolloutInfo(tx, one(rows, 'rollout')), subject: `capability-rollout:${id}` };
       });
+      // Resumed: the current phase's devices that have not installed it yet are nudged again.
+      if (action === 'resume') moved.add(id);
+      nudgeMoved();
+      return info;
     },
 
     cancelRollout(p: Principal, id: string): Promise<ModuleRolloutInfo> {
@@ -1029,6 +1176,61 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
     },
 
     /**
+     * Module rollouts that reach devices without the device asking (issue 8 "roll modules out like firmware"): the
+     * live rollouts that offer the calling device a module it does not run yet — active or completed, the device in
+     * the target and the current phase's share (or offered before in this rollout), not reported installed, failed or
+     * reverted in it, the module not revoked and newer than the version of that capability the device runs (it
+     * refuses older sequence numbers anyway, MF §8.4.2). Newest version per capability, at most MAX_MODULE_OFFERS
+     * (oldest rollout first; `more` says there are others). A quarantined device is offered nothing (issue 7).
+     * The device fetches each with `query({capability, moduleId})`.
+     */
+    async offers(
+      p: Principal,
+      input: { installed?: { name: string; version: string }[] },
+    ): Promise<{ offers: ModuleOffer[]; more: boolean }> {
+      const deviceId = selfOf(p);
+      if (await quarantined(deviceId)) return { offers: [], more: false };
+      const dev = await deviceRow(deviceId);
+      const installed = new Map<string, ModuleVersion>();
+      for (const m of input.installed ?? [])
+        installed.set(m.name, parseVersionText(m.version, `installed ${m.name}`));
+      const { rollouts, mine, offered } = await rolloutGate(dev);
+      const live = rollouts
+        .filter((r) => r.state === 'active' || r.state === 'completed')
+        .filter((r) => {
+          const had = mine.get(r.id);
+          return (had === undefined || had === 'offered') && offered(r.module_id);
+        })
+        .sort((a, b) => Number(a.started_at_ms) - Number(b.started_at_ms) || (a.id < b.id ? -1 : 1));
+      if (live.length === 0) return { offers: [], more: false };
+      const modules = new Map(
+        (
+          await db.query<ModuleRow>(
+            'SELECT * FROM capability_modules WHERE id = ANY($1::text[]) AND revoked_at_ms IS NULL',
+            [live.map((r) => r.module_id)],
+          )
+        ).map((m) => [m.id, m]),
+      );
+      const best = new Map<string, { r: RolloutRow; m: ModuleRow; v: ModuleVersion }>();
+      for (const r of live) {
+        const m = modules.get(r.module_id);
+        if (m === undefined) continue;
+        const v = decodeModuleMetadata(u8(m.metadata)).version;
+        const have = installed.get(m.name);
+        if (have !== undefined && compareModuleVersion(v, have) <= 0) continue;
+        const cur = best.get(m.name);
+        if (cur === undefined || compareModuleVersion(v, cur.v) > 0) best.set(m.name, { r, m, v });
+      }
+      const all = [...best.values()].map((b): ModuleOffer => ({
+        rolloutId: b.r.id,
+        moduleId: b.m.id,
+        name: b.m.name,
+        version: b.m.version,
+      }));
+      return { offers: all.slice(0, MAX_MODULE_OFFERS), more: all.length > MAX_MODULE_OFFERS };
+    },
+
+    /**
      * Seed 000 steps 3–4: picks the module for the calling device and returns its per-device envelope. Refusals are
      * typed: CAP_NOT_FOUND (no such capability), CAP_NOT_AUTHORIZED (not in the device's capability manifest),
      * CAP_INCOMPATIBLE (no module for its device class / firmware), CAP_DEPENDENCY_UNSATISFIED, CAP_MANIFEST_MISSING.
@@ -1039,11 +1241,7 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       const dev = await deviceRow(deviceId);
       // A quarantined device gets nothing new (issue 7 policy engine: only remediation reaches it); it still gets
       // the manifest and the revocation list, which can only take capabilities away.
-      const st = await db.query<{ quarantined: boolean }>(
-        'SELECT quarantined FROM device_policy_state WHERE device_id = $1',
-        [deviceId],
-      );
-      if (st[0]?.quarantined === true)
+      if (await quarantined(deviceId))
         throw new ServerError('CAP_DEVICE_QUARANTINED', 'the device is quarantined: no module is offered');
       // The registry is authoritative for what it records (an operator set it); the body fills what it lacks.
       const deviceClass = dev.attributes.deviceClass ?? input.deviceClass;
@@ -1065,42 +1263,7 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       for (const m of input.installed ?? [])
         installed.set(m.name, parseVersionText(m.version, `installed ${m.name}`));
 
-      // The newest rollout of a module governs who is offered it: active or completed — the target up to the
-      // current phase's percent (stable per-device buckets); paused — only devices that already installed it (no
-      // new device); cancelled — nobody. A device offered the module once stays offered while the rollout lives.
-      const rollouts = await advanceDue(
-        await db.query<RolloutRow>(
-          'SELECT DISTINCT ON (module_id) * FROM capability_rollouts ORDER BY module_id, started_at_ms DESC, id',
-        ),
-      );
-      const gated = new Map(rollouts.map((r) => [r.module_id, r]));
-      const mine = new Map(
-        (
-          await db.query<{ rollout_id: string; state: ModuleDeviceState }>(
-            'SELECT rollout_id, state FROM capability_rollout_devices WHERE device_id = $1',
-            [deviceId],
-          )
-        ).map((x) => [x.rollout_id, x.state]),
-      );
-      const offered = (moduleId: string): boolean => {
-        const r = gated.get(moduleId);
-        if (r === undefined) return true;
-        const had = mine.get(r.id);
-        switch (r.state) {
-          case 'cancelled':
-            return false;
-          case 'paused':
-            return had === 'installed';
-          case 'completed':
-            return had !== undefined || inTarget(r.target, dev);
-          case 'active':
-            return (
-              had !== undefined ||
-              (inTarget(r.target, dev) &&
-                rolloutBucket(r.id, deviceId) < (r.phases[r.current_phase]?.percent ?? 100))
-            );
-        }
-      };
+      const { gated, offered } = await rolloutGate(dev);
       type Pick = { row: ModuleRow; md: ModuleMetadata };
       const reasons = new Map<string, string>();
       const pick = async (
@@ -1197,9 +1360,40 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         }
         return out;
       };
+      /**
+       * A rollout offer (`offers`): exactly that module, only while a live rollout offers it to this device (active
+       * or completed, in its target and share; paused offers it to no new device, cancelled to nobody). Compatibility
+       * and authorization are the device's to judge (its manager refuses typed and the device reports `failed`,
+       * counted by the rollout); dependencies the server cannot satisfy are left to the device's refusal too.
+       */
+      const pinned = async (
+        moduleId: string,
+      ): Promise<{ chosen: Pick; deps: { name: string; version: string }[] }> => {
+        const row = (
+          await db.query<ModuleRow>('SELECT * FROM capability_modules WHERE id = $1 AND name = $2', [
+            moduleId,
+            input.capability,
+          ])
+        )[0];
+        const r = gated.get(moduleId);
+        if (
+          row === undefined ||
+          r === undefined ||
+          (r.state !== 'active' && r.state !== 'completed') ||
+          !offered(moduleId)
+        )
+          throw new ServerError(
+            'CAP_NOT_FOUND',
+            `no rollout offers module ${moduleId} of ${input.capability} to this device`,
+          );
+        if (row.revoked_at_ms !== null) throw new ServerError('CAP_REVOKED', `module ${moduleId} is revoked`);
+        const md = decodeModuleMetadata(u8(row.metadata));
+        return { chosen: { row, md }, deps: (await satisfy(md, 0)) ?? [] };
+      };
       if (!isCapabilityName(input.capability))
         throw new ServerError('REQUEST_INVALID', 'capability is not a capability name');
-      const { chosen, deps } = await pick(input.capability, 0);
+      const { chosen, deps } =
+        input.moduleId === undefined ? await pick(input.capability, 0) : await pinned(input.moduleId);
 
       // Per-device key wrap (ENC §4; seed 000 step 4 "encrypts it using a device-specific key").
       let recipient: DeviceRecipient;
@@ -1405,6 +1599,7 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         if (r !== undefined) await evaluateLocked(tx, r);
         return { moduleId: offer.module_id, rolloutId: offer.rollout_id, state };
       });
+      nudgeMoved();
       return res;
     },
 
