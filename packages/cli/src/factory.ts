@@ -5,7 +5,7 @@
  *
  * The factory directory: factory.json (token, key URIs, key type), root-ca.pem, issuing-ca.pem, device-ca.pem (the
  * chain for the server's --device-ca), author.pub.pem, operator.pub.pem (and with --file-keys the private keys,
- * mode 0600), profile.json, batches/<name>.journal, devices/<name>/<index>/ (the simulated devices).
+ * mode 0600), profile.json (and profile.<n>.json: profiles replaced by set-firmware), batches/<name>.journal, devices/<name>/<index>/ (the simulated devices).
  * The PIN comes from --pin-file or ROTOR_FACTORY_PIN, never from the command line, and is never printed.
  */
 import 'reflect-metadata';
@@ -14,6 +14,7 @@ import {
   createPrivateKey,
   createPublicKey,
   generateKeyPairSync,
+  randomBytes,
   type KeyObject,
 } from 'node:crypto';
 import {
@@ -21,14 +22,18 @@ import {
   existsSync,
   fsyncSync,
   mkdirSync,
+  mkdtempSync,
   openSync,
   readFileSync,
   renameSync,
+  rmSync,
   writeFileSync,
 } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { Alg, softwareSigner, type Signer } from '@rotor/cose';
+import { nodeFs } from '@rotor/device';
 import {
   createIssuingCa,
   createRootCa,
@@ -40,16 +45,18 @@ import {
   provisionDevices,
   ServerError,
   toPem,
+  ueidUrn,
   type CaCert,
   type FactoryKeyType,
   type ProfileTrust,
   type ProvisioningProfile,
 } from '@rotor/server';
+import { decodeEnvelope } from '@rotor/suit';
 import { group, type Command, type Subcommand } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
-import { enclaveDevices } from './factory-device.ts';
+import { enclaveDevices, provisionAgent } from './factory-device.ts';
 import { createFactoryTrust, pemSigner } from './factory-trust.ts';
-import { json, out, writeAtomic } from './io.ts';
+import { json, out, readInput, writeAtomic } from './io.ts';
 import { progressBar as liveProgressBar } from './progress.ts';
 
 const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
@@ -381,13 +388,7 @@ sequence number).`,
     const revocationDays = Number((values['revocation-days'] as string | undefined) ?? '365');
     if (!Number.isSafeInteger(revocationDays) || revocationDays < 1 || revocationDays > 3650)
       throw new CliError('CLI_USAGE', '--revocation-days: 1 … 3650');
-    const antiRollback: Record<string, number> = {};
-    const ar = values['anti-rollback'] as string | undefined;
-    for (const kv of ar === undefined || ar === '' ? [] : ar.split(',')) {
-      const m = /^([A-Za-z0-9_.-]{1,64})=([0-9]{1,15})$/.exec(kv);
-      if (m === null) throw new CliError('CLI_USAGE', `--anti-rollback: NAME=N, not ${kv}`);
-      antiRollback[m[1]!] = Number(m[2]);
-    }
+    const antiRollback = parseAntiRollback(values['anti-rollback'] as string | undefined);
     const serverCaPem = readText(serverCa);
     if (!serverCaPem.includes('-----BEGIN CERTIFICATE-----'))
       throw new CliError('CLI_INPUT', `${serverCa} is not a PEM certificate`);
@@ -431,6 +432,17 @@ sequence number).`,
     return ExitCode.ok;
   },
 };
+
+/** --anti-rollback NAME=N,... (names as the profile keeps them: firmware, recovery or a component name). */
+function parseAntiRollback(ar: string | undefined): Record<string, number> {
+  const antiRollback: Record<string, number> = {};
+  for (const kv of ar === undefined || ar === '' ? [] : ar.split(',')) {
+    const m = /^([A-Za-z0-9_.-]{1,64})=([0-9]{1,15})$/.exec(kv);
+    if (m === null) throw new CliError('CLI_USAGE', `--anti-rollback: NAME=N, not ${kv}`);
+    antiRollback[m[1]!] = Number(m[2]);
+  }
+  return antiRollback;
+}
 
 const isObj = (v: unknown): v is Record<string, unknown> =>
   typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -651,7 +663,147 @@ DATABASE_URL, else the embedded database in --data-dir/pg (default ./rotor-data;
   },
 };
 
+export interface SetFirmwareResult {
+  readonly profile: string;
+  /** Where the replaced profile was kept (profile.<n>.json). */
+  readonly previous: string;
+  readonly sequence: number;
+  readonly sha256: string;
+  readonly antiRollback: Readonly<Record<string, number>>;
+}
+
+/**
+ * Replaces the profile's initial firmware (and, if given, its anti-rollback values). The envelope is checked the way
+ * every device will check it, before anything is written: it is installed into a throw-away device through the
+ * agent's own verified path (provisionAgent) — author and operator signatures against the profile's anchors
+ * (RFC 9019 §4; SUIT MF §6.2/§8.3), the integrated image's digest (MF §7.5), the vendor/class identifiers —
+ * and the anti-rollback values must not exceed its sequence number (MF §8.4.2, TD §5.2: the device would not boot).
+ * Then the old profile is kept as profile.<n>.json and the new one replaces profile.json atomically (temp file,
+ * fsync, rename). Batches started later provision the new firmware; devices already provisioned are untouched.
+ */
+export async function setFactoryFirmware(o: {
+  readonly dir: string;
+  readonly firmware: Uint8Array;
+  readonly antiRollback?: Readonly<Record<string, number>>;
+}): Promise<SetFirmwareResult> {
+  const dir = resolve(o.dir);
+  const f = loadFactory(dir);
+  const antiRollback = { ...(o.antiRollback ?? f.profile.antiRollback) };
+  let sequence: bigint;
+  try {
+    sequence = decodeEnvelope(o.firmware).manifest.sequenceNumber;
+  } catch (e) {
+    throw new CliError('CLI_INPUT', `the firmware is not a SUIT envelope: ${errorText(e)}`, { cause: e });
+  }
+  const firmware = {
+    envelopeBase64: Buffer.from(o.firmware).toString('base64'),
+    sha256: createHash('sha256').update(o.firmware).digest('hex'),
+  };
+  const profile: ProvisioningProfile = { ...f.profile, firmware, antiRollback };
+  // The dry run: a device of this profile, provisioned in a temporary directory, then discarded.
+  const scratch = mkdtempSync(join(tmpdir(), 'rotor-set-firmware-'));
+  try {
+    const ueid = new Uint8Array([0x01, ...randomBytes(16)]);
+    await provisionAgent(nodeFs(scratch), ueid, {
+      deviceId: ueidUrn(ueid),
+      certificatePem: '',
+      chainPem: [],
+      profile: profile.name,
+      trustAnchors: profile.trustAnchors,
+      firmware,
+      antiRollback,
+    });
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  // The counters of the components this envelope installs (the agent's default keys firmware and recovery) must not
+  // exceed its sequence, whatever the dry run's order of checks; other names count other manifests' sequences.
+  for (const name of ['firmware', 'recovery']) {
+    const v = antiRollback[name];
+    if (v !== undefined && BigInt(v) > sequence)
+      throw new CliError(
+        'CLI_INPUT',
+        `anti-rollback ${name}=${String(v)} is above the firmware's sequence ${sequence}`,
+      );
+  }
+  let n = 1;
+  while (existsSync(join(dir, `profile.${String(n)}.json`))) n++;
+  const previous = join(dir, `profile.${String(n)}.json`);
+  // The old profile first (a crash between the two renames leaves the old profile in place and a spare copy).
+  writeAtomic(previous, new Uint8Array(readFileSync(join(dir, 'profile.json'))));
+  writeAtomic(join(dir, 'profile.json'), new TextEncoder().encode(`${JSON.stringify(profile, null, 2)}\n`));
+  syncDir(dir);
+  return {
+    profile: join(dir, 'profile.json'),
+    previous,
+    sequence: Number(sequence),
+    sha256: firmware.sha256,
+    antiRollback,
+  };
+}
+
+const errorText = (e: unknown): string => (e instanceof Error ? e.message : String(e));
+
+/** The directory entry of a rename made durable (fsync of the directory). */
+function syncDir(dir: string): void {
+  try {
+    const fd = openSync(dir, 'r');
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // Some filesystems refuse fsync on a directory; the renames themselves are atomic.
+  }
+}
+
+const setFirmware: Subcommand = {
+  name: 'set-firmware',
+  summary: "replace the profile's initial firmware (later batches get it)",
+  usage: `set-firmware --dir DIR --firmware FILE [--anti-rollback NAME=N,...] [--json]
+
+Replaces the initial firmware of the factory's provisioning profile. FILE is a SUIT envelope with its image
+integrated, signed by the author and the operator; it is verified against the profile's trust anchors by installing
+it into a throw-away device exactly as provisioning would (signatures, image digest, vendor and class), and the
+anti-rollback values (--anti-rollback replaces them all; without it the profile's stay) must not exceed its sequence
+number. The old profile is kept as DIR/profile.<n>.json; profile.json is replaced atomically. Batches started
+afterwards install the new firmware; devices already provisioned are untouched (they update over the air).`,
+  options: {
+    dir: { type: 'string' },
+    firmware: { type: 'string' },
+    'anti-rollback': { type: 'string' },
+    json: { type: 'boolean' },
+  },
+  async run({ values }) {
+    const dir = resolve((values.dir as string | undefined) ?? 'rotor-factory');
+    const fwPath = values.firmware as string | undefined;
+    if (fwPath === undefined)
+      throw new CliError('CLI_USAGE', '--firmware FILE (a SUIT envelope) is required');
+    const ar = values['anti-rollback'] as string | undefined;
+    const firmware = readInput(fwPath, MAX_FILE, 'firmware envelope');
+    const r = await setFactoryFirmware({
+      dir,
+      firmware,
+      ...(ar === undefined ? {} : { antiRollback: parseAntiRollback(ar) }),
+    });
+    if (values.json === true) json(r);
+    else {
+      out(`${r.profile}: initial firmware sequence ${String(r.sequence)} (sha256 ${r.sha256})`);
+      out(
+        `anti-rollback: ${
+          Object.entries(r.antiRollback)
+            .map(([k, v]) => `${k}=${String(v)}`)
+            .join(',') || '(none)'
+        }; previous profile kept as ${r.previous}`,
+      );
+    }
+    return ExitCode.ok;
+  },
+};
+
 export const factoryCommand: Command = group('factory', 'manufacturing: factory CA, device provisioning', [
   init,
   provision,
+  setFirmware,
 ]);
