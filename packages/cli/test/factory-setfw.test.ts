@@ -198,8 +198,10 @@ describe('rotor factory set-firmware', () => {
       code: 'SUIT_MISSING_PARTY',
     });
     unchanged();
-    // Signed by a key that is not one of the profile's anchors.
-    await expect(setFw(await envelope('stranger', 8, join(dir, 'stranger.pem'), operator))).rejects.toThrow();
+    // Signed by a key that is not one of the profile's anchors: no author signature the device accepts.
+    await expect(
+      setFw(await envelope('stranger', 8, join(dir, 'stranger.pem'), operator)),
+    ).rejects.toMatchObject({ code: 'SUIT_MISSING_PARTY' });
     unchanged();
     // Anti-rollback above the sequence (the device would not boot).
     await expect(
