@@ -21,7 +21,7 @@ import { fingerprintOf } from './device-auth.ts';
 import { appendAudit } from './audit.ts';
 import { one, type Db, type Queryable } from './db/db.ts';
 import { ServerError } from './errors.ts';
-import { auditedTransaction, hex } from './tx.ts';
+import { auditedTransaction, groupCommit, hex } from './tx.ts';
 import { ciphertextUrl, type DeliveryService } from './delivery.ts';
 import { policyAllowsUpdate } from './attestation/policy.ts';
 
@@ -398,6 +398,242 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
     });
   }
 
+  /**
+   * Report ingestion is group-committed like check-ins: the reports arriving in one event-loop turn share their
+   * statements. The devices' report keys are read in one statement; after verification, the reports' targets are
+   * looked up in one statement, progress reports (history only) are inserted in one statement, and the outcomes
+   * of one rollout are applied in one transaction — the rollout row locked once (lock order rollout → device rows,
+   * the device rows then taken in id order), states and history rows written in bulk, the rollout evaluated once
+   * (thresholds and auto-pause decided on the committed counts, exactly as per report). A report is acknowledged
+   * only after the commit that records it. A batch whose statement fails is retried one report at a time.
+   */
+  interface ReportKey {
+    report_key_spki: Uint8Array | null;
+    report_key_alg: number | null;
+  }
+  const reportKey = groupCommit<string, ReportKey>(
+    async (ids) => {
+      const rows = await db.query<ReportKey & { i: number }>(
+        `SELECT x.i, d.report_key_spki, d.report_key_alg
+         FROM unnest($1::text[]) WITH ORDINALITY AS x(id, i) JOIN devices d ON d.id = x.id`,
+        [ids],
+      );
+      const byIndex = new Map(rows.map((r) => [r.i - 1, r]));
+      return ids.map((_, i) => byIndex.get(i) ?? new ServerError('NOT_FOUND', 'device not found'));
+    },
+    { max: 512, inFlight: 2 },
+  );
+  /** Verifiers of registered report keys (a public key parsed once, not per report); bounded. */
+  const verifiers = new Map<string, ReturnType<typeof softwareVerifier>>();
+  const reportVerifier = (spki: Uint8Array, alg: number): ReturnType<typeof softwareVerifier> => {
+    const k = `${alg}:${hex(spki)}`;
+    let v = verifiers.get(k);
+    if (v === undefined) {
+      v = softwareVerifier(createPublicKey({ key: Buffer.from(spki), format: 'der', type: 'spki' }), alg);
+      if (verifiers.size >= 100_000) verifiers.clear();
+      verifiers.set(k, v);
+    }
+    return v;
+  };
+
+  interface Incoming {
+    readonly deviceId: string;
+    readonly digestHex: string;
+    readonly transition: string | undefined;
+    readonly progress: boolean;
+    readonly success: boolean;
+    /** JSON of the history row's details. */
+    readonly details: string;
+  }
+  interface Outcome {
+    readonly index: number;
+    readonly deviceId: string;
+    readonly state: DeviceRolloutState;
+    readonly details: string;
+  }
+  type Ingested = { rolloutId: string; state: DeviceRolloutState };
+  const noTarget = (): ServerError =>
+    new ServerError('CONFLICT', 'no active rollout of this device references the reported manifest');
+  const noLongerExpected = (): ServerError =>
+    new ServerError('CONFLICT', 'the rollout no longer expects a report from this device');
+
+  /** The outcomes of one rollout in one transaction; answers per outcome, in order. */
+  async function applyOutcomes(rolloutId: string, outs: readonly Outcome[]): Promise<(Ingested | Error)[]> {
+    const t = now();
+    const { answers, advanced } = await db.transaction(async (tx) => {
+      const r = await lockRollout(tx, rolloutId); // lock order: rollout → device rows
+      const ids = [...new Set(outs.map((o) => o.deviceId))].sort();
+      const held = new Map(
+        (
+          await tx.query<{ device_id: string; state: DeviceRolloutState }>(
+            `SELECT device_id, state FROM rollout_devices WHERE rollout_id = $1 AND device_id = ANY($2::text[]) AND active
+             ORDER BY device_id FOR UPDATE`,
+            [rolloutId, ids],
+          )
+        ).map((x) => [x.device_id, x.state]),
+      );
+      const answers: (Ingested | Error)[] = [];
+      const upd: Outcome[] = [];
+      const ev: { deviceId: string; kind: string; details: string }[] = [];
+      for (const o of outs) {
+        const cur = held.get(o.deviceId);
+        if (cur === undefined) {
+          answers.push(noLongerExpected());
+          continue;
+        }
+        if (o.state === 'succeeded' && confirmationGate !== undefined) {
+          // Issue 7: confirmed on the device, but it counts only once the new measurements appraise (attested()).
+          // The gate marks the device for attestation; when the report is refused that mark is undone.
+          if (cur !== 'in_progress') await tx.query('SAVEPOINT gate');
+          if (await confirmationGate(tx, o.deviceId)) {
+            if (cur !== 'in_progress') {
+              await tx.query('ROLLBACK TO SAVEPOINT gate');
+              answers.push(noLongerExpected());
+              continue;
+            }
+            ev.push(
+              { deviceId: o.deviceId, kind: 'report', details: o.details },
+              { deviceId: o.deviceId, kind: 'attestation-pending', details: '{}' },
+            );
+            answers.push({ rolloutId, state: 'in_progress' });
+            continue;
+          }
+          if (cur !== 'in_progress') await tx.query('RELEASE SAVEPOINT gate');
+        }
+        upd.push(o);
+        held.delete(o.deviceId);
+        ev.push({ deviceId: o.deviceId, kind: 'report', details: o.details });
+        answers.push({ rolloutId, state: o.state });
+      }
+      if (upd.length > 0) {
+        await tx.query(
+          `UPDATE rollout_devices rd SET state = x.state, active = false, updated_at_ms = $4
+           FROM unnest($2::text[], $3::text[]) AS x(device_id, state)
+           WHERE rd.rollout_id = $1 AND rd.device_id = x.device_id AND rd.active`,
+          [rolloutId, upd.map((o) => o.deviceId), upd.map((o) => o.state), t],
+        );
+      }
+      if (ev.length > 0) {
+        await tx.query(
+          `INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details)
+           SELECT x.device_id, $1, $2, x.kind, x.details::jsonb
+           FROM unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS x(device_id, kind, details, i) ORDER BY x.i`,
+          [rolloutId, t, ev.map((e) => e.deviceId), ev.map((e) => e.kind), ev.map((e) => e.details)],
+        );
+      }
+      return { answers, advanced: upd.length > 0 && (await evaluateLocked(tx, r)) };
+    });
+    if (advanced) onWork(rolloutId);
+    return answers;
+  }
+
+  /** One round: every device at most once (a device's second report of the batch waits for the next round). */
+  async function ingestRound(items: readonly Incoming[]): Promise<(Ingested | Error)[]> {
+    const targets = await db.query<{ i: number; rollout_id: string; state: DeviceRolloutState }>(
+      `SELECT DISTINCT ON (x.i) x.i, rd.rollout_id, rd.state
+       FROM unnest($1::text[], $2::text[], $3::boolean[]) WITH ORDINALITY AS x(device_id, digest, progress, i)
+       JOIN rollout_devices rd ON rd.device_id = x.device_id AND (rd.active OR x.progress)
+       JOIN rollouts r ON r.id = rd.rollout_id JOIN releases rel ON rel.id = r.release_id
+       WHERE rel.manifest_digest = decode(x.digest, 'hex') OR EXISTS (
+         SELECT 1 FROM device_envelopes de WHERE de.release_id = r.release_id AND de.device_id = x.device_id
+         AND de.manifest_digest = decode(x.digest, 'hex'))
+       ORDER BY x.i, rd.active DESC, rd.updated_at_ms DESC`,
+      [items.map((x) => x.deviceId), items.map((x) => x.digestHex), items.map((x) => x.progress)],
+    );
+    const byIndex = new Map(targets.map((r) => [r.i - 1, r]));
+    const out: (Ingested | Error)[] = items.map(() => noTarget());
+    const progress: { i: number; rolloutId: string }[] = [];
+    const outcomes = new Map<string, Outcome[]>();
+    for (const [i, x] of items.entries()) {
+      const target = byIndex.get(i);
+      if (target === undefined) continue;
+      const state: DeviceRolloutState =
+        x.transition !== undefined
+          ? (OUTCOMES.get(x.transition) ?? target.state)
+          : x.success
+            ? 'succeeded'
+            : 'failed';
+      if (x.progress) {
+        progress.push({ i, rolloutId: target.rollout_id });
+        out[i] = { rolloutId: target.rollout_id, state };
+        continue;
+      }
+      const list = outcomes.get(target.rollout_id) ?? [];
+      list.push({ index: i, deviceId: x.deviceId, state, details: x.details });
+      outcomes.set(target.rollout_id, list);
+    }
+    const work: Promise<void>[] = [];
+    if (progress.length > 0) {
+      work.push(
+        db
+          .query(
+            `INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details)
+             SELECT x.device_id, x.rollout_id, $1, 'report', x.details::jsonb
+             FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS x(device_id, rollout_id, details, i) ORDER BY x.i`,
+            [
+              now(),
+              progress.map((g) => items[g.i]!.deviceId),
+              progress.map((g) => g.rolloutId),
+              progress.map((g) => items[g.i]!.details),
+            ],
+          )
+          .then(() => undefined),
+      );
+    }
+    for (const [rolloutId, outs] of outcomes) {
+      work.push(
+        applyOutcomes(rolloutId, outs).then(
+          (answers) => {
+            for (const [k, o] of outs.entries()) out[o.index] = answers[k]!;
+          },
+          (e: unknown) => {
+            // This rollout's outcomes alone are retried one at a time.
+            return Promise.all(
+              outs.map(async (o) => {
+                out[o.index] =
+                  outs.length === 1
+                    ? e instanceof Error
+                      ? e
+                      : new Error(String(e))
+                    : ((
+                        await applyOutcomes(rolloutId, [o]).catch((e2: unknown) =>
+                          e2 instanceof Error ? [e2] : [new Error(String(e2))],
+                        )
+                      )[0] ?? noTarget());
+              }),
+            ).then(() => undefined);
+          },
+        ),
+      );
+    }
+    await Promise.all(work);
+    return out;
+  }
+
+  const ingest = groupCommit<Incoming, Ingested>(
+    async (items) => {
+      const out: (Ingested | Error)[] = new Array<Ingested | Error>(items.length);
+      let rest = items.map((x, i) => ({ x, i }));
+      while (rest.length > 0) {
+        const seen = new Set<string>();
+        const round: typeof rest = [];
+        const later: typeof rest = [];
+        for (const e of rest) {
+          if (seen.has(e.x.deviceId)) later.push(e);
+          else {
+            seen.add(e.x.deviceId);
+            round.push(e);
+          }
+        }
+        const answers = await ingestRound(round.map((e) => e.x));
+        for (const [k, e] of round.entries()) out[e.i] = answers[k]!;
+        rest = later;
+      }
+      return out;
+    },
+    { max: 512, inFlight: 2 },
+  );
+
   return {
     async create(
       p: Principal,
@@ -643,24 +879,19 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'only devices report');
       authorize(p, 'device.report');
       if (bytes.length > MAX_REPORT_BYTES) throw new ServerError('PAYLOAD_TOO_LARGE', 'report too large');
-      const key = one(
-        await db.query<{ report_key_spki: Uint8Array | null; report_key_alg: number | null }>(
-          'SELECT report_key_spki, report_key_alg FROM devices WHERE id = $1',
-          [p.deviceId],
-        ),
-        'device',
-      );
+      const key = await reportKey(p.deviceId);
+      if (key instanceof Error) throw key;
       let rep: SuitReport;
       if (opts.signed === true) {
         // draft-ietf-suit-report §4 (signed form: COSE_Sign1 with the report attached), verified with the report
         // key registered for this device — never with a key carried in the message.
         if (key.report_key_spki === null || key.report_key_alg === null)
           throw new ServerError('REPORT_KEY_MISSING', 'no report key is registered for this device');
-        const verifier = softwareVerifier(
-          createPublicKey({ key: Buffer.from(key.report_key_spki), format: 'der', type: 'spki' }),
-          key.report_key_alg,
+        rep = verifySignedReport(
+          bytes,
+          reportVerifier(key.report_key_spki, key.report_key_alg),
+          new Set([key.report_key_alg]),
         );
-        rep = verifySignedReport(bytes, verifier, new Set([key.report_key_alg]));
       } else {
         // A device that has a report key must use it: an unsigned report could come from anyone holding the TLS
         // session (e.g. a compromised transport proxy) rather than from the device's root of trust.
@@ -674,28 +905,6 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
         return typeof v === 'string' ? v : undefined;
       };
       const transition = ext(REPORT_TRANSITION);
-      // A progress transition (downloading … rebooting) is history only; without -257 the result is the outcome.
-      const progress = transition !== undefined && !OUTCOMES.has(transition);
-      const target = (
-        await db.query<{ rollout_id: string; state: DeviceRolloutState }>(
-          `SELECT rd.rollout_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id JOIN releases rel ON rel.id = r.release_id
-           WHERE rd.device_id = $1 AND (rd.active OR $3) AND (rel.manifest_digest = $2 OR EXISTS (
-             SELECT 1 FROM device_envelopes de WHERE de.release_id = r.release_id AND de.device_id = $1 AND de.manifest_digest = $2))
-           ORDER BY rd.active DESC, rd.updated_at_ms DESC`,
-          [p.deviceId, digest, progress],
-        )
-      )[0];
-      if (target === undefined)
-        throw new ServerError(
-          'CONFLICT',
-          'no active rollout of this device references the reported manifest',
-        );
-      const state: DeviceRolloutState =
-        transition !== undefined
-          ? (OUTCOMES.get(transition) ?? target.state)
-          : rep.result === true
-            ? 'succeeded'
-            : 'failed';
       const details = {
         ...(rep.result === true
           ? { result: 'success' }
@@ -703,59 +912,17 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
         ...(transition === undefined ? {} : { transition }),
         ...(ext(REPORT_REASON) === undefined ? {} : { reasonCode: ext(REPORT_REASON) }),
         ...(ext(REPORT_DETAIL) === undefined ? {} : { detail: ext(REPORT_DETAIL)?.slice(0, 256) }),
+        manifestDigest: hex(digest),
       };
-      const t = now();
-      if (progress) {
-        await db.query(
-          "INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details) VALUES ($1, $2, $3, 'report', $4::jsonb)",
-          [p.deviceId, target.rollout_id, t, JSON.stringify({ ...details, manifestDigest: hex(digest) })],
-        );
-        return { rolloutId: target.rollout_id, state };
-      }
-      return db
-        .transaction(async (tx) => {
-          const r = await lockRollout(tx, target.rollout_id); // lock order: rollout → device rows
-          if (
-            state === 'succeeded' &&
-            confirmationGate !== undefined &&
-            (await confirmationGate(tx, p.deviceId))
-          ) {
-            // Issue 7: confirmed on the device, but it counts only once the new measurements appraise (attested()).
-            const held = await tx.query(
-              "SELECT 1 FROM rollout_devices WHERE rollout_id = $1 AND device_id = $2 AND active AND state = 'in_progress'",
-              [target.rollout_id, p.deviceId],
-            );
-            if (held.length === 0)
-              throw new ServerError('CONFLICT', 'the rollout no longer expects a report from this device');
-            await tx.query(
-              `INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details)
-               VALUES ($1, $2, $3, 'report', $4::jsonb), ($1, $2, $3, 'attestation-pending', '{}'::jsonb)`,
-              [p.deviceId, target.rollout_id, t, JSON.stringify({ ...details, manifestDigest: hex(digest) })],
-            );
-            return {
-              rolloutId: target.rollout_id,
-              state: 'in_progress' as DeviceRolloutState,
-              advanced: false,
-            };
-          }
-          const upd = await tx.query(
-            `UPDATE rollout_devices SET state = $3, active = false, updated_at_ms = $4
-           WHERE rollout_id = $1 AND device_id = $2 AND active RETURNING 1`,
-            [target.rollout_id, p.deviceId, state, t],
-          );
-          if (upd.length === 0)
-            throw new ServerError('CONFLICT', 'the rollout no longer expects a report from this device');
-          await tx.query(
-            "INSERT INTO device_events (device_id, rollout_id, at_ms, kind, details) VALUES ($1, $2, $3, 'report', $4::jsonb)",
-            [p.deviceId, target.rollout_id, t, JSON.stringify({ ...details, manifestDigest: hex(digest) })],
-          );
-          const advanced = await evaluateLocked(tx, r);
-          return { rolloutId: target.rollout_id, state, advanced };
-        })
-        .then(({ advanced, ...res }) => {
-          if (advanced) onWork(res.rolloutId);
-          return res;
-        });
+      return ingest({
+        deviceId: p.deviceId,
+        digestHex: hex(digest),
+        transition,
+        // A progress transition (downloading … rebooting) is history only; without -257 the result is the outcome.
+        progress: transition !== undefined && !OUTCOMES.has(transition),
+        success: rep.result === true,
+        details: JSON.stringify(details),
+      });
     },
 
     async deviceEvents(
