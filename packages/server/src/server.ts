@@ -250,6 +250,10 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       services.rollouts.tick().catch((e: unknown) => {
         op.app.log.error({ err: e }, 'rollout evaluation failed');
       });
+      // Module rollouts whose phase is due by time advance (and nudge their devices) without waiting for a read.
+      capabilities.tick().catch((e: unknown) => {
+        op.app.log.error({ err: e }, 'module rollout evaluation failed');
+      });
     }, config.rolloutTickMs);
     tick.unref();
     op.app.log.info(

@@ -34,7 +34,13 @@ import { encodeForDelivery, ROTOR_REPORT_KEY } from '../tracker/report.ts';
 import type { CapabilityEvent, CapabilityManager } from './manager.ts';
 
 export const CAPABILITY_REPORTS_BLOB = 'capability-reports';
+/** Rollout offers this device refused (and reported `failed`): never tried again (issue 8 "once"). */
+export const CAPABILITY_OFFERS_DONE_BLOB = 'capability-offers-done';
 const MAX_PENDING = 256;
+const MAX_DONE = 256;
+/** Most offers the server sends in one answer (server MAX_MODULE_OFFERS). */
+export const MAX_OFFERS = 16;
+const ID = /^[A-Za-z0-9_-]{1,64}$/;
 const MAX_ANSWER = 8 * 1024 * 1024;
 const MAX_DEPENDENCY_DEPTH = 8;
 const PAYLOAD_PATH = /^\/d\/v1\/capabilities\/payloads\/[0-9a-f]{64}$/;
@@ -56,6 +62,15 @@ export type CapabilityClientEvent =
   | { readonly kind: 'report-queued'; readonly name: string; readonly transition: ModuleTransition }
   | { readonly kind: 'report-delivered'; readonly transition: string; readonly status: number }
   | { readonly kind: 'report-dropped'; readonly status: number; readonly code: string | undefined }
+  | {
+      /** A module rollout's offer the device acted on without asking (issue 8 "roll modules out like firmware"). */
+      readonly kind: 'offer';
+      readonly rolloutId: string;
+      readonly moduleId: string;
+      readonly name: string;
+      readonly version: string;
+      readonly outcome: CapabilityOutcome;
+    }
   | { readonly kind: 'error'; readonly error: DeviceError };
 
 export interface CapabilityClientOptions {
@@ -121,6 +136,47 @@ export function parseCapabilityAnswer(body: Uint8Array, maxEnvelope: number): An
   return { name, version, envelope, payloadUrl, requires };
 }
 
+/** A module rollout's offer (server `POST /d/v1/capabilities/offers`). */
+export interface ModuleOffer {
+  readonly rolloutId: string;
+  readonly moduleId: string;
+  readonly name: string;
+  readonly version: string;
+}
+
+/** Strict reading of an offers answer (routes.ts offersAnswer): bounded, typed. */
+export function parseOffers(body: Uint8Array): { offers: ModuleOffer[]; more: boolean } {
+  let o: unknown;
+  try {
+    o = JSON.parse(Buffer.from(body).toString('utf8'));
+  } catch {
+    throw protocolError('offers: not JSON');
+  }
+  if (typeof o !== 'object' || o === null || Array.isArray(o)) throw protocolError('offers: not an object');
+  const r = o as Record<string, unknown>;
+  if (!Array.isArray(r.offers) || r.offers.length > MAX_OFFERS)
+    throw protocolError(`offers is not a list of ≤ ${MAX_OFFERS}`);
+  if (typeof r.more !== 'boolean') throw protocolError('offers: more is not a boolean');
+  const offers = r.offers.map((x: unknown): ModuleOffer => {
+    const d = x as Record<string, unknown> | null;
+    if (
+      typeof d !== 'object' ||
+      d === null ||
+      typeof d.rolloutId !== 'string' ||
+      !ID.test(d.rolloutId) ||
+      typeof d.moduleId !== 'string' ||
+      !ID.test(d.moduleId) ||
+      typeof d.name !== 'string' ||
+      !isCapabilityName(d.name) ||
+      typeof d.version !== 'string' ||
+      d.version.length > 32
+    )
+      throw protocolError('offers[] is not {rolloutId, moduleId, name, version}');
+    return { rolloutId: d.rolloutId, moduleId: d.moduleId, name: d.name, version: d.version };
+  });
+  return { offers, more: r.more };
+}
+
 const hexBytes = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
 
 /** The SUIT report of a module transition (report §4; Rotor members -257/-258/-259 as tracker/report.ts). */
@@ -159,6 +215,8 @@ export class CapabilityClient {
   readonly #o: CapabilityClientOptions;
   #tail: Promise<unknown> = Promise.resolve();
   readonly #unsubscribe: () => void;
+  /** Offers the server refused to hand over (4xx) in this run: not asked again until a restart. */
+  readonly #refused = new Set<string>();
 
   constructor(o: CapabilityClientOptions) {
     this.#o = o;
@@ -249,7 +307,7 @@ export class CapabilityClient {
     }
   }
 
-  async #request(name: string, depth: number, deps: string[]): Promise<CapabilityOutcome> {
+  async #request(name: string, depth: number, deps: string[], moduleId?: string): Promise<CapabilityOutcome> {
     const m = this.#o.manager;
     const dev = m.device;
     const installed = m.status().map((s) => ({ name: s.name, version: s.version }));
@@ -260,6 +318,7 @@ export class CapabilityClient {
           firmwareVersion: formatModuleVersion(dev.firmwareVersion),
           deviceClass: dev.deviceClass,
           ...(installed.length === 0 ? {} : { installed }),
+          ...(moduleId === undefined ? {} : { moduleId }),
         }),
       ),
       contentType: 'application/json',
@@ -270,19 +329,29 @@ export class CapabilityClient {
     const a = parseCapabilityAnswer(res.body, m.policy.maxEnvelopeBytes);
     if (a.name !== name) throw protocolError(`asked for ${name}, answered ${a.name}`);
     const running = m.status().find((s) => s.name === name);
-    for (const d of a.requires) {
-      if (m.status().some((s) => s.name === d.name && s.version === d.version)) continue;
-      if (depth >= MAX_DEPENDENCY_DEPTH)
-        throw new DeviceError('CAP_DEPENDENCY', 'dependencies nest too deep');
-      const sub = await this.#request(d.name, depth + 1, deps);
-      if (!sub.ok) throw new DeviceError('CAP_DEPENDENCY', `dependency ${d.name}: ${sub.code}`);
-    }
     // The SUIT digest names this envelope in reports (report §4); the manager authenticates it before any use.
     let envelopeDigest: Uint8Array | undefined;
     try {
       envelopeDigest = decodeEnvelope(a.envelope, { maxSize: m.policy.maxEnvelopeBytes }).digest.bytes;
     } catch {
       envelopeDigest = undefined; // the manager refuses it with the reason; nothing the server could match
+    }
+    for (const d of a.requires) {
+      if (m.status().some((s) => s.name === d.name && s.version === d.version)) continue;
+      if (depth >= MAX_DEPENDENCY_DEPTH)
+        throw new DeviceError('CAP_DEPENDENCY', 'dependencies nest too deep');
+      const sub = await this.#request(d.name, depth + 1, deps);
+      if (!sub.ok) {
+        // A dependency the device refused (reported itself) fails this module too; transport trouble does not.
+        if (!isReportedRefusal(sub.code))
+          throw new DeviceError(
+            sub.code === 'TRACKER_REFUSED' ? 'TRACKER_REFUSED' : 'TRACKER_UNREACHABLE',
+            `dependency ${d.name}: ${sub.code}: ${sub.message}`,
+          );
+        const err = new DeviceError('CAP_DEPENDENCY', `dependency ${d.name}: ${sub.code}`);
+        if (envelopeDigest !== undefined) this.#queue(name, envelopeDigest, 'failed', err.code, err.message);
+        throw err;
+      }
     }
     if (running !== undefined && envelopeDigest !== undefined) {
       // The same module already runs (the server re-signs per query: compare by module digest via the version).
@@ -303,7 +372,7 @@ export class CapabilityClient {
       return { ok: true, name, version: r.version, digest: r.digest, dependencies: [...deps] };
     } catch (e) {
       const err = asError(e);
-      if (envelopeDigest !== undefined && err.code.startsWith('CAP_') && err.code !== 'CAP_BUSY')
+      if (envelopeDigest !== undefined && isReportedRefusal(err.code))
         this.#queue(name, envelopeDigest, 'failed', err.code, err.message);
       throw err;
     }
@@ -346,12 +415,81 @@ export class CapabilityClient {
   }
 
   /**
-   * sync() and flush() for the tracker's cycle: never throws (server trouble is an `error` event; the next cycle
-   * tries again), so capability upkeep cannot fail a firmware check-in.
+   * Issue 8 "operators roll modules out like firmware (targets, phases)": asks the server which module rollouts
+   * offer this device a module it does not run yet (`POST /d/v1/capabilities/offers`; the server applies targets,
+   * phases, pause and cancel) and installs each exactly as `request` does — the pinned module's envelope
+   * (`query` with its `moduleId`), dependencies first, the ciphertext over the same mutual-TLS client, the
+   * CapabilityManager deciding. A module the manager refuses (incompatible firmware, not authorized by the
+   * capability manifest, …) is reported `failed` with the manager's code and remembered, so it is tried once;
+   * transport trouble stops the round (the next cycle tries again).
+   */
+  async applyOffers(): Promise<{ offer: ModuleOffer; outcome: CapabilityOutcome }[]> {
+    const m = this.#o.manager;
+    const installed = m.status().map((s) => ({ name: s.name, version: s.version }));
+    const res = await this.#o.http.request('POST', '/d/v1/capabilities/offers', {
+      body: new TextEncoder().encode(JSON.stringify(installed.length === 0 ? {} : { installed })),
+      contentType: 'application/json',
+      accept: 'application/json',
+      maxBody: 64 * 1024,
+    });
+    if (res.status === 404) return []; // a server without module rollout offers
+    if (res.status !== 200) throw this.#refusal('capability offers', res.status, res.contentType, res.body);
+    const { offers } = parseOffers(res.body);
+    const store = await this.#o.store();
+    const done = await this.#done(store);
+    const out: { offer: ModuleOffer; outcome: CapabilityOutcome }[] = [];
+    for (const offer of offers) {
+      const key = `${offer.rolloutId}/${offer.moduleId}`;
+      if (done.includes(key) || this.#refused.has(key)) continue;
+      // An earlier offer of this round may have installed it as a dependency.
+      if (m.status().some((s) => s.name === offer.name && s.version === offer.version)) continue;
+      let outcome: CapabilityOutcome;
+      try {
+        outcome = await this.#request(offer.name, 0, [], offer.moduleId);
+      } catch (e) {
+        const err = asError(e);
+        outcome = { ok: false, name: offer.name, code: err.code, message: err.message };
+      }
+      out.push({ offer, outcome });
+      this.#emit({ kind: 'offer', ...offer, outcome });
+      if (outcome.ok) continue;
+      if (isReportedRefusal(outcome.code)) {
+        done.push(key);
+        await store.put(CAPABILITY_OFFERS_DONE_BLOB, encode(done.slice(-MAX_DONE)));
+      } else if (outcome.code === 'TRACKER_REFUSED') this.#refused.add(key);
+      else break; // unreachable, busy, protocol: the next cycle tries again
+    }
+    return out;
+  }
+
+  async #done(store: AtomicStore): Promise<string[]> {
+    const b = await store.get(CAPABILITY_OFFERS_DONE_BLOB);
+    if (b === undefined) return [];
+    try {
+      return asArray(decode(b, { maxSize: 64 * 1024, maxDepth: 2 }), 'offers done', { max: MAX_DONE }).map(
+        (x) => {
+          if (typeof x !== 'string' || x.length > 160) throw new Error('not a key');
+          return x;
+        },
+      );
+    } catch {
+      return []; // a corrupt record retries an offer once more, never blocks the device
+    }
+  }
+
+  /**
+   * sync(), applyOffers() and flush() for the tracker's cycle: never throws (server trouble is an `error` event;
+   * the next cycle tries again), so capability upkeep cannot fail a firmware check-in. The manifest and revocation
+   * list come first: a module is installed under the newest authorization.
    */
   async syncQuietly(): Promise<void> {
     try {
       await this.sync();
+    } catch (e) {
+      this.#emit({ kind: 'error', error: asError(e) });
+    }
+    try {
+      await this.applyOffers();
     } catch (e) {
       this.#emit({ kind: 'error', error: asError(e) });
     }
@@ -408,6 +546,11 @@ export class CapabilityClient {
       return { delivered, remaining: pending.length - done };
     });
   }
+}
+
+/** A refusal by the manager (reported `failed` to the server), not transport or a busy manager. */
+function isReportedRefusal(code: string): boolean {
+  return code.startsWith('CAP_') && code !== 'CAP_BUSY';
 }
 
 function asError(e: unknown): DeviceError {

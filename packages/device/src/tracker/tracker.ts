@@ -24,6 +24,7 @@ import {
   CapabilityClient,
   type CapabilityClientEvent,
   type CapabilityOutcome,
+  type ModuleOffer,
 } from '../capabilities/client.ts';
 import type { CapabilityManager } from '../capabilities/manager.ts';
 import { DeviceError } from '../errors.ts';
@@ -465,7 +466,8 @@ export class StatusTracker {
       await this.#syncTrust(checkin);
       if (checkin.action === 'update') update = await this.#runAssignment(checkin);
       await this.flush();
-      // Seed 000 step 7: the module revocation list is "periodically distributed and checked" — every cycle.
+      // Seed 000 step 7: the module revocation list is "periodically distributed and checked" — every cycle; then
+      // the module rollouts' offers are installed (issue 8: they reach the device like a firmware rollout).
       await this.#caps?.syncQuietly();
       await this.#attest(update?.ok === true && update.confirmed);
       this.#failures = 0;
@@ -609,6 +611,14 @@ export class StatusTracker {
   /** Applies a newer module revocation list and capability manifest from the server (seed 000 step 7, §1). */
   syncCapabilities(): Promise<{ revoked: string[]; unauthorized: string[] }> {
     return this.#capabilityClient().sync();
+  }
+
+  /**
+   * Installs what module rollouts offer this device without it asking (issue 8; each cycle does this too, after
+   * the revocation list and manifest): refusals are reported `failed` once.
+   */
+  applyCapabilityOffers(): Promise<{ offer: ModuleOffer; outcome: CapabilityOutcome }[]> {
+    return this.#capabilityClient().applyOffers();
   }
 
   /** Delivers queued module reports now (each cycle does too). */

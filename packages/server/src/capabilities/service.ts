@@ -777,6 +777,16 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
       }
     },
 
+    /**
+     * Advances the active module rollouts whose current phase has run its duration (the server's rollout tick), so
+     * a phase due by time widens its share — and nudges its devices — without waiting for a read or a report.
+     */
+    async tick(): Promise<void> {
+      await advanceDue(
+        await db.query<RolloutRow>("SELECT * FROM capability_rollouts WHERE state = 'active' LIMIT 1000"),
+      );
+    },
+
     /** Catalog upload (author): validates, encrypts once, stores ciphertext and wrapped key; audited. */
     async upload(p: Principal, body: Uint8Array): Promise<ModuleInfo> {
       authorize(p, 'capability.upload');
