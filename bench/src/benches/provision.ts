@@ -48,7 +48,7 @@ import { median, round, type Benchmark } from '../harness.ts';
 const MODULES = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so'];
 
 /** Devices with the real enclave on in-memory flash; each gets its own fuse secret. */
-function memoryDevices(): DeviceFactory {
+export function memoryDevices(): DeviceFactory {
   const flash = new Map<number, { fs: SimulatedFs; fuse: Uint8Array }>();
   const cores = new Map<number, EnclaveCore>();
   return {

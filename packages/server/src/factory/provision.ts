@@ -17,7 +17,7 @@ import { createHash, createPublicKey, randomUUID, type KeyObject } from 'node:cr
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import * as x509 from '@peculiar/x509';
 import { RotChain } from '@rotor/trust';
-import { appendAudit, type Json } from '../audit.ts';
+import { AUDIT_LOCK_KEY, canonicalJson, chainHash, GENESIS_HASH } from '../audit.ts';
 import { actorOf, SYSTEM, type Principal } from '../auth.ts';
 import type { Db, Queryable } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
@@ -197,56 +197,56 @@ export interface DeviceRegistry {
 /**
  * Registration straight into the server's database (the factory station runs beside it). Each certificate gets its
  * own audit entry ('certificate.issue', hash-chained) in the same transaction as the device row. Registrations that
- * arrive while a transaction runs are group-committed in the next one (all of a group commit or none; a device whose
- * registration did not commit is rolled forward from the journal).
+ * arrive while a transaction runs are group-committed in the next one.
+ *
+ * A group commit costs a handful of statements whatever its size: one look-up of every fingerprint, device id and
+ * serial of the group, one multi-row insert of the devices, one of the pinned RoT chains, and the audit entries
+ * chained in memory under one audit lock and inserted together. A device the look-up refuses (duplicate serial or
+ * device id, also within the group) fails alone. If the group's transaction fails anyway (a unique index fired:
+ * another station registered the same serial or device at the same moment), each of its devices is retried in a
+ * transaction of its own, so one device's failure neither rolls back nor blocks the others.
  */
 export function dbRegistry(db: Db, opts: { now?: () => number; station?: string } = {}): DeviceRegistry {
   const now = opts.now ?? Date.now;
+  type Keys = ReturnType<typeof checkDeviceKeys>;
   type Pending = {
     r: Registration;
-    keys: ReturnType<typeof checkDeviceKeys>;
+    keys: Keys;
     done: (v: { id: string; created: boolean }) => void;
     fail: (e: unknown) => void;
   };
+  type Outcome = { ok: true; v: { id: string; created: boolean } } | { ok: false; e: unknown };
   let queue: Pending[] = [];
   let running = false;
 
-  async function registerOne(
-    tx: Queryable,
-    r: Registration,
-    keys: ReturnType<typeof checkDeviceKeys>,
-  ): Promise<{ id: string; created: boolean }> {
-    const fp = Buffer.from(r.certificate.sha256, 'hex');
-    const existing = await tx.query<{ id: string }>('SELECT id FROM devices WHERE cert_sha256 = $1', [fp]);
-    const found = existing[0];
-    // Rolled forward after a crash: already recorded and registered.
-    if (found !== undefined) return { id: found.id, created: false };
-    // One device, one identity: the same device id with another certificate is refused (devices.name is unique).
-    const same = await tx.query<{ id: string }>('SELECT id FROM devices WHERE name = $1', [r.deviceId]);
-    if (same.length > 0)
-      throw new ServerError(
-        'ALREADY_EXISTS',
-        `device ${r.deviceId} is already registered with another certificate`,
-      );
-    // RFC 5280 §4.1.2.2: one serial, one certificate (migration 8's unique index is the backstop for races).
-    const clash = await tx.query<{ id: string }>(
-      `SELECT id FROM devices WHERE lower(attributes->>'serial') = lower($1)`,
-      [r.certificate.serial],
+  const serialClash = (r: Registration): ServerError =>
+    new ServerError(
+      'CERT_SERIAL_DUPLICATE',
+      `certificate serial ${r.certificate.serial} is already registered (RFC 5280 §4.1.2.2)`,
     );
-    if (clash.length > 0)
-      throw new ServerError(
-        'CERT_SERIAL_DUPLICATE',
-        `certificate serial ${r.certificate.serial} is already registered (RFC 5280 §4.1.2.2)`,
+  // One device, one identity: the same device id with another certificate is refused (devices.name is unique).
+  const deviceClash = (r: Registration): ServerError =>
+    new ServerError('ALREADY_EXISTS', `device ${r.deviceId} is already registered with another certificate`);
+
+  /** Inserts checked registrations: device rows, pinned RoT chains, one chained audit entry each. */
+  async function insert(tx: Queryable, items: readonly { r: Registration; keys: Keys }[]): Promise<string[]> {
+    if (items.length === 0) return [];
+    const at = now();
+    const ids = items.map(() => randomUUID());
+    const devParams: unknown[] = [];
+    const devRows: string[] = [];
+    items.forEach(({ r, keys }, k) => {
+      const o = devParams.length;
+      devRows.push(
+        `(${Array.from({ length: 10 }, (_, j) => `$${String(o + j + 1)}`).join(', ')})`.replace(
+          `$${String(o + 6)}`,
+          `$${String(o + 6)}::jsonb`,
+        ),
       );
-    const id = randomUUID();
-    await tx.query(
-      `INSERT INTO devices (id, name, cert_sha256, device_group, tags, attributes, created_at_ms,
-         ka_spki, report_key_spki, report_key_alg)
-       VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10)`,
-      [
-        id,
+      devParams.push(
+        ids[k],
         r.deviceId,
-        fp,
+        Buffer.from(r.certificate.sha256, 'hex'),
         r.deviceClass,
         ['factory'],
         JSON.stringify({
@@ -257,39 +257,153 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
           keyType: r.keyType,
           identityKeySpki: Buffer.from(r.identityKeySpki).toString('base64'),
         }),
-        now(),
+        at,
         keys.ka,
         keys.report?.spki ?? null,
         keys.report?.alg ?? null,
-      ],
+      );
+    });
+    await tx.query(
+      `INSERT INTO devices (id, name, cert_sha256, device_group, tags, attributes, created_at_ms,
+         ka_spki, report_key_spki, report_key_alg) VALUES ${devRows.join(', ')}`,
+      devParams,
     );
     // The RoT pinned from the factory (the attestation service then extends it only by records the pinned key
     // signed: seed 002 step 2).
-    if (keys.rot !== null)
-      await tx.query(
-        'INSERT INTO device_rot (device_id, ueid, records, current_kid, updated_at_ms) VALUES ($1, $2, $3, $4, $5)',
-        [id, keys.rot.ueid, keys.rot.chain.records, keys.rot.chain.current.kid, now()],
+    const rotParams: unknown[] = [];
+    const rotRows: string[] = [];
+    items.forEach(({ keys }, k) => {
+      if (keys.rot === null) return;
+      const o = rotParams.length;
+      rotRows.push(
+        `($${String(o + 1)}, $${String(o + 2)}, $${String(o + 3)}, $${String(o + 4)}, $${String(o + 5)})`,
       );
-    const details: { [k: string]: Json } = {
-      station: opts.station ?? 'factory',
-      deviceId: r.deviceId,
-      serial: r.certificate.serial,
-      issuer: r.issuer,
-      certSha256: r.certificate.sha256,
-      notAfter: r.certificate.notAfter.toISOString(),
-      keyType: r.keyType,
-      deviceClass: r.deviceClass,
-      profile: r.profile,
-      keyAgreementSpkiSha256: keys.ka === null ? null : sha256hex(keys.ka),
-      reportKeySpkiSha256: keys.report === null ? null : sha256hex(keys.report.spki),
-      rotKid: keys.rot === null ? null : Buffer.from(keys.rot.chain.current.kid).toString('hex'),
-    };
-    await appendAudit(
-      tx,
-      { actor: actorOf(SYSTEM), action: 'certificate.issue', subject: `device:${id}`, details },
-      now(),
+      rotParams.push(ids[k], keys.rot.ueid, keys.rot.chain.records, keys.rot.chain.current.kid, at);
+    });
+    if (rotRows.length > 0)
+      await tx.query(
+        `INSERT INTO device_rot (device_id, ueid, records, current_kid, updated_at_ms) VALUES ${rotRows.join(', ')}`,
+        rotParams,
+      );
+    // The audit entries, hash-chained exactly as appendAudit chains one (audit.ts: the same lock, canonical body
+    // and SHA-256(prev_hash ‖ body)), inserted in one statement.
+    await tx.query('SELECT pg_advisory_xact_lock($1::bigint)', [AUDIT_LOCK_KEY.toString()]);
+    const head = (
+      await tx.query<{ seq: number; hash: Uint8Array }>(
+        'SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1',
+      )
+    )[0];
+    let seq = head?.seq ?? 0;
+    let prevHash = head?.hash ?? GENESIS_HASH;
+    const when = new Date(at).toISOString();
+    const audParams: unknown[] = [];
+    const audRows: string[] = [];
+    items.forEach(({ r, keys }, k) => {
+      seq++;
+      const body = canonicalJson({
+        seq,
+        at: when,
+        actor: actorOf(SYSTEM),
+        action: 'certificate.issue',
+        subject: `device:${ids[k]!}`,
+        details: {
+          station: opts.station ?? 'factory',
+          deviceId: r.deviceId,
+          serial: r.certificate.serial,
+          issuer: r.issuer,
+          certSha256: r.certificate.sha256,
+          notAfter: r.certificate.notAfter.toISOString(),
+          keyType: r.keyType,
+          deviceClass: r.deviceClass,
+          profile: r.profile,
+          keyAgreementSpkiSha256: keys.ka === null ? null : sha256hex(keys.ka),
+          reportKeySpkiSha256: keys.report === null ? null : sha256hex(keys.report.spki),
+          rotKid: keys.rot === null ? null : Buffer.from(keys.rot.chain.current.kid).toString('hex'),
+        },
+      });
+      const hash = chainHash(prevHash, body);
+      const o = audParams.length;
+      audRows.push(`($${String(o + 1)}, $${String(o + 2)}, $${String(o + 3)}, $${String(o + 4)})`);
+      audParams.push(seq, body, prevHash, hash);
+      prevHash = hash;
+    });
+    await tx.query(
+      `INSERT INTO audit_log (seq, body, prev_hash, hash) VALUES ${audRows.join(', ')}`,
+      audParams,
     );
-    return { id, created: true };
+    return ids;
+  }
+
+  /** One registration with its own checks (the fallback path). */
+  async function registerOne(
+    tx: Queryable,
+    r: Registration,
+    keys: Keys,
+  ): Promise<{ id: string; created: boolean }> {
+    const fp = Buffer.from(r.certificate.sha256, 'hex');
+    const found = (await tx.query<{ id: string }>('SELECT id FROM devices WHERE cert_sha256 = $1', [fp]))[0];
+    // Rolled forward after a crash: already recorded and registered.
+    if (found !== undefined) return { id: found.id, created: false };
+    if ((await tx.query('SELECT 1 FROM devices WHERE name = $1', [r.deviceId])).length > 0)
+      throw deviceClash(r);
+    // RFC 5280 §4.1.2.2: one serial, one certificate (migration 8's unique index is the backstop for races).
+    const clash = await tx.query(`SELECT 1 FROM devices WHERE lower(attributes->>'serial') = lower($1)`, [
+      r.certificate.serial,
+    ]);
+    if (clash.length > 0) throw serialClash(r);
+    const [id] = await insert(tx, [{ r, keys }]);
+    return { id: id!, created: true };
+  }
+
+  /** The group commit's transaction: one look-up for the whole group, then the accepted devices inserted together. */
+  async function registerGroup(tx: Queryable, batch: readonly Pending[]): Promise<Outcome[]> {
+    const fps = batch.map((p) => Buffer.from(p.r.certificate.sha256, 'hex'));
+    const rows = await tx.query<{ id: string; name: string; fp: Uint8Array; serial: string | null }>(
+      `SELECT id, name, cert_sha256 AS fp, lower(attributes->>'serial') AS serial FROM devices
+        WHERE cert_sha256 = ANY($1::bytea[]) OR name = ANY($2::text[])
+           OR lower(attributes->>'serial') = ANY($3::text[])`,
+      [fps, batch.map((p) => p.r.deviceId), batch.map((p) => p.r.certificate.serial.toLowerCase())],
+    );
+    const byFp = new Map<string, string>();
+    const names = new Set<string>();
+    const serials = new Set<string>();
+    for (const row of rows) {
+      byFp.set(Buffer.from(row.fp).toString('hex'), row.id);
+      names.add(row.name);
+      if (row.serial !== null) serials.add(row.serial);
+    }
+    const out: Outcome[] = [];
+    const accepted: { r: Registration; keys: Keys; k: number }[] = [];
+    // The same certificate twice in one group (a device rolled forward while still queued) gets the first's answer.
+    const pendingFp = new Map<string, number>();
+    batch.forEach((p, k) => {
+      const fp = p.r.certificate.sha256.toLowerCase();
+      const id = byFp.get(fp);
+      if (id !== undefined) out.push({ ok: true, v: { id, created: false } });
+      else if (pendingFp.has(fp)) out.push({ ok: false, e: undefined });
+      else if (names.has(p.r.deviceId)) out.push({ ok: false, e: deviceClash(p.r) });
+      else if (serials.has(p.r.certificate.serial.toLowerCase()))
+        out.push({ ok: false, e: serialClash(p.r) });
+      else {
+        pendingFp.set(fp, k);
+        names.add(p.r.deviceId);
+        serials.add(p.r.certificate.serial.toLowerCase());
+        accepted.push({ r: p.r, keys: p.keys, k });
+        out.push({ ok: true, v: { id: '', created: true } });
+      }
+    });
+    const ids = await insert(tx, accepted);
+    accepted.forEach((a, j) => {
+      out[a.k] = { ok: true, v: { id: ids[j]!, created: true } };
+    });
+    // Duplicates of an accepted certificate within the group: the same device, already registered above.
+    batch.forEach((p, k) => {
+      const o = out[k]!;
+      if (o.ok || o.e !== undefined) return;
+      const first = out[pendingFp.get(p.r.certificate.sha256.toLowerCase())!]!;
+      out[k] = first.ok ? { ok: true, v: { id: first.v.id, created: false } } : first;
+    });
+    return out;
   }
 
   async function drain(): Promise<void> {
@@ -297,31 +411,26 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
     while (queue.length > 0) {
       const batch = queue;
       queue = [];
+      let results: Outcome[];
       try {
-        // A savepoint per device: one refused registration (duplicate serial or device, a unique index firing)
-        // is rolled back alone and fails only its own device; the others of the group commit go through.
-        const results = await db.transaction(async (tx) => {
-          const out: ({ ok: true; v: { id: string; created: boolean } } | { ok: false; e: unknown })[] = [];
-          for (const p of batch) {
-            await tx.query('SAVEPOINT factory_reg');
-            try {
-              out.push({ ok: true, v: await registerOne(tx, p.r, p.keys) });
-              await tx.query('RELEASE SAVEPOINT factory_reg');
-            } catch (e) {
-              await tx.query('ROLLBACK TO SAVEPOINT factory_reg');
-              out.push({ ok: false, e: uniqueViolation(e, p.r) });
-            }
+        results = await db.transaction((tx) => registerGroup(tx, batch));
+      } catch {
+        // The group failed as a whole (a unique index fired under a concurrent registration, or the database):
+        // each device alone, in its own transaction, so only the devices that really fail are refused.
+        results = [];
+        for (const p of batch) {
+          try {
+            results.push({ ok: true, v: await db.transaction((tx) => registerOne(tx, p.r, p.keys)) });
+          } catch (e) {
+            results.push({ ok: false, e: uniqueViolation(e, p.r) });
           }
-          return out;
-        });
-        batch.forEach((p, k) => {
-          const r = results[k]!;
-          if (r.ok) p.done(r.v);
-          else p.fail(r.e);
-        });
-      } catch (e) {
-        for (const p of batch) p.fail(e);
+        }
       }
+      batch.forEach((p, k) => {
+        const r = results[k]!;
+        if (r.ok) p.done(r.v);
+        else p.fail(r.e);
+      });
     }
     running = false;
   }

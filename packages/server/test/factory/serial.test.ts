@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import 'reflect-metadata';
 import { describe, expect, it } from 'vitest';
+import { BACKENDS, createTestDatabase } from '../helpers.ts';
 import { Alg, softwareSigner } from '@rotor/cose';
 import {
   createDeviceCsr,
@@ -102,9 +103,10 @@ const urn = (): string => `urn:ietf:params:rats:ueid:${randomUUID()}`;
 const devices = async (db: Db): Promise<string[]> =>
   (await db.query<{ name: string }>('SELECT name FROM devices ORDER BY name')).map((r) => r.name);
 
-describe('a refused device in a group commit', () => {
+describe.each(BACKENDS)('a refused device in a group commit (%s)', (backend) => {
   it('fails alone: the other registrations of the same transaction commit', async () => {
-    const raw = await openDatabase({});
+    const t = await createTestDatabase(backend);
+    const raw = t.db;
     try {
       await migrate(raw);
       const { db, transactions } = counted(raw);
@@ -151,7 +153,50 @@ describe('a refused device in a group commit', () => {
       expect(audits[0]!.n).toBe(4);
       expect((await verifyAuditLogInDb(raw)).ok).toBe(true);
     } finally {
-      await raw.close();
+      await t.drop();
+    }
+  });
+
+  it('a unique index firing in the group (a concurrent station) fails only its device', async () => {
+    const t = await createTestDatabase(backend);
+    try {
+      await migrate(t.db);
+      // The group look-up is blinded (as if another station registered between look-up and insert): the group's
+      // insert hits the unique indexes, and each device is retried alone.
+      let blinded = 0;
+      const db: Db = {
+        ...t.db,
+        transaction: (fn) =>
+          t.db.transaction((tx) =>
+            fn({
+              ...tx,
+              query: (sql, params) => {
+                if (!sql.includes('= ANY(')) return tx.query(sql, params);
+                blinded++;
+                return Promise.resolve([]);
+              },
+            }),
+          ),
+      };
+      const reg = dbRegistry(db, { station: 'test' });
+      const existing = registration(randomBytes(16).toString('hex'), urn());
+      const first = reg.register(existing);
+      const good = [0, 1].map(() => registration(randomBytes(16).toString('hex'), urn()));
+      const settled = await Promise.allSettled([
+        first,
+        reg.register(good[0]!),
+        reg.register(registration(existing.certificate.serial, urn())),
+        reg.register(registration(randomBytes(16).toString('hex'), existing.deviceId)),
+        reg.register(good[1]!),
+      ]);
+      expect(blinded).toBe(2);
+      expect(
+        settled.map((r) => (r.status === 'fulfilled' ? 'ok' : (r.reason as { code?: string }).code)),
+      ).toEqual(['ok', 'ok', 'CERT_SERIAL_DUPLICATE', 'ALREADY_EXISTS', 'ok']);
+      expect(await devices(t.db)).toEqual([existing.deviceId, ...good.map((g) => g.deviceId)].sort());
+      expect((await verifyAuditLogInDb(t.db)).ok).toBe(true);
+    } finally {
+      await t.drop();
     }
   });
 
