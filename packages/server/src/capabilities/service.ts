@@ -695,8 +695,9 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
     const mine = new Map(
       (
         await db.query<{ rollout_id: string; state: ModuleDeviceState }>(
-          'SELECT rollout_id, state FROM capability_rollout_devices WHERE device_id = $1',
-          [dev.id],
+          // By primary key (rollout_id, device_id): every device's cycle asks (offers).
+          'SELECT rollout_id, state FROM capability_rollout_devices WHERE rollout_id = ANY($1::text[]) AND device_id = $2',
+          [rollouts.map((r) => r.id), dev.id],
         )
       ).map((x) => [x.rollout_id, x.state]),
     );
