@@ -6,7 +6,14 @@
  */
 import { describe, expect, it } from 'vitest';
 import { decodeReport, encodeReport } from '@rotor/suit';
-import { DeviceError, moduleReport, parseCapabilityAnswer, ROTOR_REPORT_KEY } from '../src/index.ts';
+import {
+  DeviceError,
+  MAX_OFFERS,
+  moduleReport,
+  parseCapabilityAnswer,
+  parseOffers,
+  ROTOR_REPORT_KEY,
+} from '../src/index.ts';
 
 const ok = {
   moduleId: 'm1',
@@ -62,6 +69,36 @@ describe('capability answers are read strictly', () => {
         JSON.stringify(b).slice(0, 80),
       ).toBe('TRACKER_PROTOCOL');
     }
+  });
+});
+
+describe('module rollout offers are read strictly', () => {
+  const offer = { rolloutId: 'r-1', moduleId: 'm_2', name: 'codec', version: '1.0.0' };
+
+  it('accepts a bounded list of {rolloutId, moduleId, name, version}', () => {
+    expect(parseOffers(enc({ offers: [offer], more: false }))).toEqual({ offers: [offer], more: false });
+    expect(parseOffers(enc({ offers: [], more: true }))).toEqual({ offers: [], more: true });
+  });
+
+  it('refuses anything outside the protocol with TRACKER_PROTOCOL', () => {
+    const bad: unknown[] = [
+      [],
+      { offers: [offer] },
+      { offers: {}, more: false },
+      { offers: Array.from({ length: MAX_OFFERS + 1 }, () => offer), more: true },
+      { offers: [{ ...offer, name: 'Not A Name' }], more: false },
+      { offers: [{ ...offer, rolloutId: '../x' }], more: false },
+      { offers: [{ ...offer, moduleId: 'x'.repeat(65) }], more: false },
+      { offers: [{ ...offer, version: 1 }], more: false },
+      { offers: [{ ...offer, version: '1'.repeat(33) }], more: false },
+      { offers: [null], more: false },
+    ];
+    for (const b of bad)
+      expect(
+        code(() => parseOffers(enc(b))),
+        JSON.stringify(b),
+      ).toBe('TRACKER_PROTOCOL');
+    expect(code(() => parseOffers(new TextEncoder().encode('{')))).toBe('TRACKER_PROTOCOL');
   });
 });
 
