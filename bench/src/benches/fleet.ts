@@ -136,6 +136,9 @@ export const fleetBench: Benchmark = {
         reports,
         group: 'bench',
         startSpreadMs: Math.min(30_000, n * 2),
+        // Devices updating at once (the simulator's scheduler; ROTOR_BENCH_FLEET_CONCURRENCY): enough to keep the
+        // server's group commits full while one device's update waits on its round trips.
+        concurrency: Number(process.env.ROTOR_BENCH_FLEET_CONCURRENCY ?? 1024),
         interval: { defaultMs: 600_000, minMs: 600_000 },
         onSetup: (phase, done, total) => {
           ctx.log(`fleet: ${phase} ${done}/${total}`);

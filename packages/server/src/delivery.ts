@@ -74,7 +74,12 @@ export function createDeliveryService(db: Db, now: () => number, keys: Keys) {
   // every device. No key material is cached.
   const templates = new Map<string, ReleaseTemplate>();
 
+  /** Release keys as stored at approval (written once, never changed): kept with the template. */
+  const releaseKeys = new Map<string, Uint8Array>();
   async function template(releaseId: string): Promise<{ t: ReleaseTemplate; cekWrapped: Uint8Array }> {
+    const known = templates.get(releaseId);
+    const knownKey = releaseKeys.get(releaseId);
+    if (known !== undefined && knownKey !== undefined) return { t: known, cekWrapped: knownKey };
     const k = one(
       await db.query<{ cek_wrapped: Uint8Array; content_alg: number }>(
         'SELECT cek_wrapped, content_alg FROM release_keys WHERE release_id = $1',
@@ -108,6 +113,8 @@ export function createDeliveryService(db: Db, now: () => number, keys: Keys) {
       if (templates.size >= 64) templates.delete(templates.keys().next().value!);
       templates.set(releaseId, t);
     }
+    if (releaseKeys.size >= 64) releaseKeys.delete(releaseKeys.keys().next().value!);
+    releaseKeys.set(releaseId, k.cek_wrapped);
     return { t, cekWrapped: k.cek_wrapped };
   }
 
@@ -224,21 +231,37 @@ export function createDeliveryService(db: Db, now: () => number, keys: Keys) {
       }
     },
 
-    /** The envelope of `deviceId` for an approved release (built once, then served as stored). */
-    async deviceEnvelope(deviceId: string, releaseId: string): Promise<Uint8Array> {
-      const have = await db.query<{ envelope: Uint8Array }>(
-        'SELECT envelope FROM device_envelopes WHERE release_id = $1 AND device_id = $2',
-        [releaseId, deviceId],
-      );
-      if (have[0] !== undefined) return have[0].envelope;
+    /**
+     * The envelope of `deviceId` for an approved release (built once, then served as stored). `known`: what the
+     * caller already read in its own lookup (the stored envelope, else the device's key columns), saving the reads.
+     */
+    async deviceEnvelope(
+      deviceId: string,
+      releaseId: string,
+      known?: {
+        envelope: Uint8Array | null;
+        ka_spki: Uint8Array | null;
+        kek_wrapped: Uint8Array | null;
+      },
+    ): Promise<Uint8Array> {
+      if (known?.envelope != null) return known.envelope;
+      if (known === undefined) {
+        const have = await db.query<{ envelope: Uint8Array }>(
+          'SELECT envelope FROM device_envelopes WHERE release_id = $1 AND device_id = $2',
+          [releaseId, deviceId],
+        );
+        if (have[0] !== undefined) return have[0].envelope;
+      }
       const { operator, vault } = required();
-      const dev = one(
-        await db.query<{ ka_spki: Uint8Array | null; kek_wrapped: Uint8Array | null }>(
-          'SELECT ka_spki, kek_wrapped FROM devices WHERE id = $1',
-          [deviceId],
-        ),
-        'device',
-      );
+      const dev =
+        known ??
+        one(
+          await db.query<{ ka_spki: Uint8Array | null; kek_wrapped: Uint8Array | null }>(
+            'SELECT ka_spki, kek_wrapped FROM devices WHERE id = $1',
+            [deviceId],
+          ),
+          'device',
+        );
       const { t, cekWrapped } = await template(releaseId);
       let recipient: DeviceRecipient;
       let kek: Uint8Array | undefined;

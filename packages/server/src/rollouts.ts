@@ -99,6 +99,8 @@ export interface DeviceEvent {
   details: Record<string, unknown>;
 }
 
+const cmp = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+
 const emptyCounts = (): StateCounts => ({
   total: 0,
   pending: 0,
@@ -173,6 +175,11 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
     rollout_id: string | null;
     release_id: string | null;
     state: DeviceRolloutState | null;
+    /**
+     * No update policy is stored and the device is not quarantined: policyAllowsUpdate() would allow any release
+     * (attestation/policy.ts), so it need not be asked.
+     */
+    unrestricted: boolean;
   }
   // Both lookups carry `= ANY($1)` as their index condition (devices_pkey, rollout_devices_one_active), whatever
   // the statistics say: a LATERAL join by s.id was planned as a scan of every active row while the statistics
@@ -182,7 +189,10 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
     work AS (
       SELECT rd.device_id, rd.rollout_id, r.release_id, rd.state FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
       WHERE rd.device_id = ANY($1::text[]) AND rd.active AND r.state = 'active' AND rd.phase <= r.current_phase)
-    SELECT s.id AS device_id, s.cert_sha256, w.rollout_id, w.release_id, w.state FROM seen s LEFT JOIN work w ON w.device_id = s.id`;
+    SELECT s.id AS device_id, s.cert_sha256, w.rollout_id, w.release_id, w.state,
+      w.rollout_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM policies)
+        AND NOT EXISTS (SELECT 1 FROM device_policy_state ps WHERE ps.device_id = s.id AND ps.quarantined) AS unrestricted
+    FROM seen s LEFT JOIN work w ON w.device_id = s.id`;
   const MAX_BATCH = 256;
   const MAX_BATCHES_IN_FLIGHT = 2;
   let waiting: Waiting[] = [];
@@ -397,6 +407,49 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       return r;
     });
   }
+
+  /**
+   * A release's ciphertexts (content addresses in component order), kept once read: they are written with the
+   * approval (delivery.ts) and never change — an assignment exists only for an approved release.
+   */
+  const ciphertexts = new Map<string, Promise<string[]>>();
+  const ciphertextsOf = (releaseId: string): Promise<string[]> => {
+    let c = ciphertexts.get(releaseId);
+    if (c === undefined) {
+      c = db
+        .query<{ h: string }>(
+          "SELECT encode(ciphertext_sha256, 'hex') AS h FROM release_ciphertexts WHERE release_id = $1 ORDER BY component_index",
+          [releaseId],
+        )
+        .then((rows) => rows.map((x) => x.h));
+      if (ciphertexts.size >= 1024) ciphertexts.clear();
+      ciphertexts.set(releaseId, c);
+      c.catch(() => ciphertexts.delete(releaseId));
+    }
+    return c;
+  };
+  /**
+   * Offers of the moment share one statement: each pending assignment becomes in_progress together with its
+   * 'offered' event, so two instances answering the same device at once record one offer.
+   */
+  const offer = groupCommit<{ rolloutId: string; deviceId: string }, undefined>(
+    async (items) => {
+      const sorted = [...items].sort((a, b) =>
+        a.rolloutId === b.rolloutId ? cmp(a.deviceId, b.deviceId) : cmp(a.rolloutId, b.rolloutId),
+      );
+      await db.query(
+        `WITH o AS (
+           UPDATE rollout_devices rd SET state = 'in_progress', updated_at_ms = $3
+           FROM unnest($1::text[], $2::text[]) AS x(rollout_id, device_id)
+           WHERE rd.rollout_id = x.rollout_id AND rd.device_id = x.device_id AND rd.state = 'pending' AND rd.active
+           RETURNING rd.device_id, rd.rollout_id)
+         INSERT INTO device_events (device_id, rollout_id, at_ms, kind) SELECT device_id, rollout_id, $3, 'offered' FROM o`,
+        [sorted.map((x) => x.rolloutId), sorted.map((x) => x.deviceId), now()],
+      );
+      return items.map(() => undefined);
+    },
+    { max: 512, inFlight: 2 },
+  );
 
   /**
    * Report ingestion is group-committed like check-ins: the reports arriving in one event-loop turn share their
@@ -826,24 +879,19 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
           ? undefined
           : { rollout_id: found.rollout_id, release_id: found.release_id, state: found.state };
       if (row === undefined) return { action: 'none' };
-      if (!(await policyAllowsUpdate(db, p.deviceId, row.release_id, t))) return { action: 'none' };
+      if (found?.unrestricted !== true && !(await policyAllowsUpdate(db, p.deviceId, row.release_id, t)))
+        return { action: 'none' };
       // Devices get the ciphertexts only (the plaintext payloads are never served to devices).
-      const payloads = await db.query<{ h: string }>(
-        row.state === 'pending'
-          ? `WITH offer AS (
-               UPDATE rollout_devices SET state = 'in_progress', updated_at_ms = $4
-               WHERE rollout_id = $2 AND device_id = $3 AND state = 'pending' AND active RETURNING device_id),
-             ev AS (INSERT INTO device_events (device_id, rollout_id, at_ms, kind) SELECT device_id, $2, $4, 'offered' FROM offer)
-             SELECT encode(ciphertext_sha256, 'hex') AS h FROM release_ciphertexts WHERE release_id = $1 ORDER BY component_index`
-          : "SELECT encode(ciphertext_sha256, 'hex') AS h FROM release_ciphertexts WHERE release_id = $1 ORDER BY component_index",
-        row.state === 'pending' ? [row.release_id, row.rollout_id, p.deviceId, t] : [row.release_id],
-      );
+      const [payloads] = await Promise.all([
+        ciphertextsOf(row.release_id),
+        row.state === 'pending' ? offer({ rolloutId: row.rollout_id, deviceId: p.deviceId }) : undefined,
+      ]);
       return {
         action: 'update',
         rolloutId: row.rollout_id,
         releaseId: row.release_id,
         envelopeUrl: `/d/v1/rollouts/${row.rollout_id}/envelope`,
-        payloadUrls: payloads.map((x) => ciphertextUrl(x.h)),
+        payloadUrls: payloads.map((h) => ciphertextUrl(h)),
       };
     },
 
@@ -854,16 +902,24 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
     async envelopeFor(p: Principal, rolloutId: string): Promise<Uint8Array> {
       if (p.kind !== 'device') throw new ServerError('FORBIDDEN', 'device only');
       authorize(p, 'device.checkin');
+      // One read: the assignment, the stored envelope if built already, else the device's key columns.
       const row = (
-        await db.query<{ release_id: string }>(
-          `SELECT r.release_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id
+        await db.query<{
+          release_id: string;
+          envelope: Uint8Array | null;
+          ka_spki: Uint8Array | null;
+          kek_wrapped: Uint8Array | null;
+        }>(
+          `SELECT r.release_id, de.envelope, d.ka_spki, d.kek_wrapped
+           FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id JOIN devices d ON d.id = rd.device_id
+           LEFT JOIN device_envelopes de ON de.release_id = r.release_id AND de.device_id = rd.device_id
            WHERE rd.rollout_id = $1 AND rd.device_id = $2`,
           [rolloutId, p.deviceId],
         )
       )[0];
       if (row === undefined)
         throw new ServerError('DEVICE_FORBIDDEN', 'the device is not part of this rollout');
-      return delivery.deviceEnvelope(p.deviceId, row.release_id);
+      return delivery.deviceEnvelope(p.deviceId, row.release_id, row);
     },
 
     /**

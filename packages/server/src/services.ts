@@ -692,6 +692,17 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
     },
   };
 
+  /**
+   * Ciphertexts served to devices, kept in memory once read (content-addressed and immutable: the bytes under a
+   * digest never change, and nothing deletes a ciphertext of a release): their size, and the bytes of small ones,
+   * so a rollout's many identical downloads do not each read the database. Bounded by total bytes.
+   */
+  const servedSize = new Map<string, number>();
+  const servedBytes = new Map<string, { size: number; bytes: Promise<Uint8Array> }>();
+  let servedTotal = 0;
+  const SERVED_MAX_BLOB = 256 * 1024;
+  const SERVED_MAX_TOTAL = 64 * 1024 * 1024;
+
   const payloads = {
     /** Stores a payload under its SHA-256 (idempotent: the same bytes are stored once). */
     async upload(
@@ -728,11 +739,43 @@ export function createServices(db: Db, opts: ServicesOptions = {}) {
           ? 'SELECT b.size FROM blobs b WHERE b.sha256 = $1 AND EXISTS (SELECT 1 FROM release_ciphertexts c WHERE c.ciphertext_sha256 = b.sha256)'
           : `SELECT b.size FROM blobs b WHERE b.sha256 = $1 AND (EXISTS (SELECT 1 FROM release_payloads r WHERE r.sha256 = b.sha256)
              OR EXISTS (SELECT 1 FROM release_ciphertexts c WHERE c.ciphertext_sha256 = b.sha256))`;
+      const key = sha256Hex.toLowerCase();
+      const cached = p.kind === 'device' ? servedSize.get(key) : undefined;
+      if (cached !== undefined) return { sha256: key, size: cached };
       const row = one(await db.query<{ size: number }>(sql, [unhex(sha256Hex)]), 'payload');
-      return { sha256: sha256Hex.toLowerCase(), size: row.size };
+      if (p.kind === 'device') {
+        if (servedSize.size >= 100_000) servedSize.clear();
+        servedSize.set(key, row.size);
+      }
+      return { sha256: key, size: row.size };
     },
     /** Reads [start, end) of a payload in chunks (call meta() first: it authorizes). */
     async *read(sha256Hex: string, start: number, end: number): AsyncGenerator<Uint8Array> {
+      const key = sha256Hex.toLowerCase();
+      const size = servedSize.get(key);
+      if (size !== undefined && size <= SERVED_MAX_BLOB) {
+        let whole = servedBytes.get(key)?.bytes;
+        if (whole === undefined) {
+          whole = db
+            .query<{ data: Uint8Array }>('SELECT data FROM blobs WHERE sha256 = $1', [unhex(key)])
+            .then((rows) => one(rows, 'payload').data);
+          while (servedTotal + size > SERVED_MAX_TOTAL && servedBytes.size > 0) {
+            const [first] = servedBytes;
+            servedBytes.delete(first![0]);
+            servedTotal -= first![1].size;
+          }
+          servedBytes.set(key, { size, bytes: whole });
+          servedTotal += size;
+          whole.catch(() => {
+            if (servedBytes.delete(key)) servedTotal -= size;
+          });
+        }
+        const bytes = await whole;
+        if (bytes.length === size) {
+          yield bytes.subarray(start, end);
+          return;
+        }
+      }
       for (let off = start; off < end; off += BLOB_CHUNK) {
         const len = Math.min(BLOB_CHUNK, end - off);
         const row = one(
