@@ -224,7 +224,8 @@ export function dbRegistry(db: Db, opts: { now?: () => number; station?: string 
       'CERT_SERIAL_DUPLICATE',
       `certificate serial ${r.certificate.serial} is already registered (RFC 5280 §4.1.2.2)`,
     );
-  // One device, one identity: the same device id with another certificate is refused (devices.name is unique).
+  // One device, one identity: a UEID names exactly one device (RFC 9711 §4.2.1), so the same device id with another
+  // certificate is refused (devices.name is unique; a cloned or replayed device id).
   const deviceClash = (r: Registration): ServerError =>
     new ServerError('ALREADY_EXISTS', `device ${r.deviceId} is already registered with another certificate`);
 
