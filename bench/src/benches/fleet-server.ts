@@ -32,7 +32,7 @@ const server = await startServer(
       '--mqtt-port',
       '0',
       '--log-level',
-      'silent',
+      process.env.ROTOR_BENCH_FLEET_LOG ?? 'silent',
       '--data-dir',
       dir,
       '--checkin-interval-s',
@@ -62,6 +62,10 @@ process.stdout.write(
     adminToken,
   })}\n`,
 );
+// An exit the bench did not ask for (PGlite's WebAssembly backend exits the process on a fatal error) is named.
+process.on('exit', (code) => {
+  if (!closing) process.stderr.write(`fleet server: exited unexpectedly (code ${code})\n`);
+});
 let closing = false;
 const close = async (): Promise<void> => {
   if (closing) return;

@@ -33,7 +33,7 @@ import {
 } from './encryption.ts';
 import { ServerError } from './errors.ts';
 import type { ContentKeyVault, OperatorKey } from './keys.ts';
-import { auditedTransaction, hex } from './tx.ts';
+import { auditedTransaction, groupCommit, hex } from './tx.ts';
 
 /** Signature algorithms of author keys (services.ts AUTHOR_KEY_ALGS). */
 const AUTHOR_ALGS: ReadonlySet<number> = new Set([-7, -9, -8, -19]);
@@ -117,6 +117,42 @@ export function createDeliveryService(db: Db, now: () => number, keys: Keys) {
     releaseKeys.set(releaseId, k.cek_wrapped);
     return { t, cekWrapped: k.cek_wrapped };
   }
+
+  /**
+   * Built envelopes of the moment are stored in one statement (group commit); an envelope is served only once
+   * stored. True when this one was stored, false when another request (here or on another instance) stored the
+   * device's envelope first — the stored one is then served, so a device always gets the same envelope.
+   */
+  const storeEnvelope = groupCommit<
+    { releaseId: string; deviceId: string; envelope: Uint8Array; digest: Uint8Array },
+    boolean
+  >(
+    async (items) => {
+      const rows = await db.query<{ release_id: string; device_id: string }>(
+        `INSERT INTO device_envelopes (release_id, device_id, envelope, manifest_digest, created_at_ms)
+         SELECT x.release_id, x.device_id, decode(x.envelope, 'hex'), decode(x.digest, 'hex'), $5
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS x(release_id, device_id, envelope, digest)
+         ON CONFLICT (release_id, device_id) DO NOTHING RETURNING release_id, device_id`,
+        [
+          items.map((x) => x.releaseId),
+          items.map((x) => x.deviceId),
+          items.map((x) => hex(x.envelope)),
+          items.map((x) => hex(x.digest)),
+          now(),
+        ],
+      );
+      const stored = new Set(rows.map((r) => `${r.release_id}\n${r.device_id}`));
+      // A device twice in one batch: the first item's envelope is the stored one.
+      const first = new Set<string>();
+      return items.map((x) => {
+        const k = `${x.releaseId}\n${x.deviceId}`;
+        if (!stored.has(k) || first.has(k)) return false;
+        first.add(k);
+        return true;
+      });
+    },
+    { max: 256, inFlight: 2 },
+  );
 
   return {
     /**
@@ -288,12 +324,8 @@ export function createDeliveryService(db: Db, now: () => number, keys: Keys) {
         kek?.fill(0);
       }
       const digest = (decode(built.digestBytes) as [number, Uint8Array])[1];
-      const rows = await db.query<{ envelope: Uint8Array }>(
-        `INSERT INTO device_envelopes (release_id, device_id, envelope, manifest_digest, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (release_id, device_id) DO NOTHING RETURNING envelope`,
-        [releaseId, deviceId, built.envelope, digest, now()],
-      );
-      if (rows[0] !== undefined) return rows[0].envelope;
+      if (await storeEnvelope({ releaseId, deviceId, envelope: built.envelope, digest }))
+        return built.envelope;
       return one(
         await db.query<{ envelope: Uint8Array }>(
           'SELECT envelope FROM device_envelopes WHERE release_id = $1 AND device_id = $2',

@@ -396,7 +396,15 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
         d.running = false;
         this.#running--;
         for (const w of this.#waiters) w();
-        if (d.nextAt <= Date.now()) this.#schedule();
+        // A device due again at once (nudged meanwhile, rebooted) continues without a scan of the whole fleet;
+        // everyone else is picked up by the 50 ms scan.
+        if (
+          d.nextAt <= Date.now() &&
+          !this.#stopped &&
+          d.online &&
+          this.#running < (this.opts.concurrency ?? 256)
+        )
+          this.#run(d);
       });
   }
 
