@@ -455,7 +455,9 @@ export class CapabilityClient {
       if (outcome.ok) continue;
       if (isReportedRefusal(outcome.code)) {
         done.push(key);
-        await store.put(CAPABILITY_OFFERS_DONE_BLOB, encode(done.slice(-MAX_DONE)));
+        const keep = encode(done.slice(-MAX_DONE));
+        // Behind the queued report's write (one writer of the store at a time).
+        await this.#serial(() => store.put(CAPABILITY_OFFERS_DONE_BLOB, keep));
       } else if (outcome.code === 'TRACKER_REFUSED') this.#refused.add(key);
       else break; // unreachable, busy, protocol: the next cycle tries again
     }
