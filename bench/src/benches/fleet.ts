@@ -100,7 +100,7 @@ export const fleetBench: Benchmark = {
     const backend = pg === undefined ? 'pglite' : 'postgres';
     const child = await startChild(pg === undefined ? {} : { databaseUrl: pg.url });
     const s = child.info;
-    const admin = new OperatorApi(s.operatorUrl, s.adminToken);
+    let admin = new OperatorApi(s.operatorUrl, s.adminToken);
     let fleet: FleetSimulator | undefined;
     try {
       const token = async (role: string): Promise<OperatorApi> =>
@@ -119,8 +119,6 @@ export const fleetBench: Benchmark = {
         },
         201,
       );
-      const author = await token('author');
-      const operator = await token('operator');
       ctx.log(
         `fleet: registering and booting ${n.toLocaleString('en-US')} devices (${backend}, reports ${reports})`,
       );
@@ -149,6 +147,12 @@ export const fleetBench: Benchmark = {
       const setupS = (performance.now() - t0) / 1000;
       ctx.log(`fleet: setup ${round(setupS, 1)} s; baseline check-in round`);
       const base = await f.checkinRound();
+      // Operator clients made after the setup: a keep-alive socket idle through a long setup (minutes for 10,000
+      // devices) may have been closed by the server, and a request on it would fail with a hang-up.
+      admin.close();
+      admin = new OperatorApi(s.operatorUrl, s.adminToken);
+      const author = await token('author');
+      const operator = await token('operator');
       const rel = await publishRelease(author, operator, { version: 2, signer: k.author, size: 4096 });
       ctx.log('fleet: release approved; rollout');
       let last = 0;
