@@ -24,14 +24,17 @@ import {
   type RegisteredDevice,
 } from './tracker-fixture.ts';
 
-function env(core: EnclaveCore): AttestingEnvironment {
+function env(core: EnclaveCore, muted: () => boolean): AttestingEnvironment {
   return {
     getChain: () => Promise.resolve(core.chain!),
     rotateRoT: async () => {
       await core.rotateRoT({});
       return core.chain!;
     },
-    attest: async (challenge, claims) => (await core.attest({ challenge, claims })).token,
+    attest: async (challenge, claims) => {
+      if (muted()) throw new Error('attesting environment unavailable');
+      return (await core.attest({ challenge, claims })).token;
+    },
     ueid: () => Promise.resolve(core.ueid),
   };
 }
@@ -44,6 +47,8 @@ describe('an update counts as confirmed only when the new measurements appraise 
   const events: TrackerEvent[] = [];
   /** When set, the device measures something other than what it runs (a tampered image). */
   let tamper = false;
+  /** When set, the device's attestation fails on the device (its evidence never reaches the server). */
+  let mute = false;
 
   beforeAll(async () => {
     fleet = await startFleet();
@@ -73,7 +78,13 @@ describe('an update counts as confirmed only when the new measurements appraise 
         })),
       });
     };
-    tracker = trackerFor(fleet, d.agent, dev, { attester: new Attester(env(core), measure), events });
+    tracker = trackerFor(fleet, d.agent, dev, {
+      attester: new Attester(
+        env(core, () => mute),
+        measure,
+      ),
+      events,
+    });
   }, 60_000);
   afterAll(async () => {
     await tracker.stop();
@@ -124,4 +135,35 @@ describe('an update counts as confirmed only when the new measurements appraise 
     expect(ended?.details).toMatchObject({ result: 'failed' });
     expect(String(ended?.details.reason)).toMatch(/measurements: .*matches no reference value/);
   });
+
+  it('a confirmed update whose attestation request was lost is asked again, then succeeds', async () => {
+    tamper = false;
+    mute = true;
+    const { rolloutId } = await rollout(fleet, dev.id, 4);
+    const out = await tracker.cycle();
+    expect(out.update).toMatchObject({ ok: true, confirmed: true });
+    expect(await rolloutCounts(fleet, rolloutId)).toMatchObject({ succeeded: 0, in_progress: 1 });
+    // The race this covers: an appraisal beside the confirmed report's transaction cleared the request.
+    const db = fleet.f.server.db;
+    await db.query('UPDATE device_rot SET attest_requested = false WHERE device_id = $1', [dev.id]);
+    await db.query(
+      "UPDATE device_events SET at_ms = at_ms - 60000 WHERE device_id = $1 AND kind = 'attestation-pending'",
+      [dev.id],
+    );
+    mute = false;
+    // The server's periodic tick asks the device again (attestation/service.ts reaskStalledConfirmations).
+    let asked = false;
+    for (let i = 0; i < 150 && !asked; i++) {
+      const rows = await db.query<{ attest_requested: boolean }>(
+        'SELECT attest_requested FROM device_rot WHERE device_id = $1',
+        [dev.id],
+      );
+      asked = rows[0]?.attest_requested === true;
+      if (!asked) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(asked).toBe(true);
+    await tracker.cycle();
+    expect(attestations().at(-1)).toMatchObject({ attested: 'affirming' });
+    expect(await rolloutCounts(fleet, rolloutId)).toMatchObject({ succeeded: 1, in_progress: 0 });
+  }, 60_000);
 });

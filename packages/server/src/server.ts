@@ -40,6 +40,10 @@ import {
   type CapabilityKeys,
 } from './capabilities/index.ts';
 
+/** How often, and after how long, a confirmed update still waiting for its attestation is asked for again. */
+const REASK_EVERY_MS = 2000;
+const REASK_GRACE_MS = 3000;
+
 export interface RotorServer {
   readonly config: ServerConfig;
   readonly db: Db;
@@ -246,6 +250,7 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
     }
     state.ready = true;
     metrics.ready.set(1);
+    let lastReask = 0;
     const tick = setInterval(() => {
       services.rollouts.tick().catch((e: unknown) => {
         op.app.log.error({ err: e }, 'rollout evaluation failed');
@@ -254,6 +259,14 @@ export async function startServer(config: ServerConfig, opts: StartOptions = {})
       capabilities.tick().catch((e: unknown) => {
         op.app.log.error({ err: e }, 'module rollout evaluation failed');
       });
+      // Confirmed updates still waiting for their attestation after a grace period: ask the device again.
+      const t = Date.now();
+      if (t - lastReask >= REASK_EVERY_MS) {
+        lastReask = t;
+        attestation.reaskStalledConfirmations(REASK_GRACE_MS).catch((e: unknown) => {
+          op.app.log.error({ err: e }, 'attestation re-request failed');
+        });
+      }
     }, config.rolloutTickMs);
     tick.unref();
     op.app.log.info(

@@ -868,6 +868,28 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
     return r.length > 0;
   }
 
+  /**
+   * Issue 7 convergence: a confirmed update waiting for its attestation (an 'attestation-pending' event older than
+   * `graceMs`) whose device is no longer asked to attest is asked again. It closes the race where the device's own
+   * attestation right after its confirm was appraised in a transaction that ran beside the report's (it could not
+   * see the pending mark, and cleared the request), and any lost attestation: the device attests on its next cycle.
+   * Returns how many devices were asked again.
+   */
+  async function reaskStalledConfirmations(graceMs: number): Promise<number> {
+    const r = await db.query(
+      `UPDATE device_rot dr SET attest_requested = true
+       FROM (SELECT DISTINCT rd.device_id FROM rollout_devices rd
+             WHERE rd.active AND rd.state = 'in_progress' AND EXISTS (
+               SELECT 1 FROM device_events e
+               WHERE e.device_id = rd.device_id AND e.rollout_id = rd.rollout_id
+                 AND e.kind = 'attestation-pending' AND e.at_ms < $1)) s
+       WHERE dr.device_id = s.device_id AND NOT dr.attest_requested
+       RETURNING dr.device_id`,
+      [now() - graceMs],
+    );
+    return r.length;
+  }
+
   async function requestAttestation(p: Principal, deviceId: string): Promise<{ requested: true }> {
     authorize(p, 'attestation.request');
     return audited(p, 'device.attestation.request', async (tx) => {
@@ -985,6 +1007,7 @@ export function createAttestationService(db: Db, opts: AttestationServiceOptions
   return {
     reportChain,
     gateConfirmation,
+    reaskStalledConfirmations,
     setConfirmationListener(
       l: ((deviceId: string, ok: boolean, reason: string) => Promise<unknown>) | undefined,
     ): void {
