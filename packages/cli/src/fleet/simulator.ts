@@ -85,6 +85,12 @@ export interface FleetOptions {
   readonly startSpreadMs?: number;
   /** Device cycles (check-in + update) running at once (default 256). */
   readonly concurrency?: number;
+  /**
+   * Close a device's HTTPS connection after each cycle, as a device polling every few minutes would, instead of
+   * keeping it idle until the server drops it (default: for fleets above 4,096 devices — each held connection and
+   * each MQTT connection is a descriptor in both processes, and 2 × 10,000 exceeds a common limit of 20,000).
+   */
+  readonly releaseConnections?: boolean;
   /** Each device gets an EnclaveCore over its storage (default false). */
   readonly enclave?: boolean;
   /** Size of the factory firmware image (default 4096) and the largest image a slot takes (default 1 MiB). */
@@ -332,6 +338,10 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
 
   #fresh: boolean[] = [];
 
+  get #releaseConnections(): boolean {
+    return this.opts.releaseConnections ?? this.devices.length > 4096;
+  }
+
   #fail(e: unknown): void {
     const err = e instanceof Error ? e : new Error(String(e));
     if (this.listenerCount('error') > 0) this.emit('error', err);
@@ -393,6 +403,7 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
         this.#fail(e);
       })
       .finally(() => {
+        if (this.#releaseConnections) d.tracker?.http.close();
         d.running = false;
         this.#running--;
         for (const w of this.#waiters) w();
@@ -496,6 +507,7 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
       } catch {
         errors++;
       }
+      if (this.#releaseConnections) d.tracker?.http.close();
     });
     return { seconds: (performance.now() - t0) / 1000, errors };
   }
