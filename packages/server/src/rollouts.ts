@@ -7,7 +7,8 @@
  * (partial unique index), so two server instances cannot assign a device twice. Locks are always taken in the
  * order rollout row → device rows, so report ingestion, check-in and the phase evaluator do not deadlock.
  *
- * Phase evaluation (after every report and on a periodic tick): devices of the current phase that have not
+ * Phase evaluation (after every group-committed batch of reports — once per batch, on the committed counts — and
+ * on a periodic tick): devices of the current phase that have not
  * finished within the phase timeout become `timed_out` and leave the denominator (they do not hold the phase);
  * failed / remaining ≥ failureThreshold pauses the rollout automatically; succeeded / remaining ≥
  * successThreshold advances to the next phase (the last phase completes the rollout).
