@@ -403,7 +403,8 @@ export class FleetSimulator extends EventEmitter<FleetEvents> {
         this.#fail(e);
       })
       .finally(() => {
-        if (this.#releaseConnections) d.tracker?.http.close();
+        // Kept when the device continues at once (nudged meanwhile, rebooted): its next cycle reuses the connection.
+        if (this.#releaseConnections && d.nextAt > Date.now()) d.tracker?.http.close();
         d.running = false;
         this.#running--;
         for (const w of this.#waiters) w();
