@@ -11,6 +11,13 @@
  * Baseline in the same run: one bare check-in per device over the same clients (`checkin_seconds`); `ratio` =
  * baseline seconds / rollout seconds (how close a whole update gets to the cost of one poll per device).
  * Figures: devices, seconds, devices_per_s, errors (tracker errors + devices not confirmed; goal 0).
+ *
+ * Knobs: ROTOR_BENCH_FLEET_DEVICES, ROTOR_BENCH_FLEET_PG=1, ROTOR_BENCH_FLEET_REPORTS=outcomes,
+ * ROTOR_BENCH_FLEET_CONCURRENCY (devices updating at once, default 1024), ROTOR_BENCH_FLEET_SERVER_ARGS (node flags
+ * of the server, e.g. --cpu-prof), ROTOR_BENCH_FLEET_LOG (the server's log level, default silent). Above 4,096
+ * devices the simulator closes a device's HTTPS connection after each cycle (releaseConnections): 10,000 idle
+ * device connections plus 10,000 MQTT connections exceed a 20,000-descriptor limit, so the baseline then includes
+ * a full mutual-TLS handshake per check-in.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
