@@ -1,5 +1,6 @@
 /**
- * The device's HTTPS client never resumes a TLS session (tracker/http.ts, maxCachedSessions 0). On a resumed session
+ * With an RFC 3820 proxy identity the device's HTTPS client never resumes a TLS session (tracker/http.ts,
+ * maxCachedSessions 0); with a plain client certificate it does (the session carries the leaf). On a resumed session
  * the server's OpenSSL knows only the peer's leaf certificate, not the chain the client presented in the full
  * handshake, so an RFC 3820 proxy certificate would arrive without the device certificate that issued it and the
  * server (device-tls.ts) refuses it: DEVICE_PROXY_INVALID on every request of that connection. Seen in `rotor demo`
@@ -32,7 +33,14 @@ beforeAll(async () => {
       const presented = issuer !== undefined && issuer !== leaf;
       res.setHeader('connection', 'close');
       res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ reused: sock.isSessionReused(), presented }));
+      const raw = (sock.getPeerCertificate(false) as { raw?: Buffer }).raw;
+      res.end(
+        JSON.stringify({
+          reused: sock.isSessionReused(),
+          presented,
+          leaf: raw === undefined ? null : raw.toString('base64').slice(0, 32),
+        }),
+      );
     },
   );
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -44,7 +52,7 @@ afterAll(async () => {
   await new Promise((resolve) => server.close(resolve));
 });
 
-describe('tracker http: no TLS session resumption', () => {
+describe('tracker http: TLS session resumption only for a plain client certificate', () => {
   it('every new connection presents [proxy, device certificate] in a full handshake', async () => {
     const pki = await createTestPki('Resumption');
     const device = await pki.softwareDevice();
@@ -60,7 +68,35 @@ describe('tracker http: no TLS session resumption', () => {
         expect(r.status).toBe(200);
         seen.push(JSON.parse(Buffer.from(r.body).toString('utf8')));
       }
-      expect(seen).toEqual(Array.from({ length: 4 }, () => ({ reused: false, presented: true })));
+      expect(seen).toHaveLength(4);
+      for (const x of seen) expect(x).toMatchObject({ reused: false, presented: true });
+    } finally {
+      http.close();
+    }
+  });
+
+  it('a plain client certificate resumes its session (RFC 8446 §2.2) and the server still knows the leaf', async () => {
+    const cert = await selfSignedCert('resuming-device');
+    const http = new TrackerHttp({
+      baseUrl: url,
+      identity: { cert: cert.certPem, key: cert.keyPem },
+      ca: serverCert.certPem,
+    });
+    try {
+      const seen: { reused: boolean; leaf: string | null }[] = [];
+      for (let i = 0; i < 4; i++) {
+        const r = await http.request('GET', '/x', { maxBody: 1024 });
+        expect(r.status).toBe(200);
+        seen.push(
+          JSON.parse(Buffer.from(r.body).toString('utf8')) as { reused: boolean; leaf: string | null },
+        );
+      }
+      expect(seen[0]?.reused).toBe(false);
+      expect(seen.slice(1).some((x) => x.reused)).toBe(true);
+      // A resumed session still carries the authenticated leaf: the server decides by its fingerprint.
+      const first = seen[0]?.leaf;
+      expect(first).toEqual(expect.any(String));
+      for (const x of seen) expect(x.leaf).toBe(first);
     } finally {
       http.close();
     }

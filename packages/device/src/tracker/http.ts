@@ -85,10 +85,12 @@ export class TrackerHttp {
           maxSockets: 2,
           // RFC 8446: TLS 1.3 preferred; 1.2 is the floor the server also sets.
           minVersion: 'TLSv1.2',
-          // No TLS session resumption: on a resumed session the server's OpenSSL keeps only the peer's leaf
-          // certificate, not the chain presented in the full handshake, so an RFC 3820 proxy certificate arrives
-          // without the device certificate that issued it and is refused (server device-tls.ts, DEVICE_PROXY_INVALID).
-          maxCachedSessions: 0,
+          // No TLS session resumption with a renewing (RFC 3820 proxy) identity: on a resumed session the server's
+          // OpenSSL keeps only the peer's leaf certificate, not the chain presented in the full handshake, so the
+          // proxy arrives without the device certificate that issued it and is refused (server device-tls.ts,
+          // DEVICE_PROXY_INVALID). A plain client certificate resumes (RFC 8446 §2.2): the session carries the
+          // authenticated leaf, and the server decides by its fingerprint as after a full handshake.
+          ...(o.identity?.current !== undefined ? { maxCachedSessions: 0 } : {}),
           // A renewing identity is given per request (#tls) instead.
           ...(o.identity === undefined || o.identity.current !== undefined
             ? {}
