@@ -206,6 +206,7 @@ describe('configuration and option parsers', () => {
         apiConfig(v, env);
       } catch (e) {
         if (e instanceof CliError) return e.code;
+        throw e;
       }
       return 'ok';
     };

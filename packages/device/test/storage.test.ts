@@ -126,7 +126,8 @@ describe('AtomicStore', () => {
       let finished = true;
       try {
         await s.transact(change, () => (flag.committed = true));
-      } catch {
+      } catch (e) {
+        expect((e as DeviceError).code).toBe('POWER_CUT');
         finished = false;
       }
       fs.reboot();
