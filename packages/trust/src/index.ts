@@ -9,3 +9,4 @@ export * from './capability-envelope.ts';
 export * from './eat.ts';
 export * from './anchors.ts';
 export * from './revocation.ts';
+export * from './der.ts';

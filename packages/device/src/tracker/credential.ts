@@ -22,11 +22,13 @@
  * lifetime is left (renewal happens on the next use; concurrent users share one renewal), and every renewal uses a
  * new ephemeral key.
  *
- * The proxy certificate is encoded here directly in DER (X.690 §10), the same fixed-shape approach as the server's
- * factory/der.ts (the device package does not depend on the server or on a generic ASN.1 library).
+ * The proxy certificate is encoded here directly in DER (X.690 §10) with the fixed-shape encoder that the server's
+ * factory/der.ts also uses (@rotor/trust der.ts; the device package does not depend on the server or on a generic
+ * ASN.1 library).
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import type { Signer } from '@rotor/cose';
+import { derSignatureBits, derTime as time, derTlv as tlv, derUint as uint } from '@rotor/trust';
 import { DeviceError } from '../errors.ts';
 import type { TlsIdentity } from './http.ts';
 
@@ -43,46 +45,11 @@ export const OID_PROXY_CERT_INFO = '2b0601050507010e';
 export const OID_PPL_INHERIT_ALL = '2b06010505071501';
 
 // ---------------------------------------------------------------------------------------------------------------
-// DER (X.690): the encoder and a strict, bounded reader of the few structures needed.
+// DER (X.690): the encoder is @rotor/trust's der.ts; here a strict, bounded reader of the few structures needed.
 
 const SEQ = 0x30;
 
-function lenBytes(n: number): number[] {
-  if (n < 0x80) return [n];
-  if (n < 0x100) return [0x81, n];
-  if (n < 0x10000) return [0x82, n >> 8, n & 0xff];
-  return [0x83, n >> 16, (n >> 8) & 0xff, n & 0xff];
-}
-
-function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
-  const n = parts.reduce((a, p) => a + p.length, 0);
-  const head = [tag, ...lenBytes(n)];
-  const out = new Uint8Array(head.length + n);
-  out.set(head, 0);
-  let o = head.length;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 const hexBytes = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
-const ascii = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
-
-/** A positive INTEGER from big-endian bytes (X.690 §8.3): minimal, 0x00 pad when the top bit is set. */
-function uint(b: Uint8Array): Uint8Array {
-  let i = 0;
-  while (i < b.length - 1 && b[i] === 0 && (b[i + 1]! & 0x80) === 0) i++;
-  const v = b.subarray(i);
-  return (v[0]! & 0x80) !== 0 ? tlv(0x02, new Uint8Array([0]), v) : tlv(0x02, v);
-}
-
-/** RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050; Zulu, whole seconds. */
-function time(d: Date): Uint8Array {
-  const digits = d.toISOString().slice(0, 19).replace(/[-T:]/g, '');
-  return d.getUTCFullYear() < 2050 ? tlv(0x17, ascii(`${digits.slice(2)}Z`)) : tlv(0x18, ascii(`${digits}Z`));
-}
 
 export interface Der {
   readonly tag: number;
@@ -260,8 +227,7 @@ export async function issueProxyCertificate(f: ProxyCertificateFields, signer: S
   // COSE ECDSA r‖s → Ecdsa-Sig-Value (RFC 5480 §2.2 / RFC 3279 §2.2.3); EdDSA as is (RFC 8410 §6).
   if (alg.ecdsa && sig.length !== 64)
     throw new DeviceError('KEY_USAGE', 'the signer returned no P-256 r‖s signature');
-  const value = alg.ecdsa ? tlv(SEQ, uint(sig.subarray(0, 32)), uint(sig.subarray(32, 64))) : sig;
-  return tlv(SEQ, tbs, alg.id, tlv(0x03, new Uint8Array([0]), value));
+  return tlv(SEQ, tbs, alg.id, derSignatureBits(sig, alg.ecdsa));
 }
 
 export interface ProxyCredentialOptions {

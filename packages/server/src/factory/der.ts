@@ -1,33 +1,17 @@
 /**
  * The hot path of provisioning without the generic ASN.1 machinery: device certificates and device CSRs have one
- * fixed shape, so they are encoded here directly in DER (X.690 §10) — the TBSCertificate of RFC 5280 §4.1 and the
- * CertificationRequestInfo of RFC 2986 §4.1 — and signed with the COSE Signer (a token key or the device enclave).
+ * fixed shape, so they are encoded here directly in DER (X.690 §10, with the encoder of @rotor/trust der.ts, shared
+ * with the device's proxy certificate) — the TBSCertificate of RFC 5280 §4.1 and the CertificationRequestInfo of
+ * RFC 2986 §4.1 — and signed with the COSE Signer (a token key or the device enclave).
  * The CA certificates and every parse of untrusted input still go through @peculiar/x509; the tests check the
  * output with `openssl verify` and re-parse it with @peculiar/x509.
  */
 import type { Signer } from '@rotor/cose';
+import { derSignatureBits, derTime, derTlv, derUint } from '@rotor/trust';
 import type { SignerKeyType } from './x509-signer.ts';
 
-function lenBytes(n: number): number[] {
-  if (n < 0x80) return [n];
-  if (n < 0x100) return [0x81, n];
-  if (n < 0x10000) return [0x82, n >> 8, n & 0xff];
-  return [0x83, n >> 16, (n >> 8) & 0xff, n & 0xff];
-}
-
-/** One DER TLV (X.690 §8.1: definite length, the shortest form §10.1). */
-export function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
-  const n = parts.reduce((a, p) => a + p.length, 0);
-  const head = [tag, ...lenBytes(n)];
-  const out = new Uint8Array(head.length + n);
-  out.set(head, 0);
-  let o = head.length;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
+/** One DER TLV (X.690 §8.1, shortest-form definite length §10.1); the encoder is shared with the device. */
+export const tlv = derTlv;
 
 const hex = (h: string): Uint8Array => new Uint8Array(Buffer.from(h, 'hex'));
 const ascii = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'latin1'));
@@ -39,19 +23,9 @@ export function sigAlgId(type: SignerKeyType): Uint8Array {
   return type === 'P-256' ? hex('300a06082a8648ce3d040302') : hex('300506032b6570');
 }
 
-/** A positive INTEGER from big-endian bytes: minimal, with a 0x00 pad when the top bit is set (X.690 §8.3). */
-function uint(b: Uint8Array): Uint8Array {
-  let i = 0;
-  while (i < b.length - 1 && b[i] === 0 && (b[i + 1]! & 0x80) === 0) i++;
-  const v = b.subarray(i);
-  return (v[0]! & 0x80) !== 0 ? tlv(0x02, new Uint8Array([0]), v) : tlv(0x02, v);
-}
-
 /** The signatureValue BIT STRING: Ecdsa-Sig-Value from COSE r‖s (RFC 5480 §2.2 / RFC 3279 §2.2.3) or raw EdDSA. */
 async function signatureBits(signer: Signer, type: SignerKeyType, tbs: Uint8Array): Promise<Uint8Array> {
-  const sig = await signer.sign(tbs);
-  const value = type === 'P-256' ? tlv(SEQ, uint(sig.subarray(0, 32)), uint(sig.subarray(32, 64))) : sig;
-  return tlv(0x03, new Uint8Array([0]), value);
+  return derSignatureBits(await signer.sign(tbs), type === 'P-256');
 }
 
 /** Name with one CN (RFC 5280 §4.1.2.6; UTF8String as §4.1.2.4 recommends). */
@@ -62,14 +36,6 @@ export function cnName(cn: string): Uint8Array {
 /** subjectAltName with one uniformResourceIdentifier (RFC 5280 §4.2.1.6: IA5String, context tag [6]). */
 function sanExtension(uri: string): Uint8Array {
   return tlv(SEQ, hex('0603551d11'), tlv(0x04, tlv(SEQ, tlv(0x86, ascii(uri)))));
-}
-
-/** Time per RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050; always Zulu, seconds, no fraction. */
-function time(d: Date): Uint8Array {
-  const iso = d.toISOString(); // YYYY-MM-DDTHH:MM:SS.sssZ
-  const digits = iso.slice(0, 19).replace(/[-T:]/g, '');
-  const y = d.getUTCFullYear();
-  return y < 2050 ? tlv(0x17, ascii(`${digits.slice(2)}Z`)) : tlv(0x18, ascii(`${digits}Z`));
 }
 
 export interface DeviceCertFields {
@@ -109,10 +75,10 @@ export async function encodeDeviceCertificate(
   const tbs = tlv(
     SEQ,
     hex('a003020102'), // version v3
-    uint(hex(f.serialHex)),
+    derUint(hex(f.serialHex)),
     alg,
     f.issuer,
-    tlv(SEQ, time(f.notBefore), time(f.notAfter)),
+    tlv(SEQ, derTime(f.notBefore), derTime(f.notAfter)),
     cnName(f.deviceId),
     f.spki,
     extensions,
