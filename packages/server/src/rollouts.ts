@@ -164,12 +164,6 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
    * sorted keys), so concurrent batches, here or on another instance, cannot deadlock. A failed batch is retried
    * one device at a time.
    */
-  interface Waiting {
-    readonly deviceId: string;
-    readonly fingerprint: Uint8Array | undefined;
-    readonly resolve: (row: Assignment | undefined) => void;
-    readonly reject: (e: unknown) => void;
-  }
   interface Assignment {
     device_id: string;
     cert_sha256: Uint8Array;
@@ -194,57 +188,27 @@ export function createRolloutService(db: Db, now: () => number, delivery: Delive
       w.rollout_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM policies)
         AND NOT EXISTS (SELECT 1 FROM device_policy_state ps WHERE ps.device_id = s.id AND ps.quarantined) AS unrestricted
     FROM seen s LEFT JOIN work w ON w.device_id = s.id`;
-  const MAX_BATCH = 256;
-  const MAX_BATCHES_IN_FLIGHT = 2;
-  let waiting: Waiting[] = [];
-  let inFlight = 0;
-  let scheduled = false;
-  const runBatch = async (batch: readonly Waiting[]): Promise<void> => {
-    const ids = [...new Set(batch.map((w) => w.deviceId))].sort();
-    let rows: Assignment[];
-    try {
-      rows = await (db.relaxed ?? db).query<Assignment>(ASSIGNMENT_SQL, [ids, now()]);
-    } catch (e) {
-      if (batch.length === 1) {
-        batch[0]!.reject(e);
-        return;
-      }
-      await Promise.all(batch.map((w) => runBatch([w])));
-      return;
-    }
-    const byDevice = new Map(rows.map((r) => [r.device_id, r]));
-    for (const w of batch) {
-      const r = byDevice.get(w.deviceId);
-      // Same refusals as the authentication itself (services.devices.authenticate).
-      if (r === undefined) w.reject(new ServerError('DEVICE_DISABLED', 'device is disabled'));
-      else if (w.fingerprint !== undefined && !constantTimeEqual(w.fingerprint, r.cert_sha256))
-        w.reject(new ServerError('DEVICE_UNKNOWN', 'client certificate is not registered'));
-      else w.resolve(r.rollout_id === null ? undefined : r);
-    }
-  };
-  const flush = (): void => {
-    scheduled = false;
-    while (waiting.length > 0 && inFlight < MAX_BATCHES_IN_FLIGHT) {
-      const batch = waiting.length <= MAX_BATCH ? waiting : waiting.slice(0, MAX_BATCH);
-      waiting = waiting.length <= MAX_BATCH ? [] : waiting.slice(MAX_BATCH);
-      inFlight++;
-      void runBatch(batch).finally(() => {
-        inFlight--;
-        if (waiting.length > 0 && !scheduled) {
-          scheduled = true;
-          setImmediate(flush);
-        }
+  const assignmentBatch = groupCommit<
+    { readonly deviceId: string; readonly fingerprint: Uint8Array | undefined },
+    Assignment | undefined
+  >(
+    async (batch) => {
+      const ids = [...new Set(batch.map((w) => w.deviceId))].sort();
+      const rows = await (db.relaxed ?? db).query<Assignment>(ASSIGNMENT_SQL, [ids, now()]);
+      const byDevice = new Map(rows.map((r) => [r.device_id, r]));
+      return batch.map((w) => {
+        const r = byDevice.get(w.deviceId);
+        // Same refusals as the authentication itself (services.devices.authenticate).
+        if (r === undefined) return new ServerError('DEVICE_DISABLED', 'device is disabled');
+        if (w.fingerprint !== undefined && !constantTimeEqual(w.fingerprint, r.cert_sha256))
+          return new ServerError('DEVICE_UNKNOWN', 'client certificate is not registered');
+        return r.rollout_id === null ? undefined : r;
       });
-    }
-  };
+    },
+    { max: 256, inFlight: 2 },
+  );
   const assignment = (p: Principal & { kind: 'device' }): Promise<Assignment | undefined> =>
-    new Promise((resolve, reject) => {
-      waiting.push({ deviceId: p.deviceId, fingerprint: fingerprintOf(p), resolve, reject });
-      if (!scheduled && inFlight < MAX_BATCHES_IN_FLIGHT) {
-        scheduled = true;
-        setImmediate(flush);
-      }
-    });
+    assignmentBatch({ deviceId: p.deviceId, fingerprint: fingerprintOf(p) });
 
   async function info(q: Queryable, id: string): Promise<RolloutInfo> {
     const r = one(await q.query<RolloutRow>('SELECT * FROM rollouts WHERE id = $1', [id]), 'rollout');
