@@ -142,6 +142,17 @@ const manifestBody = {
   },
 } as const;
 
+const installedList = {
+  type: 'array',
+  maxItems: 256,
+  items: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['name', 'version'],
+    properties: { name: capName, version: versionText },
+  },
+} as const;
+
 const queryBody = {
   type: 'object',
   additionalProperties: false,
@@ -151,27 +162,7 @@ const queryBody = {
     moduleId: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' },
     firmwareVersion: versionText,
     deviceClass: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' },
-    installed: {
-      type: 'array',
-      maxItems: 256,
-      items: {
-        type: 'object',
-        additionalProperties: false,
-        required: ['name', 'version'],
-        properties: { name: capName, version: versionText },
-      },
-    },
-  },
-} as const;
-
-const installedList = {
-  type: 'array',
-  maxItems: 256,
-  items: {
-    type: 'object',
-    additionalProperties: false,
-    required: ['name', 'version'],
-    properties: { name: capName, version: versionText },
+    installed: installedList,
   },
 } as const;
 
