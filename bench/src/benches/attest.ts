@@ -15,12 +15,11 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { generateSigningKey } from '@rotor/cose';
 import { loadConfig, openDatabase, startServer } from '@rotor/server';
-import pg from 'pg';
 import { median, opsPerSecond, round, type Benchmark } from '../harness.ts';
+import { freshDatabase } from '../scratch-db.ts';
 
 /** Nonces a device fetches per request in the measured path (POST /d/v1/attestation/nonces?count=). */
 const NONCE_BATCH = 16;
-const ADMIN_URL = process.env.ROTOR_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const sha256hex = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
 
 function selfSigned(dir: string, name: string, server: boolean): { certPem: string; keyPem: string } {
@@ -69,13 +68,8 @@ export const attestBench: Benchmark = {
     const rounds = ctx.quick ? 1 : 5;
     const ms = ctx.quick ? 1000 : 3000;
     const dir = mkdtempSync(join(tmpdir(), 'rotor-attest-bench-'));
-    const name = `rotor_bench_${randomBytes(5).toString('hex')}`;
-    const admin = new pg.Client({ connectionString: ADMIN_URL });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    const u = new URL(ADMIN_URL);
-    u.pathname = `/${name}`;
-    const db = await openDatabase({ databaseUrl: u.toString(), poolSize: 16 });
+    const scratch = await freshDatabase();
+    const db = await openDatabase({ databaseUrl: scratch.url, poolSize: 16 });
     const token = `admin_${randomBytes(24).toString('hex')}`;
     const serverCert = selfSigned(dir, 'server', true);
     execFileSync('sh', ['-c', `cp ${dir}/server.crt ${dir}/tls.crt && cp ${dir}/server.key ${dir}/tls.key`]);
@@ -215,8 +209,7 @@ export const attestBench: Benchmark = {
       child.kill();
       await server.close();
       await db.close();
-      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await admin.end();
+      await scratch.drop();
       rmSync(dir, { recursive: true, force: true });
     }
   },

@@ -14,12 +14,11 @@ import type { AddressInfo } from 'node:net';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { loadConfig, startServer } from '@rotor/server';
 import { median, round, type Benchmark } from '../harness.ts';
+import { freshDatabase } from '../scratch-db.ts';
 import { selfSigned } from './checkin-certs.ts';
 
-const ADMIN_URL = process.env.ROTOR_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const LOAD = new URL('./checkin-load.ts', import.meta.url).pathname;
 
 interface LoadResult {
@@ -47,12 +46,7 @@ export const checkinBench: Benchmark = {
     const seconds = ctx.quick ? 2 : 10;
     const rounds = ctx.quick ? 1 : 3;
     const connections = 64;
-    const name = `rotor_bench_${randomBytes(5).toString('hex')}`;
-    const admin = new pg.Client({ connectionString: ADMIN_URL });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    const u = new URL(ADMIN_URL);
-    u.pathname = `/${name}`;
+    const scratch = await freshDatabase();
     const dir = mkdtempSync(join(tmpdir(), 'rotor-bench-checkin-'));
     const serverCert = await selfSigned('rotor-bench-server', true);
     writeFileSync(join(dir, 'server.crt'), serverCert.certPem);
@@ -75,7 +69,7 @@ export const checkinBench: Benchmark = {
           dir,
         ],
         env: {
-          DATABASE_URL: u.toString(),
+          DATABASE_URL: scratch.url,
           ROTOR_ADMIN_TOKEN: randomBytes(24).toString('hex'),
           ROTOR_TLS_CERT_FILE: join(dir, 'server.crt'),
           ROTOR_TLS_KEY_FILE: join(dir, 'server.key'),
@@ -164,8 +158,7 @@ export const checkinBench: Benchmark = {
         }),
       );
       await server.close();
-      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await admin.end();
+      await scratch.drop();
     }
   },
 };

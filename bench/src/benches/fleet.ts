@@ -20,8 +20,6 @@
  * a full mutual-TLS handshake per check-in.
  */
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import { createInterface } from 'node:readline';
 import { sim } from '@rotor/device';
 import {
@@ -34,24 +32,7 @@ import {
   startRollout,
 } from '../../../packages/cli/src/fleet/index.ts';
 import { round, type Benchmark } from '../harness.ts';
-
-const ADMIN_URL = process.env.ROTOR_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-
-async function freshDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
-  const name = `rotor_fleet_${randomBytes(5).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: ADMIN_URL });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  const u = new URL(ADMIN_URL);
-  u.pathname = `/${name}`;
-  return {
-    url: u.toString(),
-    async drop() {
-      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await admin.end();
-    },
-  };
-}
+import { freshDatabase } from '../scratch-db.ts';
 
 const SERVER = new URL('./fleet-server.ts', import.meta.url).pathname;
 
@@ -103,7 +84,7 @@ export const fleetBench: Benchmark = {
     const n = Number(process.env.ROTOR_BENCH_FLEET_DEVICES ?? (ctx.quick ? 200 : 10_000));
     const reports = process.env.ROTOR_BENCH_FLEET_REPORTS === 'outcomes' ? 'outcomes' : 'all';
     // PostgreSQL (a fresh database on this machine's server) with ROTOR_BENCH_FLEET_PG=1; else PGlite.
-    const pg = process.env.ROTOR_BENCH_FLEET_PG === '1' ? await freshDatabase() : undefined;
+    const pg = process.env.ROTOR_BENCH_FLEET_PG === '1' ? await freshDatabase('rotor_fleet') : undefined;
     const backend = pg === undefined ? 'pglite' : 'postgres';
     const child = await startChild(pg === undefined ? {} : { databaseUrl: pg.url });
     const s = child.info;

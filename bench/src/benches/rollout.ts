@@ -17,10 +17,9 @@ import {
   vaultFromHex,
   type Principal,
 } from '@rotor/server';
-import pg from 'pg';
 import { round, type Benchmark } from '../harness.ts';
+import { freshDatabase } from '../scratch-db.ts';
 
-const ADMIN_URL = process.env.ROTOR_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const OPERATOR: Principal = { kind: 'operator', tokenId: 'bench', name: 'bench', role: 'operator' };
 const AUTHOR: Principal = { kind: 'operator', tokenId: 'bench-a', name: 'bench', role: 'author' };
 
@@ -30,13 +29,8 @@ export const rolloutBench: Benchmark = {
     'plan a 1,000,000-device rollout into phases on PostgreSQL (seconds) vs a bare INSERT…SELECT of the rows',
   async run(ctx) {
     const n = ctx.quick ? 2_000 : 1_000_000;
-    const name = `rotor_bench_${randomBytes(5).toString('hex')}`;
-    const admin = new pg.Client({ connectionString: ADMIN_URL });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    const u = new URL(ADMIN_URL);
-    u.pathname = `/${name}`;
-    const db = await openDatabase({ databaseUrl: u.toString(), poolSize: 2 });
+    const scratch = await freshDatabase();
+    const db = await openDatabase({ databaseUrl: scratch.url, poolSize: 2 });
     try {
       await migrate(db);
       const s = createServices(db, {
@@ -118,8 +112,7 @@ export const rolloutBench: Benchmark = {
       };
     } finally {
       await db.close();
-      await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      await admin.end();
+      await scratch.drop();
     }
   },
 };
