@@ -15,7 +15,7 @@
  * Records are re-verified when used (boot, rollback, revert): storage is not trusted for authenticity.
  */
 import { asArray, asBytes, asMap, asText, asUint, asUint64, decode, encode } from '@rotor/cose';
-import { parseModuleVersion, type ModuleVersion } from '@rotor/trust';
+import { hex, parseModuleVersion, type ModuleVersion } from '@rotor/trust';
 import { DeviceError } from '../errors.ts';
 
 export const INDEX_BLOB = 'index';
@@ -43,10 +43,6 @@ export interface IndexCap {
 }
 
 export type Index = Map<string, IndexCap>;
-
-function hex(b: Uint8Array): string {
-  return Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
-}
 
 export function blobName(kind: EntryKind, digest: Uint8Array, sequence: bigint, name: string): string {
   return `${kind === 'envelope' ? 'e' : 'a'}.${hex(digest).slice(0, 12)}.${sequence}.${name}`;

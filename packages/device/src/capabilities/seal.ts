@@ -12,6 +12,7 @@
  */
 import { createCipheriv, createDecipheriv, randomBytes, type KeyObject } from 'node:crypto';
 import { encode } from '@rotor/cose';
+import { hex } from '@rotor/trust';
 import { seal, unseal } from '../enclave/seal.ts';
 import { DeviceError } from '../errors.ts';
 
@@ -57,7 +58,6 @@ export interface SealedArchive {
 }
 
 const TAG = 16;
-const hex = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
 const labelOf = (a: ArchiveIdentity): string => `capability-archive/${a.name}/${hex(a.digest)}/${a.sequence}`;
 const aadOf = (a: ArchiveIdentity): Buffer =>
   Buffer.from(encode(['rotor-capability-archive', 1, a.name, a.digest, a.sequence]));

@@ -18,6 +18,7 @@
 import { randomInt } from 'node:crypto';
 import { asArray, asBool, asBytes, asText, decode, encode, type Signer } from '@rotor/cose';
 import { decodeEnvelope } from '@rotor/suit';
+import { hex } from '@rotor/trust';
 import type { DeviceAgent, UpdateOutcome } from '../agent/agent.ts';
 import type { TransitionRecord } from '../agent/outbox.ts';
 import {
@@ -168,7 +169,6 @@ function decodeAssignment(b: Uint8Array): Assignment | undefined {
   }
 }
 
-const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 const PAYLOAD_PATH = /\/payloads\/([0-9a-f]{64})$/;
 
 function asDeviceError(e: unknown): DeviceError {
