@@ -4,19 +4,24 @@
  * work; every way a proxy can break the path rules is refused with a typed code.
  */
 import 'reflect-metadata';
-import { createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { Agent, request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { softwareSigner } from '@rotor/cose';
 import { loadConfig, openDatabase, startServer, type RotorServer } from '../src/index.ts';
 import { checkProxy } from '../src/device-tls.ts';
-import { signerCrypto, signerKeys } from '../src/factory/x509-signer.ts';
 import { selfSignedCert, type TestCert } from './helpers.ts';
-import { createTestPki, type TestPki } from './proxy-pki.ts';
+import {
+  createTestPki,
+  deviceSubject as devSubject,
+  forgeProxy as forgeProxyAt,
+  proxySubject,
+  type SoftwareDevice as Device,
+  type TestPki,
+} from './proxy-pki.ts';
 
 const ADMIN = `admin_${randomBytes(16).toString('hex')}`;
 let dir: string;
@@ -24,8 +29,6 @@ let pki: TestPki;
 let server: RotorServer;
 let serverCert: TestCert;
 let clock = Date.now();
-
-type Device = Awaited<ReturnType<TestPki['softwareDevice']>>;
 
 function checkIn(
   cert: string | undefined,
@@ -67,80 +70,9 @@ async function register(d: { pem: string; deviceId: string }): Promise<string> {
   return ((await res.json()) as { id: string }).id;
 }
 
-const pem = (der: ArrayBuffer | Uint8Array): string =>
-  `-----BEGIN CERTIFICATE-----\n${Buffer.from(der as Uint8Array)
-    .toString('base64')
-    .replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`;
-
-function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
-  const body = Buffer.concat(parts);
-  const n = body.length;
-  const len = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
-  return new Uint8Array(Buffer.concat([Buffer.from([tag, ...len]), body]));
-}
-
-/** RFC 3820 §3.4: the issuer's RDNs plus one RDN with one commonName (UTF8String). */
-function proxySubject(issuer: Uint8Array, cn: string): Uint8Array {
-  const head = issuer[1]! < 0x80 ? 2 : 2 + (issuer[1]! & 0x7f);
-  const rdn = tlv(0x31, tlv(0x30, Buffer.from('0603550403', 'hex'), tlv(0x0c, Buffer.from(cn, 'utf8'))));
-  return tlv(0x30, issuer.subarray(head), rdn);
-}
-
-const devSubject = (d: Device): Uint8Array =>
-  new Uint8Array(new x509.X509Certificate(d.pem).subjectName.toArrayBuffer());
-
-/** A hand-made "proxy" (any fields), signed by `signingKey`: for the refusal cases. */
-async function forgeProxy(
-  d: Device,
-  o: {
-    subject?: string | Uint8Array;
-    issuer?: string;
-    signingKey?: KeyObject;
-    keyUsage?: x509.KeyUsageFlags;
-    proxyCertInfo?: boolean;
-    notBefore?: Date;
-    notAfter?: Date;
-  } = {},
-): Promise<{ cert: string; key: string }> {
-  const dev = new x509.X509Certificate(d.pem);
-  const kp = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-  const signingKey = o.signingKey ?? d.key;
-  const spki = new Uint8Array(createPublicKey(signingKey).export({ type: 'spki', format: 'der' }));
-  const extensions: x509.Extension[] = [
-    new x509.KeyUsagesExtension(o.keyUsage ?? x509.KeyUsageFlags.digitalSignature, true),
-  ];
-  if (o.proxyCertInfo !== false)
-    extensions.push(
-      new x509.Extension(
-        '1.3.6.1.5.5.7.1.14',
-        true,
-        new Uint8Array(Buffer.from('300f020100300a06082b06010505071501', 'hex')),
-      ),
-    );
-  const serial = randomBytes(8)
-    .toString('hex')
-    .replace(/^[89a-f]/, '1');
-  const cert = await x509.X509CertificateGenerator.create(
-    {
-      serialNumber: serial,
-      issuer: o.issuer ?? dev.subjectName,
-      subject:
-        typeof o.subject === 'string'
-          ? o.subject
-          : new x509.Name(o.subject ?? proxySubject(devSubject(d), serial)),
-      notBefore: o.notBefore ?? new Date(clock - 60_000),
-      notAfter: o.notAfter ?? new Date(clock + 3600_000),
-      publicKey: new Uint8Array(kp.publicKey.export({ type: 'spki', format: 'der' })),
-      signingKey: signerKeys(softwareSigner(signingKey, -7), spki, 'P-256').privateKey,
-      extensions,
-    },
-    signerCrypto,
-  );
-  return {
-    cert: pem(cert.rawData) + d.pem,
-    key: kp.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-  };
-}
+/** A hand-made "proxy" (any fields; valid for an hour around the server's clock by default): for the refusal cases. */
+const forgeProxy = (d: Device, o: Parameters<typeof forgeProxyAt>[1] = {}): ReturnType<typeof forgeProxyAt> =>
+  forgeProxyAt(d, { notBefore: new Date(clock - 60_000), notAfter: new Date(clock + 3600_000), ...o });
 
 /**
  * A proxy credential as the device makes it (device/tracker/credential.ts: notBefore 5 min back, subject = issuer +

@@ -6,14 +6,13 @@
  * is not of the device CA are refused (CONNACK 5); a proxy device still subscribes to its own topic only.
  */
 import 'reflect-metadata';
-import { createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as x509 from '@peculiar/x509';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decode, softwareSigner, type CborMap } from '@rotor/cose';
+import { decode, type CborMap } from '@rotor/cose';
 import {
   loadConfig,
   notifyTopic,
@@ -22,9 +21,8 @@ import {
   startServer,
   type RotorServer,
 } from '../src/index.ts';
-import { signerCrypto, signerKeys } from '../src/factory/x509-signer.ts';
 import { selfSignedCert, type TestCert } from './helpers.ts';
-import { createTestPki, type TestPki } from './proxy-pki.ts';
+import { createTestPki, forgeProxy as proxyCredential, type TestPki } from './proxy-pki.ts';
 
 const ADMIN = `admin_${randomBytes(16).toString('hex')}`;
 let dir: string;
@@ -32,69 +30,6 @@ let pki: TestPki;
 let server: RotorServer;
 let serverCert: TestCert;
 const clients: MqttClient[] = [];
-
-type Device = Awaited<ReturnType<TestPki['softwareDevice']>>;
-
-const pem = (der: ArrayBuffer | Uint8Array): string =>
-  `-----BEGIN CERTIFICATE-----\n${Buffer.from(der as Uint8Array)
-    .toString('base64')
-    .replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`;
-
-function tlv(tag: number, ...parts: Uint8Array[]): Uint8Array {
-  const body = Buffer.concat(parts);
-  const n = body.length;
-  const len = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
-  return new Uint8Array(Buffer.concat([Buffer.from([tag, ...len]), body]));
-}
-
-/** RFC 3820 §3.4: the issuer's RDNs plus one RDN with one commonName (UTF8String). */
-function proxySubject(issuer: Uint8Array, cn: string): Uint8Array {
-  const head = issuer[1]! < 0x80 ? 2 : 2 + (issuer[1]! & 0x7f);
-  const rdn = tlv(0x31, tlv(0x30, Buffer.from('0603550403', 'hex'), tlv(0x0c, Buffer.from(cn, 'utf8'))));
-  return tlv(0x30, issuer.subarray(head), rdn);
-}
-
-/**
- * A proxy credential shaped as the device makes it (device/tracker/credential.ts: subject = issuer + CN, critical
- * proxyCertInfo inheritAll, keyUsage digitalSignature), signed by `signingKey` (default: the device key). Built here:
- * the server package does not depend on the device package.
- */
-async function proxyCredential(
-  d: Device,
-  o: { signingKey?: KeyObject; notBefore?: Date; notAfter?: Date } = {},
-): Promise<{ cert: string; key: string }> {
-  const dev = new x509.X509Certificate(d.pem);
-  const kp = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-  const signingKey = o.signingKey ?? d.key;
-  const spki = new Uint8Array(createPublicKey(signingKey).export({ type: 'spki', format: 'der' }));
-  const serial = randomBytes(8)
-    .toString('hex')
-    .replace(/^[89a-f]/, '1');
-  const cert = await x509.X509CertificateGenerator.create(
-    {
-      serialNumber: serial,
-      issuer: dev.subjectName,
-      subject: new x509.Name(proxySubject(new Uint8Array(dev.subjectName.toArrayBuffer()), serial)),
-      notBefore: o.notBefore ?? new Date(Date.now() - 300_000),
-      notAfter: o.notAfter ?? new Date(Date.now() + 86_400_000),
-      publicKey: new Uint8Array(kp.publicKey.export({ type: 'spki', format: 'der' })),
-      signingKey: signerKeys(softwareSigner(signingKey, -7), spki, 'P-256').privateKey,
-      extensions: [
-        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-        new x509.Extension(
-          '1.3.6.1.5.5.7.1.14',
-          true,
-          new Uint8Array(Buffer.from('300f020100300a06082b06010505071501', 'hex')),
-        ),
-      ],
-    },
-    signerCrypto,
-  );
-  return {
-    cert: pem(cert.rawData) + d.pem,
-    key: kp.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-  };
-}
 
 async function register(d: { pem: string; deviceId: string }): Promise<string> {
   const res = await fetch(new URL('/v1/devices', server.operatorUrl), {
