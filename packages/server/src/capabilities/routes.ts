@@ -8,6 +8,7 @@ import { CAPABILITY_MANIFEST_CONTENT_TYPE, REVOCATION_CONTENT_TYPE } from '@roto
 import type { Principal } from '../auth.ts';
 import { ServerError } from '../errors.ts';
 import { OCTET_STREAM, SUIT_REPORT_TYPE, SUIT_SIGNED_REPORT_TYPE } from '../http.ts';
+import { idParam, pageQuery, sha256Param } from '../schemas.ts';
 import {
   MAX_MODULE_OFFERS,
   MAX_MODULE_REPORT_BYTES,
@@ -32,18 +33,6 @@ const versionText = {
   pattern: '^[0-9]{1,10}\\.[0-9]{1,10}\\.[0-9]{1,10}$',
 } as const;
 const nullableText = { type: ['string', 'null'] } as const;
-const idParam = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['id'],
-  properties: { id: { type: 'string', minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_-]+$' } },
-} as const;
-const sha256Param = {
-  type: 'object',
-  additionalProperties: false,
-  required: ['sha256'],
-  properties: { sha256: { type: 'string', pattern: '^[0-9a-fA-F]{64}$' } },
-} as const;
 
 const moduleInfo = {
   type: 'object',
@@ -103,8 +92,7 @@ const listQuery = {
   additionalProperties: false,
   properties: {
     name: capName,
-    limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
-    after: { type: 'string', maxLength: 64 },
+    ...pageQuery.properties,
   },
 } as const;
 
