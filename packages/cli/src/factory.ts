@@ -25,9 +25,7 @@ import {
   mkdtempSync,
   openSync,
   readFileSync,
-  renameSync,
   rmSync,
-  writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -113,18 +111,9 @@ const write = (path: string, text: string): void => {
 };
 
 /** A private key file (--file-keys, development only): created 0600, fsynced, renamed into place. */
-function writePrivate(path: string, pem: string): void {
-  const tmp = `${path}.${process.pid}.tmp`;
-  try {
-    writeFileSync(tmp, pem, { mode: 0o600, flag: 'wx' });
-    const fd = openSync(tmp, 'r');
-    fsyncSync(fd);
-    closeSync(fd);
-    renameSync(tmp, path);
-  } catch (e) {
-    throw new CliError('CLI_IO', `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`);
-  }
-}
+const writePrivate = (path: string, pem: string): void => {
+  writeAtomic(path, pem, 0o600);
+};
 
 /** How the factory holds its CA keys: a PKCS#11 token (production) or PEM files in the factory dir (development). */
 export type FactoryBackend =

@@ -1,5 +1,14 @@
 /** Output and file helpers shared by the CLI's commands. */
-import { closeSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  fstatSync,
+  fsyncSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { CliError } from './errors.ts';
 
@@ -14,16 +23,21 @@ export function json(t: unknown): void {
   out(JSON.stringify(t, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2));
 }
 
-/** Writes a file atomically: temp file, fsync, rename (never a half-written output). */
-export function writeAtomic(path: string, bytes: Uint8Array): void {
+/**
+ * Writes a file atomically: temp file, fsync, rename (never a half-written output). The temp file is created afresh
+ * with `mode` (a stale one is removed first, so a private file is never briefly wider than 0600) and removed on failure.
+ */
+export function writeAtomic(path: string, bytes: Uint8Array | string, mode = 0o644): void {
   const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
   try {
-    writeFileSync(tmp, bytes, { mode: 0o644 });
+    rmSync(tmp, { force: true });
+    writeFileSync(tmp, bytes, { mode, flag: 'wx' });
     const fd = openSync(tmp, 'r');
     fsyncSync(fd);
     closeSync(fd);
     renameSync(tmp, path);
   } catch (e) {
+    rmSync(tmp, { force: true });
     throw new CliError('CLI_IO', `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`);
   }
 }

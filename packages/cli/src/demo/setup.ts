@@ -17,16 +17,7 @@
  */
 import 'reflect-metadata';
 import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, type webcrypto } from 'node:crypto';
-import {
-  closeSync,
-  existsSync,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { Alg, softwareSigner } from '@rotor/cose';
@@ -34,6 +25,7 @@ import { sim } from '@rotor/device';
 import { buildEnvelope, buildUpdateManifest } from '@rotor/suit';
 import { CliError } from '../errors.ts';
 import { initFactory } from '../factory.ts';
+import { writeAtomic } from '../io.ts';
 
 /** The device class of the demo's firmware (the simulator's, so simulated and factory devices take the same releases). */
 export const DEMO_VENDOR = sim.VENDOR;
@@ -62,26 +54,13 @@ export interface DataDir {
   readonly created: boolean;
 }
 
-function writeFile0600(path: string, text: string): void {
-  const tmp = `${path}.${process.pid}.tmp`;
-  try {
-    writeFileSync(tmp, text, { mode: 0o600, flag: 'w' });
-    const fd = openSync(tmp, 'r');
-    fsyncSync(fd);
-    closeSync(fd);
-    renameSync(tmp, path);
-  } catch (e) {
-    throw new CliError('CLI_IO', `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`);
-  }
-}
-
-function writePublic(path: string, text: string): void {
-  try {
-    writeFileSync(path, text, { mode: 0o644 });
-  } catch (e) {
-    throw new CliError('CLI_IO', `cannot write ${path}: ${e instanceof Error ? e.message : String(e)}`);
-  }
-}
+/** Every file of the data directory is written atomically: a crash never leaves a half file a later run trusts. */
+const writeFile0600 = (path: string, text: string): void => {
+  writeAtomic(path, text, 0o600);
+};
+const writePublic = (path: string, text: string): void => {
+  writeAtomic(path, text);
+};
 
 const EC = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 
