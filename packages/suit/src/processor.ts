@@ -104,7 +104,8 @@ function checkShared(commands: readonly SuitCommand[], path: string): void {
   });
 }
 
-function hasCommand(commands: readonly SuitCommand[], code: number): boolean {
+/** Whether a command sequence has command `code`, in a nested run-sequence or in every try-each alternative. */
+export function hasCommand(commands: readonly SuitCommand[], code: number): boolean {
   return commands.some(
     (c) =>
       c.code === code ||
@@ -113,7 +114,8 @@ function hasCommand(commands: readonly SuitCommand[], code: number): boolean {
   );
 }
 
-function dependencyComponentId(
+/** A dependency's component identifier (TD §5.1): its prefix, else `#suit-dependency` + manifest id + index. */
+export function dependencyComponentId(
   prefix: ComponentId | undefined,
   manifestId: readonly number[],
   index: number,

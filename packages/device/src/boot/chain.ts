@@ -25,6 +25,8 @@
 import {
   authenticateDependency,
   authenticateEnvelope,
+  dependencyComponentId,
+  hasCommand,
   SuitError,
   type ComponentId,
   type SuitCommand,
@@ -133,22 +135,13 @@ export async function requireDistinctParties(
 
 /** Component identifiers of a manifest's dependencies, as the processor names them (TD §5.1). */
 export function dependencyComponents(m: SuitManifest): ComponentId[] {
-  return m.common.dependencies.map(
-    (d) => d.prefix ?? [new TextEncoder().encode('#suit-dependency'), Uint8Array.from([d.index])],
-  );
+  return m.common.dependencies.map((d) => dependencyComponentId(d.prefix, [], d.index));
 }
 
 /** MF §6.2: the shared sequence checks vendor and class identifiers (as the processor's requireIdentityChecks). */
 export function hasIdentityChecks(m: SuitManifest): boolean {
-  const has = (cmds: readonly SuitCommand[], code: number): boolean =>
-    cmds.some(
-      (c) =>
-        c.code === code ||
-        (c.op === 'try-each' && c.alternatives.every((a) => has(a, code))) ||
-        (c.op === 'run-sequence' && has(c.sequence, code)),
-    );
   const s = m.common.sharedSequence?.commands;
-  return s !== undefined && has(s, 1) && has(s, 2);
+  return s !== undefined && hasCommand(s, 1) && hasCommand(s, 2);
 }
 
 /**
