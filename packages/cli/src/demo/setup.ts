@@ -212,6 +212,22 @@ function layout(dir: string, created: boolean): DataDir {
 }
 
 /**
+ * The demo factory is complete once its profile carries the initial firmware: initFactory writes factory.json before
+ * that firmware exists, so factory.json alone would let a run interrupted in between reuse a profile without firmware.
+ */
+function factoryComplete(factoryDir: string): boolean {
+  if (!existsSync(join(factoryDir, 'factory.json'))) return false;
+  try {
+    const profile = JSON.parse(readFileSync(join(factoryDir, 'profile.json'), 'utf8')) as {
+      firmware?: unknown;
+    };
+    return profile.firmware !== null && profile.firmware !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+/**
  * Opens the data directory, creating it on first run. A directory whose rotor.json is missing (an interrupted first
  * run) is completed: each step is skipped when its output already exists.
  */
@@ -224,7 +240,7 @@ export async function ensureDataDir(dirArg: string): Promise<DataDir> {
     writeFile0600(join(dir, 'admin-token'), `${randomBytes(32).toString('base64url')}\n`);
   if (!existsSync(join(dir, 'tls', 'server.pem'))) await createServerTls(join(dir, 'tls'));
   const factoryDir = join(dir, 'factory');
-  if (!existsSync(join(factoryDir, 'factory.json'))) {
+  if (!factoryComplete(factoryDir)) {
     // An interrupted init left partial files: start the factory over (nothing was provisioned from it).
     if (existsSync(factoryDir)) renameSync(factoryDir, `${factoryDir}.partial-${Date.now()}`);
     // The author and operator keys are created with the factory; the initial firmware needs them, so the factory
