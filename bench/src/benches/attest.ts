@@ -7,48 +7,21 @@
  * alternating rounds. "per_s" goal ≥ 5,000 on the reference machine (Veraison's published figure is ~400/s);
  * "ratio" = appraisals/s over raw verifications/s.
  */
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes, sign, verify, X509Certificate } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { generateSigningKey } from '@rotor/cose';
-import { loadConfig, openDatabase, startServer } from '@rotor/server';
+import { openDatabase, startServer } from '@rotor/server';
 import { median, opsPerSecond, round, type Benchmark } from '../harness.ts';
+import { benchServerConfig, selfSigned } from '../bench-server.ts';
 import { freshDatabase } from '../scratch-db.ts';
 
 /** Nonces a device fetches per request in the measured path (POST /d/v1/attestation/nonces?count=). */
 const NONCE_BATCH = 16;
 const sha256hex = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
-
-function selfSigned(dir: string, name: string, server: boolean): { certPem: string; keyPem: string } {
-  const key = join(dir, `${name}.key`);
-  const crt = join(dir, `${name}.crt`);
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      crt,
-      '-days',
-      '1',
-      '-subj',
-      `/CN=${name}`,
-      ...(server ? ['-addext', 'subjectAltName=IP:127.0.0.1'] : []),
-    ],
-    { stdio: 'ignore' },
-  );
-  return { certPem: readFileSync(crt, 'utf8'), keyPem: readFileSync(key, 'utf8') };
-}
 
 interface Round {
   count: number;
@@ -71,30 +44,8 @@ export const attestBench: Benchmark = {
     const scratch = await freshDatabase();
     const db = await openDatabase({ databaseUrl: scratch.url, poolSize: 16 });
     const token = `admin_${randomBytes(24).toString('hex')}`;
-    const serverCert = selfSigned(dir, 'server', true);
-    execFileSync('sh', ['-c', `cp ${dir}/server.crt ${dir}/tls.crt && cp ${dir}/server.key ${dir}/tls.key`]);
-    const server = await startServer(
-      loadConfig({
-        argv: [
-          '--port',
-          '0',
-          '--device-port',
-          '0',
-          '--mqtt-port',
-          '0',
-          '--log-level',
-          'silent',
-          '--data-dir',
-          dir,
-        ],
-        env: {
-          ROTOR_ADMIN_TOKEN: token,
-          ROTOR_TLS_CERT_FILE: join(dir, 'tls.crt'),
-          ROTOR_TLS_KEY_FILE: join(dir, 'tls.key'),
-        },
-      }),
-      { db },
-    );
+    const { config, cert: serverCert } = await benchServerConfig(dir, { env: { ROTOR_ADMIN_TOKEN: token } });
+    const server = await startServer(config, { db });
     const child = spawn(process.execPath, [join(import.meta.dirname, 'attest-load.ts')], {
       stdio: ['pipe', 'pipe', 'inherit'],
     });
@@ -122,7 +73,7 @@ export const attestBench: Benchmark = {
       ctx.log(`registering ${String(devices)} devices`);
       const certs: { certPem: string; keyPem: string }[] = [];
       for (let i = 0; i < devices; i++) {
-        const c = selfSigned(dir, `dev-${String(i)}`, false);
+        const c = await selfSigned(`dev-${String(i)}`, false);
         await opPost('/v1/devices', {
           name: `bench-${String(i)}`,
           certSha256: sha256hex(new X509Certificate(c.certPem).raw),

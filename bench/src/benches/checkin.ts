@@ -11,13 +11,13 @@ import { execFile } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, startServer } from '@rotor/server';
+import { startServer } from '@rotor/server';
 import { median, round, type Benchmark } from '../harness.ts';
+import { benchServerConfig, selfSigned } from '../bench-server.ts';
 import { freshDatabase } from '../scratch-db.ts';
-import { selfSigned } from './checkin-certs.ts';
 
 const LOAD = new URL('./checkin-load.ts', import.meta.url).pathname;
 
@@ -48,34 +48,13 @@ export const checkinBench: Benchmark = {
     const connections = 64;
     const scratch = await freshDatabase();
     const dir = mkdtempSync(join(tmpdir(), 'rotor-bench-checkin-'));
-    const serverCert = await selfSigned('rotor-bench-server', true);
-    writeFileSync(join(dir, 'server.crt'), serverCert.certPem);
-    writeFileSync(join(dir, 'server.key'), serverCert.keyPem, { mode: 0o600 });
+    const { config, cert: serverCert } = await benchServerConfig(dir, {
+      env: { DATABASE_URL: scratch.url, ROTOR_ADMIN_TOKEN: randomBytes(24).toString('hex') },
+    });
     const certs = await Promise.all(
       Array.from({ length: connections }, (_, i) => selfSigned(`bench-dev-${i}`, false)),
     );
-    const server = await startServer(
-      loadConfig({
-        argv: [
-          '--port',
-          '0',
-          '--device-port',
-          '0',
-          '--mqtt-port',
-          '0',
-          '--log-level',
-          'silent',
-          '--data-dir',
-          dir,
-        ],
-        env: {
-          DATABASE_URL: scratch.url,
-          ROTOR_ADMIN_TOKEN: randomBytes(24).toString('hex'),
-          ROTOR_TLS_CERT_FILE: join(dir, 'server.crt'),
-          ROTOR_TLS_KEY_FILE: join(dir, 'server.key'),
-        },
-      }),
-    );
+    const server = await startServer(config);
     const bare: Server = createServer(
       {
         cert: serverCert.certPem,
@@ -159,6 +138,7 @@ export const checkinBench: Benchmark = {
       );
       await server.close();
       await scratch.drop();
+      rmSync(dir, { recursive: true, force: true });
     }
   },
 };

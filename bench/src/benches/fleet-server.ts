@@ -8,48 +8,28 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateSigningKey } from '@rotor/cose';
-import { loadConfig, startServer } from '@rotor/server';
-import { selfSigned } from './checkin-certs.ts';
+import { startServer } from '@rotor/server';
+import { benchServerConfig } from '../bench-server.ts';
 
 const args = JSON.parse(process.argv[2] ?? '{}') as { databaseUrl?: string; checkinIntervalS?: number };
 const dir = mkdtempSync(join(tmpdir(), 'rotor-bench-fleet-'));
-const cert = await selfSigned('rotor-bench-server', true);
-writeFileSync(join(dir, 'server.crt'), cert.certPem);
-writeFileSync(join(dir, 'server.key'), cert.keyPem, { mode: 0o600 });
 const op = generateSigningKey(-7);
 writeFileSync(join(dir, 'operator.pem'), op.privateKey.export({ type: 'pkcs8', format: 'pem' }), {
   mode: 0o600,
 });
 writeFileSync(join(dir, 'content.kek'), `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
 const adminToken = `admin_${randomBytes(24).toString('hex')}`;
-const server = await startServer(
-  loadConfig({
-    argv: [
-      '--port',
-      '0',
-      '--device-port',
-      '0',
-      '--mqtt-port',
-      '0',
-      '--log-level',
-      process.env.ROTOR_BENCH_FLEET_LOG ?? 'silent',
-      '--data-dir',
-      dir,
-      '--checkin-interval-s',
-      String(args.checkinIntervalS ?? 600),
-      '--rollout-tick-ms',
-      '1000',
-    ],
-    env: {
-      ROTOR_ADMIN_TOKEN: adminToken,
-      ROTOR_TLS_CERT_FILE: join(dir, 'server.crt'),
-      ROTOR_TLS_KEY_FILE: join(dir, 'server.key'),
-      ROTOR_OPERATOR_KEY_FILE: join(dir, 'operator.pem'),
-      ROTOR_CONTENT_KEK_FILE: join(dir, 'content.kek'),
-      ...(args.databaseUrl === undefined ? {} : { DATABASE_URL: args.databaseUrl }),
-    },
-  }),
-);
+const { config, cert } = await benchServerConfig(dir, {
+  logLevel: process.env.ROTOR_BENCH_FLEET_LOG ?? 'silent',
+  argv: ['--checkin-interval-s', String(args.checkinIntervalS ?? 600), '--rollout-tick-ms', '1000'],
+  env: {
+    ROTOR_ADMIN_TOKEN: adminToken,
+    ROTOR_OPERATOR_KEY_FILE: join(dir, 'operator.pem'),
+    ROTOR_CONTENT_KEK_FILE: join(dir, 'content.kek'),
+    ...(args.databaseUrl === undefined ? {} : { DATABASE_URL: args.databaseUrl }),
+  },
+});
+const server = await startServer(config);
 process.stdout.write(
   `${JSON.stringify({
     operatorUrl: server.operatorUrl,
