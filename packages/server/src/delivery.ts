@@ -28,7 +28,7 @@ import {
   CONTENT_ALG,
   encryptPayloads,
   payloadComponents,
-  type DeviceRecipient,
+  deviceRecipient,
   type ReleaseTemplate,
 } from './encryption.ts';
 import { ServerError } from './errors.ts';
@@ -299,22 +299,7 @@ export function createDeliveryService(db: Db, now: () => number, keys: Keys) {
           'device',
         );
       const { t, cekWrapped } = await template(releaseId);
-      let recipient: DeviceRecipient;
-      let kek: Uint8Array | undefined;
-      if (dev.ka_spki !== null) {
-        recipient = {
-          kind: 'ecdh',
-          publicKey: createPublicKey({ key: Buffer.from(dev.ka_spki), format: 'der', type: 'spki' }),
-        };
-      } else if (dev.kek_wrapped !== null) {
-        kek = await vault.unwrap(dev.kek_wrapped);
-        recipient = { kind: 'aes-kw', kek };
-      } else {
-        throw new ServerError(
-          'DEVICE_KEY_MISSING',
-          'the device has neither a key-agreement key nor a KEK registered: its content key cannot be wrapped',
-        );
-      }
+      const { recipient, kek } = await deviceRecipient(dev, (w) => vault.unwrap(w));
       const cek = await vault.unwrap(cekWrapped);
       let built: { envelope: Uint8Array; digestBytes: Uint8Array };
       try {

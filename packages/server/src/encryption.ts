@@ -22,7 +22,7 @@
  * encryption-info (set-parameters, TD §5.6.1, is fine). Approval proves this by a dry run of the SUIT processor
  * on an in-memory platform before anything is stored.
  */
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import {
   Alg,
   createSign1,
@@ -143,6 +143,31 @@ export interface ReleaseTemplate {
 export type DeviceRecipient =
   | { readonly kind: 'ecdh'; readonly publicKey: KeyObject }
   | { readonly kind: 'aes-kw'; readonly kek: Uint8Array };
+
+/**
+ * The recipient a device's content key is wrapped for: its key-agreement key (ECDH-ES) if registered, else its KEK
+ * unwrapped by `unwrap` (AES-KW; the caller zeroes the returned `kek` after use). Neither: DEVICE_KEY_MISSING.
+ */
+export async function deviceRecipient(
+  dev: { readonly ka_spki: Uint8Array | null; readonly kek_wrapped: Uint8Array | null },
+  unwrap: (wrapped: Uint8Array) => Promise<Uint8Array>,
+): Promise<{ recipient: DeviceRecipient; kek?: Uint8Array }> {
+  if (dev.ka_spki !== null)
+    return {
+      recipient: {
+        kind: 'ecdh',
+        publicKey: createPublicKey({ key: Buffer.from(dev.ka_spki), format: 'der', type: 'spki' }),
+      },
+    };
+  if (dev.kek_wrapped !== null) {
+    const kek = await unwrap(dev.kek_wrapped);
+    return { recipient: { kind: 'aes-kw', kek }, kek };
+  }
+  throw new ServerError(
+    'DEVICE_KEY_MISSING',
+    'the device has neither a key-agreement key nor a KEK registered: its content key cannot be wrapped',
+  );
+}
 
 /** The CEK wrapped for one device (one COSE_recipient). */
 export function wrapForDevice(cek: Uint8Array, r: DeviceRecipient): RecipientStructure {

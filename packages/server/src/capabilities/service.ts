@@ -49,7 +49,7 @@ import { decodeEnvelope, decodeReport, verifySignedReport, type SuitReport } fro
 import { appendAudit, type Json } from '../audit.ts';
 import { actorOf, authorize, SYSTEM, type Principal } from '../auth.ts';
 import { one, type Db, type Queryable } from '../db/db.ts';
-import { wrapForDevice, type DeviceRecipient } from '../encryption.ts';
+import { deviceRecipient, wrapForDevice } from '../encryption.ts';
 import { ServerError } from '../errors.ts';
 import type { ContentKeyVault } from '../keys.ts';
 import { auditedTransaction, hex } from '../tx.ts';
@@ -1407,22 +1407,7 @@ export function createCapabilityService(db: Db, opts: CapabilityServiceOptions =
         input.moduleId === undefined ? await pick(input.capability, 0) : await pinned(input.moduleId);
 
       // Per-device key wrap (ENC §4; seed 000 step 4 "encrypts it using a device-specific key").
-      let recipient: DeviceRecipient;
-      let kek: Uint8Array | undefined;
-      if (dev.ka_spki !== null) {
-        recipient = {
-          kind: 'ecdh',
-          publicKey: createPublicKey({ key: Buffer.from(dev.ka_spki), format: 'der', type: 'spki' }),
-        };
-      } else if (dev.kek_wrapped !== null) {
-        kek = await vault.unwrap(u8(dev.kek_wrapped));
-        recipient = { kind: 'aes-kw', kek };
-      } else {
-        throw new ServerError(
-          'DEVICE_KEY_MISSING',
-          'the device has no key-agreement key or KEK: its module key cannot be wrapped',
-        );
-      }
+      const { recipient, kek } = await deviceRecipient(dev, (w) => vault.unwrap(u8(w)));
       const row = chosen.row;
       const ciphertext = one(
         await db.query<{ data: Uint8Array }>('SELECT data FROM blobs WHERE sha256 = $1', [
