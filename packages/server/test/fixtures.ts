@@ -3,16 +3,18 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash, randomBytes, type KeyObject } from 'node:crypto';
-import { generateSigningKey, softwareSigner } from '@rotor/cose';
-import { buildEnvelope, buildUpdateManifest } from '@rotor/suit';
+import { generateAgreementKey, generateSigningKey, softwareSigner } from '@rotor/cose';
+import { buildEnvelope, buildUpdateManifest, decodeEnvelope } from '@rotor/suit';
 import {
   deliverableManifest,
   loadConfig,
   operatorKeyFrom,
   startServer,
   vaultFromHex,
+  type Principal,
   type RotorServer,
   type ServerKeys,
+  type Services,
   type StartOptions,
 } from '../src/index.ts';
 import {
@@ -138,4 +140,40 @@ export async function signedRelease(
     }),
     { signers: [softwareSigner(privateKey, -7)] },
   );
+}
+
+const SETUP_ADMIN: Principal = { kind: 'operator', tokenId: 't-admin', name: 'admin', role: 'admin' };
+const SETUP_OPERATOR: Principal = { kind: 'operator', tokenId: 't-op', name: 'op', role: 'operator' };
+const SETUP_AUTHOR: Principal = { kind: 'operator', tokenId: 't-author', name: 'author', role: 'author' };
+
+/** An approved release (a fresh author key, a 256-byte image) and `n` devices in `group`, on the services. */
+export async function approvedReleaseAndDevices(
+  s: Services,
+  group: string,
+  n: number,
+): Promise<{ releaseId: string; digest: Uint8Array; deviceIds: string[] }> {
+  const k = authorKeyPair();
+  await s.authorKeys.create(SETUP_ADMIN, {
+    name: `author-${group}`,
+    alg: 'ES256',
+    publicKeyPem: k.publicKeyPem,
+  });
+  const image = randomBytes(256);
+  await s.payloads.upload(SETUP_AUTHOR, sha256hex(image), image);
+  const env = await signedRelease(k.privateKey, image, 1);
+  const rel = await s.releases.upload(SETUP_AUTHOR, env);
+  await s.rollouts.approve(SETUP_OPERATOR, rel.id);
+  const deviceIds: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const d = await s.devices.create(SETUP_ADMIN, {
+      name: `${group}-${i}`,
+      certSha256: randomBytes(32).toString('hex'),
+      group,
+      keyAgreementKeyPem: generateAgreementKey('X25519')
+        .publicKey.export({ type: 'spki', format: 'pem' })
+        .toString(),
+    });
+    deviceIds.push(d.id);
+  }
+  return { releaseId: rel.id, digest: decodeEnvelope(env).digest.bytes, deviceIds };
 }

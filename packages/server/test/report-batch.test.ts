@@ -4,17 +4,13 @@
  * a device's duplicate outcome refused (409 CONFLICT), progress reports as history only, counts exact, the
  * failure threshold pausing the rollout.
  */
-import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { generateAgreementKey } from '@rotor/cose';
-import { decodeEnvelope, encodeReport } from '@rotor/suit';
+import { encodeReport } from '@rotor/suit';
 import { createServices, migrate, type PhaseSpec, type Principal, type Services } from '../src/index.ts';
 import { BACKENDS, createTestDatabase } from './helpers.ts';
-import { authorKeyPair, sha256hex, signedRelease, testKeyMaterial } from './fixtures.ts';
+import { approvedReleaseAndDevices, testKeyMaterial } from './fixtures.ts';
 
-const ADMIN: Principal = { kind: 'operator', tokenId: 't-admin', name: 'admin', role: 'admin' };
 const OPERATOR: Principal = { kind: 'operator', tokenId: 't-op', name: 'op', role: 'operator' };
-const AUTHOR: Principal = { kind: 'operator', tokenId: 't-author', name: 'author', role: 'author' };
 const device = (id: string): Principal => ({ kind: 'device', deviceId: id, name: id });
 
 /** A report of `digest`: success, failure, or a progress transition (Rotor extension -257). */
@@ -46,33 +42,7 @@ const phase = (percent: number, successThreshold: number, failureThreshold: numb
   timeoutMs: 600_000,
 });
 
-async function setup(
-  s: Services,
-  group: string,
-  n: number,
-): Promise<{ releaseId: string; digest: Uint8Array; deviceIds: string[] }> {
-  const k = authorKeyPair();
-  await s.authorKeys.create(ADMIN, { name: `author-${group}`, alg: 'ES256', publicKeyPem: k.publicKeyPem });
-  const image = randomBytes(256);
-  await s.payloads.upload(AUTHOR, sha256hex(image), image);
-  const env = await signedRelease(k.privateKey, image, 1);
-  const rel = await s.releases.upload(AUTHOR, env);
-  await s.rollouts.approve(OPERATOR, rel.id);
-  const deviceIds = await Promise.all(
-    Array.from({ length: n }, async (_, i) => {
-      const d = await s.devices.create(ADMIN, {
-        name: `${group}-${i}`,
-        certSha256: randomBytes(32).toString('hex'),
-        group,
-        keyAgreementKeyPem: generateAgreementKey('X25519')
-          .publicKey.export({ type: 'spki', format: 'pem' })
-          .toString(),
-      });
-      return d.id;
-    }),
-  );
-  return { releaseId: rel.id, digest: decodeEnvelope(env).digest.bytes, deviceIds };
-}
+const setup = approvedReleaseAndDevices;
 
 describe.each(BACKENDS)('group-committed reports on %s', (backend) => {
   let t: Awaited<ReturnType<typeof createTestDatabase>>;

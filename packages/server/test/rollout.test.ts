@@ -6,6 +6,7 @@ import { createServices, migrate, type Principal, type Services, type PhaseSpec 
 import { BACKENDS, createTestDatabase, deviceClient, selfSignedCert } from './helpers.ts';
 import { deferStandingCheck } from '../src/device-auth.ts';
 import {
+  approvedReleaseAndDevices,
   authorKeyPair,
   sha256hex,
   signedRelease,
@@ -53,31 +54,7 @@ const phase = (percent: number, successThreshold: number, failureThreshold: numb
   timeoutMs: 60_000,
 });
 
-/** A release (approved) and `n` devices in `group`. */
-async function setup(
-  s: Services,
-  group: string,
-  n: number,
-): Promise<{ releaseId: string; digest: Uint8Array; deviceIds: string[] }> {
-  const k = authorKeyPair();
-  await s.authorKeys.create(ADMIN, { name: `author-${group}`, alg: 'ES256', publicKeyPem: k.publicKeyPem });
-  const image = randomBytes(256);
-  await s.payloads.upload(AUTHOR, sha256hex(image), image);
-  const env = await signedRelease(k.privateKey, image, 1);
-  const rel = await s.releases.upload(AUTHOR, env);
-  await s.rollouts.approve(OPERATOR, rel.id);
-  const deviceIds: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const d = await s.devices.create(ADMIN, {
-      name: `${group}-${i}`,
-      certSha256: randomBytes(32).toString('hex'),
-      group,
-      keyAgreementKeyPem: agreementKeyPem(),
-    });
-    deviceIds.push(d.id);
-  }
-  return { releaseId: rel.id, digest: decodeEnvelope(env).digest.bytes, deviceIds };
-}
+const setup = approvedReleaseAndDevices;
 
 describe.each(BACKENDS)('rollouts on %s', (backend) => {
   let t: Awaited<ReturnType<typeof createTestDatabase>>;
