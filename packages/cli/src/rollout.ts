@@ -4,6 +4,7 @@
  * met and the server pauses the rollout when its failure threshold is reached (RFC 9019 §3: the operator decides
  * when and to whom an update goes).
  */
+import type { PhaseSpec, RolloutTarget } from '@rotor/server';
 import { API_OPTIONS, API_USAGE, withApi, type ApiClient, type Shape } from './api.ts';
 import { group, type Command, type Subcommand } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
@@ -19,20 +20,6 @@ export interface Counts {
   failed: number;
   timed_out: number;
   cancelled: number;
-}
-
-export interface PhaseSpec {
-  percent: number;
-  successThreshold: number;
-  failureThreshold: number;
-  timeoutMs: number;
-}
-
-export interface RolloutTarget {
-  group?: string;
-  tags?: string[];
-  deviceIds?: string[];
-  attributes?: Record<string, string>;
 }
 
 export interface RolloutInfo {
