@@ -11,23 +11,11 @@
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { generateAgreementKey, generateSigningKey, softwareSigner } from '@rotor/cose';
-import { buildEnvelope, decodeEnvelope } from '@rotor/suit';
-import {
-  createServices,
-  deliverableManifest,
-  migrate,
-  openDatabase,
-  operatorKeyFrom,
-  vaultFromHex,
-  type Principal,
-  type ReleaseTemplate,
-} from '@rotor/server';
+import { generateAgreementKey } from '@rotor/cose';
+import { decodeEnvelope } from '@rotor/suit';
+import { openDatabase, type ReleaseTemplate } from '@rotor/server';
 import { opsPerSecond, round, type Benchmark } from '../harness.ts';
-
-const ADMIN: Principal = { kind: 'system' };
-const OPERATOR: Principal = { kind: 'operator', tokenId: 'bench-op', name: 'bench', role: 'operator' };
-const AUTHOR: Principal = { kind: 'operator', tokenId: 'bench-a', name: 'bench', role: 'author' };
+import { ADMIN, approvedRelease, benchServices, OPERATOR } from '../bench-release.ts';
 
 type Kind = 'aes-kw' | 'x25519' | 'p256' | 'envelope';
 
@@ -75,33 +63,8 @@ export const keydeliveryBench: Benchmark = {
     const large = ctx.quick ? 25 : 200;
     const imageSize = 1024 * 1024;
     try {
-      await migrate(db);
-      const s = createServices(db, {
-        keys: {
-          operator: operatorKeyFrom(generateSigningKey(-7).privateKey),
-          vault: vaultFromHex(randomBytes(32).toString('hex')),
-        },
-      });
-      const ak = generateSigningKey(-7);
-      await s.authorKeys.create(ADMIN, {
-        name: 'bench',
-        alg: 'ES256',
-        publicKeyPem: ak.publicKey.export({ type: 'spki', format: 'pem' }).toString(),
-      });
-      const image = randomBytes(imageSize);
-      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', image));
-      await s.payloads.upload(AUTHOR, Buffer.from(digest).toString('hex'), image);
-      const env = await buildEnvelope(
-        deliverableManifest({
-          vendorDomain: 'example.com',
-          className: 'bench',
-          sequenceNumber: 1,
-          components: [{ id: 'fw', digest, size: image.length }],
-        }),
-        { signers: [softwareSigner(ak.privateKey, -7)] },
-      );
-      const rel = await s.releases.upload(AUTHOR, env);
-      await s.rollouts.approve(OPERATOR, rel.id);
+      const s = await benchServices(db);
+      const rel = await approvedRelease(s, randomBytes(imageSize));
       const blobBytes = async (): Promise<number> =>
         (await db.query<{ n: number }>('SELECT coalesce(sum(size), 0)::int AS n FROM blobs'))[0]!.n;
       const deliver = async (count: number, group: string): Promise<void> => {
@@ -132,6 +95,7 @@ export const keydeliveryBench: Benchmark = {
       storedSmall = await blobBytes();
       await deliver(large, 'large');
       storedLarge = await blobBytes();
+      const env = rel.envelope;
       const e = decodeEnvelope(env);
       const ct = await db.query<{ h: string; iv: Uint8Array }>(
         "SELECT encode(ciphertext_sha256, 'hex') AS h, iv FROM release_ciphertexts WHERE release_id = $1",

@@ -6,22 +6,10 @@
  * floor / planning.
  */
 import { randomBytes } from 'node:crypto';
-import { generateSigningKey, softwareSigner } from '@rotor/cose';
-import { buildEnvelope } from '@rotor/suit';
-import {
-  createServices,
-  deliverableManifest,
-  migrate,
-  openDatabase,
-  operatorKeyFrom,
-  vaultFromHex,
-  type Principal,
-} from '@rotor/server';
+import { openDatabase } from '@rotor/server';
 import { round, type Benchmark } from '../harness.ts';
+import { approvedRelease, benchServices, OPERATOR } from '../bench-release.ts';
 import { freshDatabase } from '../scratch-db.ts';
-
-const OPERATOR: Principal = { kind: 'operator', tokenId: 'bench', name: 'bench', role: 'operator' };
-const AUTHOR: Principal = { kind: 'operator', tokenId: 'bench-a', name: 'bench', role: 'author' };
 
 export const rolloutBench: Benchmark = {
   name: 'rollout',
@@ -32,13 +20,7 @@ export const rolloutBench: Benchmark = {
     const scratch = await freshDatabase();
     const db = await openDatabase({ databaseUrl: scratch.url, poolSize: 2 });
     try {
-      await migrate(db);
-      const s = createServices(db, {
-        keys: {
-          operator: operatorKeyFrom(generateSigningKey(-7).privateKey),
-          vault: vaultFromHex(randomBytes(32).toString('hex')),
-        },
-      });
+      const s = await benchServices(db);
       ctx.log(`registering ${n.toLocaleString('en-US')} devices`);
       await db.query(
         `INSERT INTO devices (id, name, cert_sha256, device_group, tags, created_at_ms)
@@ -47,29 +29,7 @@ export const rolloutBench: Benchmark = {
         [n],
       );
       await db.exec('ANALYZE devices');
-      const key = generateSigningKey(-7);
-      await s.authorKeys.create(
-        { kind: 'system' },
-        {
-          name: 'bench',
-          alg: 'ES256',
-          publicKeyPem: key.publicKey.export({ type: 'spki', format: 'pem' }).toString(),
-        },
-      );
-      const image = randomBytes(1024);
-      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', image));
-      await s.payloads.upload(AUTHOR, Buffer.from(digest).toString('hex'), image);
-      const env = await buildEnvelope(
-        deliverableManifest({
-          vendorDomain: 'example.com',
-          className: 'bench',
-          sequenceNumber: 1,
-          components: [{ id: 'fw', digest, size: image.length }],
-        }),
-        { signers: [softwareSigner(key.privateKey, -7)] },
-      );
-      const rel = await s.releases.upload(AUTHOR, env);
-      await s.rollouts.approve(OPERATOR, rel.id);
+      const rel = await approvedRelease(s, randomBytes(1024));
 
       // Baseline: the same number of rows into a table of the same shape, no planning.
       await db.exec('CREATE TABLE bench_floor (LIKE rollout_devices INCLUDING DEFAULTS)');
