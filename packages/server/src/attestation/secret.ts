@@ -10,8 +10,9 @@
  *  - with a content-key vault (the server's key-encryption key file): in the database, wrapped under the vault
  *    (A256KW, RFC 3394 §2.2.3 integrity check — a different KEK or a tampered row fails loudly at start), created
  *    by whichever instance starts first (migration 12, INSERT … ON CONFLICT DO NOTHING);
- *  - without one: in the data directory, `verifier.secret`, mode 0600, created exclusively (O_EXCL) — instances
- *    behind one load balancer then need the same file (like the other key files).
+ *  - without one: in the data directory, `verifier.secret`, mode 0600, created once (written whole under a temporary
+ *    name, then linked into place) — instances behind one load balancer then need the same file (like the other key
+ *    files).
  * The secret is never logged.
  */
 import {
@@ -22,7 +23,7 @@ import {
   randomBytes,
   type KeyObject,
 } from 'node:crypto';
-import { open, readFile } from 'node:fs/promises';
+import { link, open, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Db } from '../db/db.ts';
 import { ServerError } from '../errors.ts';
@@ -38,6 +39,15 @@ const RESULT_INFO = 'rotor verifier result-signing key v1 (P-256)';
 const P256_N = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
 
 const b64u = (b: Uint8Array): string => Buffer.from(b).toString('base64url');
+
+const present = (path: string): Promise<boolean> =>
+  stat(path).then(
+    () => true,
+    (e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw e;
+    },
+  );
 
 /** Loads (or creates once) the verifier secret; see the module comment for where it lives. */
 export async function loadVerifierSecret(
@@ -71,16 +81,24 @@ export async function loadVerifierSecret(
     }
   }
   const path = join(opts.dataDir, SECRET_FILE);
-  try {
-    const fh = await open(path, 'wx', 0o600);
+  // Written whole under a temporary name, then linked into place (link fails with EEXIST if another instance won):
+  // a concurrent start or a failed write never leaves a partial verifier.secret behind.
+  const tmp = `${path}.${randomBytes(8).toString('hex')}.tmp`;
+  if (!(await present(path))) {
     try {
-      await fh.writeFile(`${Buffer.from(randomBytes(SECRET_BYTES)).toString('hex')}\n`);
-      await fh.sync();
+      const fh = await open(tmp, 'wx', 0o600);
+      try {
+        await fh.writeFile(`${Buffer.from(randomBytes(SECRET_BYTES)).toString('hex')}\n`);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await link(tmp, path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     } finally {
-      await fh.close();
+      await rm(tmp, { force: true });
     }
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
   }
   const text = (await readFile(path, 'utf8')).trim();
   if (!/^[0-9a-f]{64}$/.test(text))
