@@ -17,7 +17,7 @@
  * on, minus revoked keys by a fresh revocation list; factory-trust.ts), synced at check-in; push (--mqtt) works
  * with the proxy credential (the embedded broker applies the device listener's proxy rules).
  */
-import { readFileSync, existsSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createPrivateKey } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { Alg, softwareKeyAgreement, softwareSigner, type KeyAgreement, type Signer } from '@rotor/cose';
@@ -34,21 +34,10 @@ import { openFactoryDevice } from './factory-device.ts';
 import { group, type Command, type Subcommand } from './command.ts';
 import { deviceOpsSubcommands } from './device-ops.ts';
 import { CliError, ExitCode } from './errors.ts';
-import { json, out } from './io.ts';
-
-function read(path: string, what: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new CliError(
-      'CLI_IO',
-      `cannot read ${what} ${path}: ${e instanceof Error ? e.message : String(e)}`,
-    );
-  }
-}
+import { json, out, readTextInput } from './io.ts';
 
 function optional(path: string): string | undefined {
-  return existsSync(path) ? read(path, 'file') : undefined;
+  return existsSync(path) ? readTextInput(path, 'file') : undefined;
 }
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -150,7 +139,7 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
     if (existsSync(join(dir, 'fuse')) && !existsSync(join(dir, 'tls', 'device.crt'))) {
       const d = await openFactoryDevice({ dir });
       agent = d.agent;
-      serverConfig = d.server(server, caFile === undefined ? {} : { ca: read(caFile, 'CA') });
+      serverConfig = d.server(server, caFile === undefined ? {} : { ca: readTextInput(caFile, 'CA') });
       close = () => d.close();
       attester = d.attester;
       trust = d.trust;
@@ -158,9 +147,10 @@ only confirmed / failed / rolled-back (for a server that ends a rollout at a dev
         `factory device ${d.deviceId}: TLS proxy credential valid until ${d.credential.notAfter.toISOString()}`,
       );
     } else {
-      const cert = read(join(dir, 'tls', 'device.crt'), 'device certificate');
-      const key = read(join(dir, 'tls', 'device.key'), 'device key');
-      const ca = caFile !== undefined ? read(caFile, 'CA') : optional(join(dir, 'tls', 'server-ca.pem'));
+      const cert = readTextInput(join(dir, 'tls', 'device.crt'), 'device certificate');
+      const key = readTextInput(join(dir, 'tls', 'device.key'), 'device key');
+      const ca =
+        caFile !== undefined ? readTextInput(caFile, 'CA') : optional(join(dir, 'tls', 'server-ca.pem'));
       const agreementPem = optional(join(dir, 'keys', 'agreement.key'));
       const reportPem = optional(join(dir, 'keys', 'report.key'));
       const agreements: KeyAgreement[] =

@@ -3,27 +3,15 @@
  * run` runs them — against a running server (operator API to register them, device API over mutual TLS, MQTT push),
  * until SIGINT/SIGTERM. See src/fleet/ for the library (and `rotor demo`, `npm run bench -- fleet` on top of it).
  */
-import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { group, useColor, type Command, type Subcommand } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
-import { json, out } from './io.ts';
+import { json, out, readTextInput } from './io.ts';
 import { anchorOf } from './fleet/release.ts';
 import { FleetSimulator, type FleetOptions } from './fleet/simulator.ts';
 import { DEVICE_STATES } from './fleet/device.ts';
 import type { WorkerMessage } from './fleet/worker.ts';
-
-function read(path: string, what: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new CliError(
-      'CLI_IO',
-      `cannot read ${what} ${path}: ${e instanceof Error ? e.message : String(e)}`,
-    );
-  }
-}
 
 function num(v: unknown, flag: string, min: number, max: number, integer = false): number | undefined {
   if (v === undefined) return undefined;
@@ -102,14 +90,15 @@ worker threads. Prints a progress line on stderr when it is a terminal; exits 0 
       throw new CliError('CLI_USAGE', '--devices, --server and --device-url are required');
     if (tokenFile === undefined && envToken === undefined)
       throw new CliError('CLI_USAGE', '--token-file (or ROTOR_TOKEN_FILE / ROTOR_TOKEN) is required');
-    const token = tokenFile !== undefined ? read(tokenFile, 'token file').trim() : envToken!;
+    const token = tokenFile !== undefined ? readTextInput(tokenFile, 'token file').trim() : envToken!;
     const caFile = (values.ca as string | undefined) ?? env.ROTOR_CA_FILE;
     const anchors = [];
     const opKey = values['operator-key'] as string | undefined;
     if (opKey !== undefined)
-      anchors.push(anchorOf('fleet-operator', 'operator', read(opKey, 'operator key')));
+      anchors.push(anchorOf('fleet-operator', 'operator', readTextInput(opKey, 'operator key')));
     const auKey = values['author-key'] as string | undefined;
-    if (auKey !== undefined) anchors.push(anchorOf('release-author', 'author', read(auKey, 'author key')));
+    if (auKey !== undefined)
+      anchors.push(anchorOf('release-author', 'author', readTextInput(auKey, 'author key')));
     const storage = (values.storage as string | undefined) ?? 'memory';
     const reports = (values.reports as string | undefined) ?? 'all';
     if (reports !== 'all' && reports !== 'outcomes')
@@ -122,7 +111,7 @@ worker threads. Prints a progress line on stderr when it is a terminal; exits 0 
       operatorUrl: server,
       token,
       deviceUrl,
-      ...(caFile === undefined ? {} : { ca: read(caFile, 'CA') }),
+      ...(caFile === undefined ? {} : { ca: readTextInput(caFile, 'CA') }),
       ...(mqttUrl === undefined ? {} : { mqttUrl }),
       storage: storage === 'memory' ? 'memory' : { dir: resolve(storage) },
       anchors,

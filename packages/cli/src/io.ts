@@ -85,3 +85,11 @@ export function table(header: readonly string[], rows: readonly (readonly string
 export function when(ms: number | null): string {
   return ms === null ? '-' : new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
+
+/** Local text inputs (PEM keys and certificates, token files) are bounded before they are read. */
+export const MAX_TEXT_FILE = 256 * 1024;
+
+/** Reads a local text file of at most `max` bytes (CLI_IO when unreadable, CLI_INPUT when too large). */
+export function readTextInput(path: string, what: string, max = MAX_TEXT_FILE): string {
+  return new TextDecoder().decode(readInput(path, max, what));
+}
