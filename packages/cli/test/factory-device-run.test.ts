@@ -11,9 +11,8 @@
  */
 import 'reflect-metadata';
 import { createHash, createPrivateKey, randomBytes } from 'node:crypto';
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { spawn } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Alg, encode, softwareSigner } from '@rotor/cose';
@@ -24,9 +23,9 @@ import { factoryCommand } from '../src/factory.ts';
 import { deviceIdentityOf, openFactoryDevice } from '../src/factory-device.ts';
 import { run } from '../src/main.ts';
 import { selfSignedCert } from '../../server/test/helpers.ts';
+import { createSoftHsm } from '../../server/test/factory/softhsm.ts';
 
 const MAIN = join(import.meta.dirname, '..', 'src', 'main.ts');
-const MODULES = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so'];
 const ADMIN = `admin_${randomBytes(16).toString('hex')}`;
 let dir = '';
 let module = '';
@@ -35,22 +34,9 @@ const fw1 = new Uint8Array(3000).map((_, i) => (i * 7) & 0xff);
 const fw2 = new Uint8Array(5000).map((_, i) => (i * 13 + 1) & 0xff);
 
 beforeAll(() => {
-  const found = MODULES.find((m) => existsSync(m));
-  if (found === undefined) throw new Error('SoftHSM2 is not installed (apt-get install softhsm2)');
-  module = found;
-  dir = mkdtempSync(join(tmpdir(), 'rotor-factory-run-'));
-  mkdirSync(join(dir, 'tokens'));
-  const conf = join(dir, 'softhsm2.conf');
-  writeFileSync(
-    conf,
-    `directories.tokendir = ${join(dir, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\n`,
-  );
-  process.env.SOFTHSM2_CONF = conf;
-  execFileSync(
-    'softhsm2-util',
-    ['--init-token', '--free', '--label', 'rotor-factory', '--pin', '2468', '--so-pin', '13579'],
-    { stdio: 'pipe' },
-  );
+  const hsm = createSoftHsm();
+  ({ dir, module } = hsm);
+  hsm.initToken('rotor-factory', '2468');
   writeFileSync(join(dir, 'pin'), '2468\n', { mode: 0o600 });
 });
 

@@ -5,37 +5,21 @@
  */
 import 'reflect-metadata';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase } from '@rotor/server';
 import { factoryCommand } from '../src/factory.ts';
 import { enclaveDevices } from '../src/factory-device.ts';
+import { createSoftHsm } from '../../server/test/factory/softhsm.ts';
 
-const MODULES = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so'];
 let dir = '';
 let module = '';
 
 beforeAll(async () => {
-  const found = MODULES.find((m) => existsSync(m));
-  if (found === undefined) throw new Error('SoftHSM2 is not installed (apt-get install softhsm2)');
-  module = found;
-  dir = mkdtempSync(join(tmpdir(), 'rotor-cli-factory-'));
-  mkdirSync(join(dir, 'tokens'));
-  const conf = join(dir, 'softhsm2.conf');
-  writeFileSync(
-    conf,
-    `directories.tokendir = ${join(dir, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\n`,
-  );
-  process.env.SOFTHSM2_CONF = conf;
-  execFileSync(
-    'softhsm2-util',
-    ['--init-token', '--free', '--label', 'rotor-factory', '--pin', '2468', '--so-pin', '13579'],
-    {
-      stdio: 'pipe',
-    },
-  );
+  const hsm = createSoftHsm();
+  ({ dir, module } = hsm);
+  hsm.initToken('rotor-factory', '2468');
   writeFileSync(join(dir, 'pin'), '2468\n', { mode: 0o600 });
   // Any PEM certificate stands for the server TLS CA here.
   const { X509CertificateGenerator } = await import('@peculiar/x509');
