@@ -21,10 +21,12 @@ import { asArray, asBytes, decode, encode, type Signer } from '@rotor/cose';
 import { decodeEnvelope, decodeReport, encodeReport, ReportReason, type SuitReport } from '@rotor/suit';
 import {
   CAPABILITY_MANIFEST_CONTENT_TYPE,
+  CAPABILITY_MANIFEST_MAX_BYTES,
   formatModuleVersion,
   isCapabilityName,
   isTrustError,
   REVOCATION_CONTENT_TYPE,
+  REVOCATION_MAX_BYTES,
 } from '@rotor/trust';
 import { DeviceError, isDeviceError } from '../errors.ts';
 import type { AtomicStore } from '../storage/atomic.ts';
@@ -386,15 +388,16 @@ export class CapabilityClient {
   async sync(): Promise<{ revoked: string[]; unauthorized: string[] }> {
     const m = this.#o.manager;
     const out = { revoked: [] as string[], unauthorized: [] as string[] };
-    const get = async (path: string, type: string): Promise<Uint8Array | undefined> => {
-      const r = await this.#o.http.request('GET', path, { accept: type, maxBody: 4 * 1024 * 1024 });
+    // Each body is bounded by what its verifier accepts.
+    const get = async (path: string, type: string, maxBody: number): Promise<Uint8Array | undefined> => {
+      const r = await this.#o.http.request('GET', path, { accept: type, maxBody });
       if (r.status === 404) return undefined;
       if (r.status !== 200) throw this.#refusal(path, r.status, r.contentType, r.body);
       return r.body;
     };
     const notNewer = (e: unknown): boolean =>
       isDeviceError(e) && isTrustError(e.cause) && e.cause.code.endsWith('ROLLBACK');
-    const rev = await get('/d/v1/capabilities/revocations', REVOCATION_CONTENT_TYPE);
+    const rev = await get('/d/v1/capabilities/revocations', REVOCATION_CONTENT_TYPE, REVOCATION_MAX_BYTES);
     if (rev !== undefined) {
       try {
         out.revoked = (await m.applyRevocationList(rev)).unloaded;
@@ -402,7 +405,11 @@ export class CapabilityClient {
         if (!notNewer(e)) throw e;
       }
     }
-    const man = await get('/d/v1/capabilities/manifest', CAPABILITY_MANIFEST_CONTENT_TYPE);
+    const man = await get(
+      '/d/v1/capabilities/manifest',
+      CAPABILITY_MANIFEST_CONTENT_TYPE,
+      CAPABILITY_MANIFEST_MAX_BYTES,
+    );
     if (man !== undefined) {
       try {
         out.unauthorized = (await m.updateCapabilityManifest(man)).unloaded;
