@@ -9,18 +9,18 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  Attester,
   CapabilityManager,
   enclaveArchiveSealer,
   nodeFs,
   SandboxPool,
   sim,
   StatusTracker,
+  type AttestingEnvironment,
   type CapabilityEvent,
   type TrackerEvent,
 } from '@rotor/device';
 import type { EvidenceClaims } from '@rotor/trust';
-// The attester is not exported by @rotor/device's index yet (asked for in the integration report).
-import { Attester, type AttestingEnvironment } from '../../../device/src/attest/attester.ts';
 import {
   AGREEMENT_KEY_ID,
   enclaveKeyAgreement,
