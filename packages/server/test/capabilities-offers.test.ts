@@ -7,7 +7,6 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -71,27 +70,7 @@ describe('module rollout offers (devices are not asked to ask)', () => {
     expect(r.status).toBe(201);
     const client = deviceClient(f.server.deviceUrl!, f.serverCert, cert);
     const post = (path: string, body: unknown, contentType = 'application/json'): Promise<Res> =>
-      new Promise((resolve, reject) => {
-        const req = httpsRequest(
-          new URL(path, f.server.deviceUrl),
-          { method: 'POST', agent: client.agent, headers: { 'content-type': contentType } },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('end', () => {
-              const b = Buffer.concat(chunks);
-              resolve({
-                status: res.statusCode ?? 0,
-                headers: res.headers,
-                body: b,
-                json: () => JSON.parse(b.toString('utf8')) as unknown,
-              });
-            });
-          },
-        );
-        req.on('error', reject);
-        req.end(body instanceof Uint8Array ? body : JSON.stringify(body));
-      });
+      client.post(path, body instanceof Uint8Array ? body : JSON.stringify(body), contentType);
     return { id: (r.json() as { id: string }).id, post };
   }
 

@@ -8,7 +8,6 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -151,27 +150,7 @@ describe.each(BACKENDS)('module rollouts driven by device reports on %s', (backe
     expect(r.status).toBe(201);
     const client = deviceClient(f.server.deviceUrl!, f.serverCert, cert);
     const post = (path: string, body: Uint8Array | string, contentType: string): Promise<Res> =>
-      new Promise((resolve, reject) => {
-        const req = httpsRequest(
-          new URL(path, f.server.deviceUrl),
-          { method: 'POST', agent: client.agent, headers: { 'content-type': contentType } },
-          (res) => {
-            const chunks: Buffer[] = [];
-            res.on('data', (c: Buffer) => chunks.push(c));
-            res.on('end', () => {
-              const b = Buffer.concat(chunks);
-              resolve({
-                status: res.statusCode ?? 0,
-                headers: res.headers,
-                body: b,
-                json: () => JSON.parse(b.toString('utf8')) as unknown,
-              });
-            });
-          },
-        );
-        req.on('error', reject);
-        req.end(body);
-      });
+      client.post(path, body, contentType);
     return {
       id: (r.json() as { id: string }).id,
       signer: softwareSigner(reportKey.privateKey, -7),

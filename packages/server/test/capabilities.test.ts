@@ -6,7 +6,6 @@
  */
 import { createPublicKey, randomBytes, type KeyObject } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -93,28 +92,7 @@ describe.each(BACKENDS)('capability server on %s', (backend) => {
   }
 
   function postVia(client: ReturnType<typeof deviceClient>, path: string, body: unknown): Promise<Res> {
-    return new Promise((resolve, reject) => {
-      const payload = JSON.stringify(body);
-      const req = httpsRequest(
-        new URL(path, f.server.deviceUrl),
-        { method: 'POST', agent: client.agent, headers: { 'content-type': 'application/json' } },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            const b = Buffer.concat(chunks);
-            resolve({
-              status: res.statusCode ?? 0,
-              headers: res.headers,
-              body: b,
-              json: () => JSON.parse(b.toString('utf8')) as unknown,
-            });
-          });
-        },
-      );
-      req.on('error', reject);
-      req.end(payload);
-    });
+    return client.post(path, JSON.stringify(body), 'application/json');
   }
 
   function manager(d: Device, manifest: Uint8Array): Promise<CapabilityManager> {

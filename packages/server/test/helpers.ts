@@ -134,7 +134,12 @@ export function deviceClient(baseUrl: string, serverCert: TestCert, cert: TestCe
     ca: serverCert.certPem,
     ...(cert === undefined ? {} : { cert: cert.certPem, key: cert.keyPem }),
   });
-  const req = (method: string, path: string, headers: Record<string, string> = {}): Promise<Res> =>
+  const req = (
+    method: string,
+    path: string,
+    headers: Record<string, string> = {},
+    body?: Uint8Array | string,
+  ): Promise<Res> =>
     new Promise((resolve, reject) => {
       const r = httpsRequest(new URL(path, baseUrl), { method, agent, headers }, (res) => {
         const chunks: Buffer[] = [];
@@ -151,11 +156,13 @@ export function deviceClient(baseUrl: string, serverCert: TestCert, cert: TestCe
         res.on('error', reject);
       });
       r.on('error', reject);
-      r.end();
+      r.end(body);
     });
   return {
     agent,
     get: (path: string, headers?: Record<string, string>) => req('GET', path, headers),
+    post: (path: string, body: Uint8Array | string, contentType: string) =>
+      req('POST', path, { 'content-type': contentType }, body),
     close: () => {
       agent.destroy();
     },
