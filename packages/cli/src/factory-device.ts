@@ -39,6 +39,7 @@ import {
   RECOVERY_KEY,
   type AgentConfig,
   type AnchorRecord,
+  type BootResult,
   type DeviceTrust,
   type IdentityRecord,
   type StorageFs,
@@ -421,18 +422,30 @@ function measurements(agent: DeviceAgent, bundle: DeviceBundle, ueid: Uint8Array
       : new Uint8Array(Buffer.from(bundle.firmware.envelopeBase64, 'base64'));
   const vendorId = env === undefined ? new Uint8Array(16) : deviceIdentityOf(env, ueid).vendorId;
   const signer = new Uint8Array(createHash('sha256').update(bundle.trustAnchors.authorKeyPem).digest());
+  return bootedClaims(b, { oemid: vendorId, hwmodel: new TextEncoder().encode(bundle.profile), signer });
+}
+
+/**
+ * The claims of what the boot stage booted: the firmware's sequence as swversion, boot verified (oemboot), debug
+ * disabled permanently (dbgstat 3), one component per image of the booted bank with its SHA-256 as installed.
+ */
+export function bootedClaims(
+  b: BootResult,
+  ids: { readonly oemid: Uint8Array; readonly hwmodel: Uint8Array; readonly signer: Uint8Array },
+): EvidenceClaims {
+  const version = String(b.record.sequence);
   return {
-    oemid: vendorId,
-    hwmodel: new TextEncoder().encode(bundle.profile),
-    swversion: String(b.record.sequence),
+    oemid: ids.oemid,
+    hwmodel: ids.hwmodel,
+    swversion: version,
     oemboot: true,
     dbgstat: 3,
     uptime: Math.floor(process.uptime()),
     components: b.record.images.map((img) => ({
       type: 'fw',
       digest: img.sha256,
-      version: String(b.record.sequence),
-      signer,
+      version,
+      signer: ids.signer,
     })),
   };
 }

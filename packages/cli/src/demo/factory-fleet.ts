@@ -23,6 +23,7 @@ import {
 import type { EvidenceClaims } from '@rotor/trust';
 import {
   AGREEMENT_KEY_ID,
+  bootedClaims,
   enclaveKeyAgreement,
   openFactoryDevice,
   type FactoryDevice,
@@ -136,20 +137,13 @@ function measure(d: FactoryDevice): () => Promise<EvidenceClaims> {
   return () => {
     const b = d.agent.booted;
     if (b === undefined) return Promise.reject(new Error('not booted'));
-    return Promise.resolve({
-      oemid: new Uint8Array([0x00, 0x1a, 0x2b]),
-      hwmodel: new TextEncoder().encode(sim.CLASS),
-      swversion: String(b.record.sequence),
-      oemboot: true,
-      dbgstat: 3,
-      uptime: Math.floor(process.uptime()),
-      components: b.record.images.map((img) => ({
-        type: 'fw',
-        digest: img.sha256,
-        version: String(b.record.sequence),
+    return Promise.resolve(
+      bootedClaims(b, {
+        oemid: new Uint8Array([0x00, 0x1a, 0x2b]),
+        hwmodel: new TextEncoder().encode(sim.CLASS),
         signer: new Uint8Array(32).fill(1),
-      })),
-    });
+      }),
+    );
   };
 }
 
