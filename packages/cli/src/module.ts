@@ -17,6 +17,7 @@ import {
   type ModuleMetadata,
   type ModuleVersion,
 } from '@rotor/trust';
+import type { ModuleInfo as ServerModuleInfo } from '@rotor/server';
 import { API_OPTIONS, API_USAGE, withApi, type ApiClient, type Shape } from './api.ts';
 import { group, type Command, type Subcommand } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
@@ -29,22 +30,10 @@ const MAX_WASM = 16 * 1024 * 1024;
 const CAP_NAME = /^[a-z][a-z0-9_.-]{0,63}$/;
 const VERSION = /^([0-9]{1,10})\.([0-9]{1,10})\.([0-9]{1,10})$/;
 
-interface ModuleInfo {
-  id: string;
-  name: string;
-  version: string;
-  sequenceNumber: number;
-  moduleSha256: string;
-  moduleSize: number;
-  deviceClasses: string[];
-  firmware: { min: string; max: string | null };
-  dependencies: { name: string; min: string; max: string | null }[];
-  imports: string[];
-  revoked: boolean;
-  revokeReason: string | null;
-  createdAtMs: number;
+/** The server's module record as far as the CLI reads it (MODULE_SHAPE checks these fields). */
+type ModuleInfo = Omit<ServerModuleInfo, 'ciphertextSha256' | 'uploadedBy'> & {
   revocationListVersion?: number;
-}
+};
 const MODULE_SHAPE: Shape = {
   id: 'string',
   name: 'string',
