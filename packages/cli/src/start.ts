@@ -25,6 +25,7 @@ import type { Command } from './command.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { enclaveDevices } from './factory-device.ts';
 import { openFactoryCa } from './factory.ts';
+import { writeAtomic } from './io.ts';
 import { DemoClient } from './demo/client.ts';
 import { FactoryFleet, type FleetDeviceSnapshot } from './demo/factory-fleet.ts';
 import {
@@ -67,9 +68,9 @@ function writeExamples(d: DataDir, envelope: Uint8Array, image: Uint8Array): { s
   mkdirSync(dir, { recursive: true });
   const bin = join(dir, 'firmware-1.1.bin');
   const suit = join(dir, 'release-1.1.suit');
-  writeFileSync(bin, image);
-  writeFileSync(suit, envelope);
-  writeFileSync(
+  // Each file atomically and the envelope last: a later run reuses the examples when release-1.1.suit exists.
+  writeAtomic(bin, image);
+  writeAtomic(
     join(dir, 'release.yaml'),
     [
       '# The next release: change the image and raise the sequence, then',
@@ -85,6 +86,7 @@ function writeExamples(d: DataDir, envelope: Uint8Array, image: Uint8Array): { s
       '',
     ].join('\n'),
   );
+  writeAtomic(suit, envelope);
   return { suit, bin };
 }
 
