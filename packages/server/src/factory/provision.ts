@@ -588,7 +588,12 @@ function parseRecord(line: string): JournalRecord {
   const bad = (): ServerError =>
     new ServerError('FACTORY_STATE_INVALID', 'corrupt provisioning journal record');
   if (line.length > MAX_JOURNAL_LINE) throw bad();
-  const v = JSON.parse(line) as unknown;
+  let v: unknown;
+  try {
+    v = JSON.parse(line);
+  } catch {
+    throw bad();
+  }
   if (typeof v !== 'object' || v === null) throw bad();
   const o = v as Record<string, unknown>;
   const i = o.i;
